@@ -1,0 +1,150 @@
+"""`launch`: the command line (DESIGN.md). Turns arguments into a spec, a plan, a run, a summary."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from rich.console import Console as RichConsole
+
+from . import rundir
+from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LaunchError, SpecError
+from .execute import Console, execute
+from .plan import PlanOptions, make_plan
+from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster, select_hosts
+from .summary import build_summary, render
+from .transport import LocalTransport
+
+SUBCOMMANDS = ("logs",)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        if argv and argv[0] in SUBCOMMANDS:
+            return _logs(_logs_parser().parse_args(argv[1:]))
+        return run_job(_run_parser().parse_args(argv))
+    except LaunchError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"launch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("launch: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _run_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch",
+        description="Run a distributed PyTorch job on the hosts of a cluster inventory. "
+        "Other commands: launch logs RUN.",
+    )
+    parser.add_argument("job", type=Path, help="the job file (job.yaml)")
+    parser.add_argument("--cluster", type=Path, help="the inventory to use instead of the job's `cluster`")
+    parser.add_argument("--nodes", type=int, help="how many hosts to use instead of the job's `nodes`")
+    parser.add_argument("--local", action="store_true", help="run every process on this machine, no SSH")
+    parser.add_argument("--dry-run", action="store_true", help="print what would run on every node, change nothing")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories go (default: ./runs)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def resolve_cluster(job: JobSpec, args: argparse.Namespace) -> ClusterSpec:
+    """--local's one-box inventory, or --cluster, or the job's `cluster`, or cluster.yaml nearby."""
+    if args.local:
+        return local_cluster(cpus=os.cpu_count() or 1, gpus=_local_gpus())
+    if args.cluster:
+        return load_cluster(args.cluster)
+    if job.cluster:
+        return load_cluster(job.cluster)
+    beside = job.path.parent / "cluster.yaml"
+    return load_cluster(beside if beside.is_file() else Path("cluster.yaml"))
+
+
+def _local_gpus() -> int:
+    return len(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def run_job(args: argparse.Namespace) -> int:
+    if args.nodes is not None and args.nodes < 1:
+        raise SpecError(f"--nodes: expected a positive integer, got {args.nodes}")
+    job = load_job(args.job)
+    cluster = resolve_cluster(job, args)
+    hosts = select_hosts(job, cluster, args.nodes, "--nodes" if args.nodes is not None else None)
+    remote = [h.name for h in hosts if not h.is_local]
+    if remote:
+        raise SpecError(f"{cluster.label}: host '{remote[0]}' is remote; this version runs only hosts with address: local (or --local)")
+    missing = [name for name in job.secrets if name not in os.environ]
+    if missing:
+        raise SpecError(f"{job.path}: secrets: {missing[0]} is not set in the launcher's environment")
+    secrets = {name: os.environ[name] for name in job.secrets}
+
+    paths = rundir.new_run_paths(args.runs_dir, job.name)
+    options = PlanOptions(run_dir=str(paths.root), local_python=sys.executable, local_cpus=os.cpu_count() or 1)
+    plan = make_plan(job, hosts, paths.run_id, options)
+    if args.dry_run:
+        print(plan.describe())
+        return 0
+
+    rundir.create(paths)
+    rundir.copy_input(job.path, paths.job_file)
+    rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
+    rundir.write_json(paths.plan_file, plan.to_json())
+
+    console = Console()
+    console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
+    outcome = execute(plan, LocalTransport(), paths, secrets, console)
+    summary = build_summary(plan, outcome, paths)
+    rundir.write_json(paths.summary_file, summary)
+    render(summary, RichConsole(highlight=False, soft_wrap=True))
+    return outcome.exit_code
+
+
+def _local_inventory_text(cluster: ClusterSpec) -> str:
+    host = cluster.hosts[0]
+    return f"# --local: this machine\nhosts:\n  - name: {host.name}\n    address: local\n    gpus: {host.gpus}\n    slots: {host.slots}\n"
+
+
+def _logs_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch logs", description="Print the logs of a run, prefixed [host/rank].")
+    parser.add_argument("run", type=Path, help="a run directory, or a run id under ./runs")
+    parser.add_argument("--rank", type=int, help="only this global rank")
+    parser.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run ends")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _logs(args: argparse.Namespace) -> int:
+    root = args.run if args.run.is_dir() else Path("runs") / args.run
+    if not (root / "plan.json").is_file():
+        raise SpecError(f"{args.run}: not a run directory (no plan.json)")
+    paths = rundir.RunPaths(root)
+    offsets: dict[Path, int] = {}
+    while True:
+        done = not args.follow or paths.summary_file.exists()
+        logs = paths.rank_logs()
+        if args.rank is not None and args.rank not in logs and not args.follow:
+            raise SpecError(f"--rank: {args.rank} has no log in {root}; ranks: {', '.join(map(str, logs)) or 'none'}")
+        for rank, log in logs.items():
+            if args.rank is not None and rank != args.rank:
+                continue
+            with log.open("rb") as fh:
+                fh.seek(offsets.get(log, 0))
+                data = fh.read()
+            # print whole lines only, so a line being written is not split
+            end = len(data) if done else data.rfind(b"\n") + 1
+            offsets[log] = offsets.get(log, 0) + end
+            prefix = f"[{log.parent.name}/{rank}] ".encode()
+            for line in data[:end].splitlines():
+                sys.stdout.buffer.write(prefix + line + b"\n")
+        sys.stdout.buffer.flush()
+        if done:
+            return 0
+        time.sleep(0.5)

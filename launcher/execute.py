@@ -1,0 +1,148 @@
+"""Carrying out a plan: start every node, stream its output, stop them all when one fails.
+
+The only module that decides when a run ends. It knows nodes through `Transport` alone.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .plan import LaunchPlan, NodePlan
+from .rundir import RunPaths
+from .transport import NodeProcess, Transport
+
+POLL_S = 0.05
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class RunOutcome:
+    status: str  # succeeded | failed | interrupted
+    exit_code: int
+    wall_time_s: float
+    node_exit_codes: dict[str, int | None] = field(default_factory=dict)
+    failed_node: str | None = None  # the first node seen ending with an error
+    reason: str | None = None  # why the launcher ended the run, when it did
+
+
+class Console:
+    """Whole lines to the terminal from several threads, never interleaved."""
+
+    def __init__(self, stream: BinaryIO | None = None) -> None:
+        self.stream = stream or sys.stdout.buffer
+        self.lock = threading.Lock()
+
+    def write_line(self, line: bytes) -> None:
+        if not line.endswith(b"\n"):
+            line += b"\n"
+        with self.lock:
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (BrokenPipeError, ValueError):
+                pass
+
+    def say(self, text: str) -> None:
+        self.write_line(text.encode())
+
+
+class _Interrupt:
+    """Turns SIGINT/SIGTERM into a flag the watch loop reads, so stopping is orderly."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum: int, _frame: object) -> None:
+        self.signum = signum
+
+    @contextmanager
+    def installed(self) -> Iterator["_Interrupt"]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console) -> None:
+    """Rank lines (already prefixed by rankexec) go to the terminal; torchrun's own to its log too."""
+    rank_prefix = f"[{node.host}/".encode()
+    agent_prefix = f"[{node.host}] ".encode()
+    log_path = paths.agent_log(node.host)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab", buffering=0) as agent_log:
+        for line in proc.lines():
+            if line.startswith(rank_prefix):
+                console.write_line(line)
+            else:
+                agent_log.write(line)
+                console.write_line(agent_prefix + line)
+
+
+def execute(
+    plan: LaunchPlan,
+    transport: Transport,
+    paths: RunPaths,
+    secrets: dict[str, str],
+    console: Console,
+    grace_s: float = STOP_GRACE_S,
+) -> RunOutcome:
+    """Run the plan to its end and return how it ended; every node is stopped before returning."""
+    started = time.monotonic()
+    procs: dict[str, NodeProcess] = {}
+    readers: list[threading.Thread] = []
+    interrupt = _Interrupt()
+    with interrupt.installed():
+        try:
+            for node in plan.nodes:
+                procs[node.host] = transport.start(node, secrets)
+                reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console), daemon=True)
+                reader.start()
+                readers.append(reader)
+            outcome = _watch(plan, procs, interrupt, started)
+        finally:
+            _stop_all(procs, grace_s)
+        for reader in readers:
+            reader.join(timeout=grace_s)
+        outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
+    for node in plan.nodes:
+        transport.collect(node)
+    outcome.wall_time_s = time.monotonic() - started
+    return outcome
+
+
+def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrupt, started: float) -> RunOutcome:
+    while True:
+        if interrupt.signum is not None:
+            name = signal.Signals(interrupt.signum).name
+            return RunOutcome("interrupted", EXIT_INTERRUPTED, 0.0, reason=f"{name} received; stopped every node")
+        if plan.timeout_s is not None and time.monotonic() - started > plan.timeout_s:
+            return RunOutcome("failed", EXIT_FAILED, 0.0, reason=f"timed out after {plan.timeout_s:g} s; stopped every node")
+        codes = {host: proc.poll() for host, proc in procs.items()}
+        failed = [host for host, code in codes.items() if code not in (None, 0)]
+        if failed:
+            return RunOutcome("failed", EXIT_FAILED, 0.0, failed_node=failed[0])
+        if all(code == 0 for code in codes.values()):
+            return RunOutcome("succeeded", EXIT_OK, 0.0)
+        time.sleep(POLL_S)
+
+
+def _stop_all(procs: dict[str, NodeProcess], grace_s: float) -> None:
+    """Stop every node still running, all at once, and wait for them."""
+    running = [proc for proc in procs.values() if proc.poll() is None]
+    threads = [threading.Thread(target=proc.stop, args=(grace_s,)) for proc in running]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()

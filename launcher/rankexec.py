@@ -1,0 +1,126 @@
+"""Runs one rank's command under torchrun: its whole output to the rank's log, prefixed lines to stdout.
+
+torchrun starts `python -m launcher.rankexec COMMAND...` once per rank. This file uses only the
+standard library and reads its settings from the environment, so it can also be copied into an image
+or onto a host and run by path. It:
+- merges the command's stdout and stderr, writes every line unchanged to `$LAUNCH_LOG_DIR/rank$RANK.log`
+  and `[$LAUNCH_HOST/$RANK] line` to its own stdout, one write per line so ranks never interleave;
+- forwards SIGTERM/SIGINT/SIGHUP to the command, and makes sure the command dies with it;
+- writes `$LAUNCH_LOG_DIR/rank$RANK.status.json` (exit code, times) when the command ends;
+- exits with the command's exit code (128 + N when signal N ended it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(sig: int) -> None:
+    """Ask Linux to send `sig` to this process when its parent exits (no-op elsewhere)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _write_line(stream, data: bytes) -> bool:
+    try:
+        stream.write(data)
+        stream.flush()
+        return True
+    except (BrokenPipeError, OSError):
+        return False
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python -m launcher.rankexec COMMAND [ARG ...]", file=sys.stderr)
+        return 2
+    rank = os.environ.get("RANK", "0")
+    host = os.environ.get("LAUNCH_HOST", "local")
+    log_dir = os.environ.get("LAUNCH_LOG_DIR", ".")
+    os.makedirs(log_dir, exist_ok=True)
+    if os.environ.get("LAUNCH_METRICS_DIR"):
+        os.makedirs(os.environ["LAUNCH_METRICS_DIR"], exist_ok=True)
+
+    parent = os.getppid()
+    _die_with_parent(signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        return 128 + signal.SIGTERM
+
+    stopped_by: list[int] = []
+    started = time.time()
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: _die_with_parent(signal.SIGKILL),
+        )
+    except OSError as exc:
+        message = f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode()
+        with open(os.path.join(log_dir, f"rank{rank}.log"), "ab") as log:
+            log.write(message)
+        _write_line(sys.stdout.buffer, f"[{host}/{rank}] ".encode() + message)
+        _write_status(log_dir, rank, host, 127, None, started, False)
+        return 127
+
+    def forward(signum, _frame):
+        stopped_by.append(signum)
+        try:
+            child.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+
+    prefix = f"[{host}/{rank}] ".encode()
+    out = sys.stdout.buffer
+    console_ok = True
+    with open(os.path.join(log_dir, f"rank{rank}.log"), "ab", buffering=0) as log:
+        assert child.stdout is not None
+        for line in iter(child.stdout.readline, b""):
+            log.write(line)
+            if not line.endswith(b"\n"):
+                line += b"\n"
+            if console_ok:
+                console_ok = _write_line(out, prefix + line)
+    code = child.wait()
+    signum = -code if code < 0 else None
+    exit_code = 128 + signum if signum else code
+    _write_status(log_dir, rank, host, exit_code, signum, started, bool(stopped_by))
+    return exit_code
+
+
+def _write_status(log_dir: str, rank: str, host: str, exit_code: int, signum: int | None, started: float, stopped: bool) -> None:
+    ended = time.time()
+    record = {
+        "rank": int(rank),
+        "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+        "host": host,
+        "exit_code": exit_code,
+        "signal": signum,
+        "stopped": stopped,  # ended by a signal sent to it (the run was being stopped)
+        "start_time": started,
+        "end_time": ended,
+        "wall_time_s": round(ended - started, 6),
+    }
+    path = os.path.join(log_dir, f"rank{rank}.status.json")
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(record, fh)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

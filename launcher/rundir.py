@@ -1,0 +1,124 @@
+"""The run directory: the one place that knows where each file of a run lives (DESIGN.md layout)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import RunError
+
+
+def new_run_id(job_name: str, now: float | None = None) -> str:
+    """`<job>-<UTC date>-<time>-<4 hex>`: sortable by start time, unique in practice."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
+    return f"{job_name}-{stamp}-{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Every path of one run, under `RUNS/<run_id>/`."""
+
+    root: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.root.name
+
+    @property
+    def job_file(self) -> Path:
+        return self.root / "job.yaml"
+
+    @property
+    def cluster_file(self) -> Path:
+        return self.root / "cluster.yaml"
+
+    @property
+    def plan_file(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def metrics_dir(self) -> Path:
+        return self.root / "metrics"
+
+    def host_logs_dir(self, host: str) -> Path:
+        return self.logs_dir / host
+
+    def rank_log(self, host: str, rank: int) -> Path:
+        return self.host_logs_dir(host) / f"rank{rank}.log"
+
+    def rank_status(self, host: str, rank: int) -> Path:
+        """Written by the rank's wrapper when the rank ends: exit code and times."""
+        return self.host_logs_dir(host) / f"rank{rank}.status.json"
+
+    def agent_log(self, host: str) -> Path:
+        """torchrun's own output on that host (everything that is not a rank's line)."""
+        return self.host_logs_dir(host) / "torchrun.log"
+
+    def metrics_file(self, rank: int) -> Path:
+        return self.metrics_dir / f"rank{rank}.jsonl"
+
+    def rank_logs(self) -> dict[int, Path]:
+        """Every collected rank log, by global rank."""
+        found: dict[int, Path] = {}
+        for path in self.logs_dir.glob("*/rank*.log"):
+            stem = path.name[len("rank") : -len(".log")]
+            if stem.isdigit():
+                found[int(stem)] = path
+        return dict(sorted(found.items()))
+
+    def rank_statuses(self) -> dict[int, dict[str, Any]]:
+        """Every rank's status record, by global rank; unreadable ones are skipped."""
+        found: dict[int, dict[str, Any]] = {}
+        for path in self.logs_dir.glob("*/rank*.status.json"):
+            try:
+                record = json.loads(path.read_text())
+                found[int(record["rank"])] = record
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return dict(sorted(found.items()))
+
+
+def new_run_paths(runs_dir: Path, job_name: str) -> RunPaths:
+    """Where a new run's directory goes; `create` makes it."""
+    return RunPaths(runs_dir.resolve() / new_run_id(job_name))
+
+
+def create(paths: RunPaths) -> None:
+    """Make the run's directory; refuse one that exists, since a run directory is never reused."""
+    try:
+        paths.root.mkdir(parents=True, exist_ok=False)
+    except FileExistsError:
+        raise RunError(f"run directory {paths.root} exists already; run directories are never reused") from None
+    except OSError as exc:
+        raise RunError(f"cannot create the run directory {paths.root}: {exc.strerror}") from None
+    paths.logs_dir.mkdir()
+    paths.metrics_dir.mkdir()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically, so a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def copy_input(src: Path | None, dst: Path, fallback_text: str | None = None) -> None:
+    """Keep the user's file as given; `fallback_text` when there is no file (the --local inventory)."""
+    if src is not None:
+        shutil.copyfile(src, dst)
+    elif fallback_text is not None:
+        dst.write_text(fallback_text)

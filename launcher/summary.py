@@ -1,0 +1,130 @@
+"""The result of a run: summary.json (DESIGN.md fields) and the table printed at the end."""
+
+from __future__ import annotations
+
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console as RichConsole
+from rich.table import Table
+
+from .execute import RunOutcome
+from .metrics import rank_stats, read_records
+from .plan import LaunchPlan
+from .rundir import RunPaths
+
+LAST_LINES = 20
+
+
+def last_lines(path: Path, count: int = LAST_LINES) -> list[str]:
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as fh:
+            return [line.rstrip("\n") for line in deque(fh, maxlen=count)]
+    except OSError:
+        return []
+
+
+def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dict[str, Any]:
+    """Everything the run directory says about how the run went, as one JSON-able mapping."""
+    statuses = paths.rank_statuses()
+    logs = paths.rank_logs()
+    ranks = []
+    for rank in sorted(set(statuses) | set(logs)):
+        status = statuses.get(rank, {})
+        host = status.get("host") or logs[rank].parent.name
+        stats = rank_stats(read_records(paths.metrics_file(rank)))
+        ranks.append(
+            {
+                "rank": rank,
+                "host": host,
+                "exit_code": status.get("exit_code"),
+                "wall_time_s": status.get("wall_time_s"),
+                "steps": stats.steps if stats else 0,
+                "samples_per_s": round(stats.samples_per_s, 3) if stats else None,
+                "step_time_median_s": round(stats.step_time_median_s, 6) if stats else None,
+            }
+        )
+    reported = [r["samples_per_s"] for r in ranks if r["samples_per_s"] is not None]
+    summary: dict[str, Any] = {
+        "run_id": plan.run_id,
+        "job": plan.job,
+        "status": outcome.status,
+        "exit_code": outcome.exit_code,
+        "nodes": plan.nnodes,
+        "hosts": [n.host for n in plan.nodes],
+        "world_size": plan.world_size if plan.world_size is not None else len(ranks),
+        "backend": plan.backend,
+        "wall_time_s": round(outcome.wall_time_s, 3),
+        "throughput_samples_per_s": round(sum(reported), 3) if reported else None,
+        "metrics_missing": [r["rank"] for r in ranks if r["samples_per_s"] is None],
+        "ranks": ranks,
+    }
+    if outcome.reason:
+        summary["reason"] = outcome.reason
+    if outcome.status == "failed":
+        summary["failure"] = first_failure(outcome, statuses, paths)
+    return summary
+
+
+def first_failure(outcome: RunOutcome, statuses: dict[int, dict[str, Any]], paths: RunPaths) -> dict[str, Any]:
+    """The root cause: the earliest rank that ended with an error on its own (not stopped by us)."""
+    failed = [s for s in statuses.values() if s.get("exit_code") not in (0, None) and not s.get("stopped")]
+    if failed:
+        first = min(failed, key=lambda s: s.get("end_time", 0.0))
+        log = paths.rank_log(first["host"], first["rank"])
+        return {
+            "host": first["host"],
+            "rank": first["rank"],
+            "exit_code": first["exit_code"],
+            "log": str(log),
+            "last_lines": last_lines(log),
+        }
+    host = outcome.failed_node or next(iter(outcome.node_exit_codes), None)
+    log = paths.agent_log(host) if host else None
+    return {
+        "host": host,
+        "rank": None,
+        "exit_code": outcome.node_exit_codes.get(host) if host else None,
+        "log": str(log) if log else None,
+        "last_lines": last_lines(log) if log else [],
+        "reason": outcome.reason or "the node's torchrun failed before any rank ended with an error",
+    }
+
+
+def render(summary: dict[str, Any], console: RichConsole) -> None:
+    """The end-of-run table and the failure, if any, as a person reads them."""
+    table = Table(title=f"run {summary['run_id']}: {summary['status']}", title_justify="left")
+    for column in ("rank", "host", "exit", "steps", "samples/s", "median step (s)", "wall (s)"):
+        table.add_column(column, justify="left" if column == "host" else "right")
+    for r in summary["ranks"]:
+        table.add_row(
+            str(r["rank"]),
+            r["host"],
+            _fmt(r["exit_code"]),
+            str(r["steps"]),
+            _fmt(r["samples_per_s"], ".1f"),
+            _fmt(r["step_time_median_s"], ".4f"),
+            _fmt(r["wall_time_s"], ".2f"),
+        )
+    console.print(table)
+    throughput = summary["throughput_samples_per_s"]
+    line = f"{summary['nodes']} node(s), world size {summary['world_size']}, {summary['backend']}, wall time {summary['wall_time_s']:.2f} s"
+    if throughput is not None:
+        line += f", throughput {throughput:.1f} samples/s"
+    console.print(line, highlight=False)
+    if summary["metrics_missing"]:
+        missing = ", ".join(str(r) for r in summary["metrics_missing"])
+        console.print(f"no metrics from rank(s) {missing}: throughput counts only the ranks that reported", highlight=False)
+    if summary.get("reason"):
+        console.print(summary["reason"], highlight=False)
+    failure = summary.get("failure")
+    if failure:
+        who = f"rank {failure['rank']} on {failure['host']}" if failure["rank"] is not None else f"node {failure['host']}"
+        console.print(f"[bold red]first failure:[/] {who}, exit code {failure['exit_code']}; log: {failure['log']}", highlight=False)
+        for text in failure["last_lines"][-10:]:
+            console.print(f"  | {text}", markup=False, highlight=False)
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    return "-" if value is None else format(value, spec)
