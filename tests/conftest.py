@@ -1,0 +1,62 @@
+"""Shared helpers: run the `launch` command as a user would, and read what it left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PROBE = ROOT / "tests" / "jobs" / "probe.py"
+
+
+def launch(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`launch ARGS...` in `cwd`, output captured as text."""
+    full_env = dict(os.environ, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "launcher", *args],
+        cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def run_id_of(output: str) -> str:
+    match = re.search(r"^launch: run (\S+) on", output, re.M)
+    assert match, f"no run id in output:\n{output}"
+    return match.group(1)
+
+
+def processes_of_run(run_id: str) -> list[int]:
+    """PIDs of live processes whose environment carries this run's LAUNCH_RUN_ID."""
+    marker = f"LAUNCH_RUN_ID={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture
+def probe_job(tmp_path: Path):
+    """Write a job.yaml running tests/jobs/probe.py with `args`, on a one-host local inventory."""
+
+    def make(args: list[str], nproc: int = 2, extra: str = "") -> Path:
+        shutil.copy(PROBE, tmp_path / "probe.py")
+        (tmp_path / "cluster.yaml").write_text("hosts:\n  - name: box\n    address: local\n")
+        command = json.dumps(["python", "probe.py", *args])
+        (tmp_path / "job.yaml").write_text(
+            f"name: probe\nnproc_per_node: {nproc}\nruntime: host\ncommand: {command}\n{extra}"
+        )
+        return tmp_path / "job.yaml"
+
+    return make

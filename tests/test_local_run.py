@@ -1,0 +1,175 @@
+"""One-box runs end to end: real torchrun, real processes, the run directory they leave."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, launch, processes_of_run, run_id_of
+
+pytestmark = pytest.mark.integration
+
+
+def test_allreduce_job_succeeds_and_fills_the_run_directory(tmp_path: Path) -> None:
+    result = launch(str(ROOT / "jobs/allreduce/job.yaml"), "--runs-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / run_id_of(result.stdout)
+    for rank in (0, 1):
+        assert f"[local/{rank}] allreduce: rank {rank} of 2: sum 3 (expected 3) OK" in result.stdout
+        log = (run / "logs/local" / f"rank{rank}.log").read_text()
+        assert f"allreduce: rank {rank} of 2: sum 3 (expected 3) OK" in log
+        assert not log.startswith("[local"), "the log file holds the rank's own lines, unprefixed"
+        records = [json.loads(line) for line in (run / "metrics" / f"rank{rank}.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == list(range(20))
+    assert (run / "job.yaml").read_text() == (ROOT / "jobs/allreduce/job.yaml").read_text()
+    assert (run / "cluster.yaml").read_text() == (ROOT / "cluster.yaml").read_text()
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["nodes"][0]["host"] == "local" and plan["nodes"][0]["node_rank"] == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["exit_code"] == 0
+    assert summary["world_size"] == 2 and summary["nodes"] == 1 and summary["backend"] == "gloo"
+    assert [r["rank"] for r in summary["ranks"]] == [0, 1]
+    assert all(r["exit_code"] == 0 and r["samples_per_s"] > 0 and r["step_time_median_s"] > 0 for r in summary["ranks"])
+    assert summary["throughput_samples_per_s"] == pytest.approx(sum(r["samples_per_s"] for r in summary["ranks"]), rel=1e-3)
+    assert "throughput" in result.stdout and "samples/s" in result.stdout
+
+
+def test_stdout_and_stderr_of_every_rank_reach_its_log_and_the_terminal(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "2"], nproc=3)
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    for rank in range(3):
+        assert f"[box/{rank}] to stderr from rank {rank}" in result.stdout
+        log = (run / "logs/box" / f"rank{rank}.log").read_text()
+        assert log.splitlines() == [f"to stderr from rank {rank}", "step 0", "step 1"]
+
+
+def test_a_failing_rank_stops_the_run_and_is_named(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "200", "--sleep", "0.1", "--fail-rank", "1", "--fail-step", "3", "--fail-code", "7"])
+    started = time.monotonic()
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert time.monotonic() - started < 15, "the other rank should be stopped, not run its 200 steps"
+    assert result.returncode == 1, result.stdout + result.stderr
+    run_id = run_id_of(result.stdout)
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["exit_code"] == 1
+    failure = summary["failure"]
+    assert (failure["host"], failure["rank"], failure["exit_code"]) == ("box", 1, 7)
+    assert failure["last_lines"][-1] == "rank 1 failing on purpose"
+    assert failure["log"].endswith("logs/box/rank1.log")
+    assert "first failure: rank 1 on box, exit code 7" in result.stdout
+    assert "rank 1 failing on purpose" in result.stdout
+    assert processes_of_run(run_id) == []
+
+
+def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "600", "--sleep", "0.1"])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # wait until both ranks are stepping
+        lines.append(line)
+        if sum(1 for seen in lines if "] step 2" in seen) == 2:
+            break
+    run_id = run_id_of("".join(lines))
+    assert len(processes_of_run(run_id)) >= 5  # torchrun, and a wrapper and a probe per rank
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + rest
+    deadline = time.monotonic() + 5
+    while processes_of_run(run_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert processes_of_run(run_id) == []
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["exit_code"] == 130
+    log = (tmp_path / "runs" / run_id / "logs/box/rank0.log").read_text()
+    assert "step 2" in log
+
+
+def test_arguments_reach_the_job_verbatim(probe_job, tmp_path: Path) -> None:
+    marker = tmp_path / "created"
+    tricky = [f"$(touch {marker})", '"quoted"', "'a b'", "a b\"c", "`id`", "; rm -rf /nonexistent"]
+    job = probe_job(["--print-args", *tricky], nproc=1)
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    printed = [line for line in result.stdout.splitlines() if line.startswith("[box/0] args: ")]
+    assert json.loads(printed[0][len("[box/0] args: "):]) == ["--print-args", *tricky]
+    assert not marker.exists()
+
+
+def test_secrets_reach_ranks_but_no_file_or_output(probe_job, tmp_path: Path) -> None:
+    secret = "s3cr3t-value-93f1"
+    job = probe_job(["--hash-env", "API_TOKEN"], nproc=2, extra="secrets: [API_TOKEN]\n")
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={"API_TOKEN": secret})
+    assert result.returncode == 0, result.stdout + result.stderr
+    import hashlib
+
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    assert result.stdout.count(f"env API_TOKEN sha256 {digest}") == 2
+    assert secret not in result.stdout + result.stderr
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    plan = json.loads(next((tmp_path / "runs").glob("*/plan.json")).read_text())
+    assert plan["nodes"][0]["env"]["API_TOKEN"] == "***"
+
+
+def test_missing_secret_is_bad_input_and_starts_nothing(probe_job, tmp_path: Path) -> None:
+    job = probe_job([], extra="secrets: [NOT_SET_ANYWHERE_42]\n")
+    env = {k: v for k, v in os.environ.items() if k != "NOT_SET_ANYWHERE_42"}
+    result = subprocess.run([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"launch: error: {job}: secrets: NOT_SET_ANYWHERE_42 is not set in the launcher's environment"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_dry_run_prints_the_plan_and_changes_nothing(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "1"], nproc=2, extra="secrets: [API_TOKEN]\nenv: {FOO: bar}\n")
+    result = launch(str(job), "--dry-run", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={"API_TOKEN": "xyz-secret"})
+    assert result.returncode == 0, result.stderr
+    assert "node 0: box (this machine), 2 process(es)" in result.stdout
+    assert "--nproc-per-node=2" in result.stdout and "probe.py --steps 1" in result.stdout
+    assert "API_TOKEN='***'" in result.stdout and "FOO=bar" in result.stdout
+    assert "xyz-secret" not in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_timeout_stops_the_run(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "600", "--sleep", "0.1"], extra="timeout: 4s\n")
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    run_id = run_id_of(result.stdout)
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith("timed out after 4 s")
+    assert processes_of_run(run_id) == []
+
+
+def test_a_job_without_metrics_says_so(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--no-metrics"])
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["throughput_samples_per_s"] is None and summary["metrics_missing"] == [0, 1]
+    assert all(r["wall_time_s"] > 0 for r in summary["ranks"])
+    assert "no metrics from rank(s) 0, 1" in result.stdout
+
+
+def test_logs_command_prints_a_runs_logs(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "2"])
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    logs = launch("logs", str(run), "--rank", "1", cwd=tmp_path)
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.splitlines() == ["[box/1] to stderr from rank 1", "[box/1] step 0", "[box/1] step 1"]
