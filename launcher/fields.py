@@ -29,6 +29,18 @@ def parse_duration(text: str) -> float | None:
     return float(((days * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
+def suggest(name: str, choices: list[str]) -> str | None:
+    """The choice a misspelt or shortened `name` most likely meant, if any."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    if len(name) >= 3:
+        prefixed = [c for c in choices if c.startswith(name) or name.startswith(c)]
+        if len(prefixed) == 1:
+            return prefixed[0]
+    return None
+
+
 class Section:
     """One mapping of a user's file, read key by key."""
 
@@ -53,8 +65,8 @@ class Section:
             if not isinstance(name, str):
                 raise SpecError(f"{self.label}: {self.prefix or 'top level'}: keys must be names, got {describe(name)}")
             if name not in allowed:
-                close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
-                hint = f"did you mean '{close[0]}'?" if close else "valid keys: " + ", ".join(allowed)
+                close = suggest(name, allowed)
+                hint = f"did you mean '{close}'?" if close else "valid keys: " + ", ".join(allowed)
                 where = f"{self.label}: {self.prefix.rstrip('.')}: " if self.prefix else f"{self.label}: "
                 raise SpecError(f"{where}unknown key '{name}'; {hint}")
         for name in required:

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set up everything, then run the whole test suite. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo
+echo "== running the tests"
+exec .venv/bin/python -m pytest -rs "$@"

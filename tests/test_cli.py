@@ -1,0 +1,58 @@
+"""The command line's contract for bad input: one line on stderr, exit code 2, nothing created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import launch
+
+CLUSTER = "hosts:\n  - name: box\n    address: local\n"
+
+
+@pytest.mark.parametrize(
+    "job, args, message",
+    [
+        ("command: [python, x.py]\nnproc: 2\n", [], "{job}: unknown key 'nproc'; did you mean 'nproc_per_node'?"),
+        ("command: [python, x.py]\nnodes: 3\n", [], "{job}: nodes: 3 is more than the 1 host in {cluster}"),
+        ("command: [python, x.py]\n", ["--nodes", "2"], "--nodes: 2 is more than the 1 host in {cluster}"),
+        ("command: [python, x.py]\n", ["--nodes", "0"], "--nodes: expected a positive integer, got 0"),
+        ("command: [python, x.py]\nbackend: nccl\n", [],
+         "{job}: backend: nccl needs GPUs, but host 'box' in {cluster} has gpus: 0; use gloo or auto"),
+        ("command: python x.py\n", [], "{job}: command: expected a list of strings, e.g. [python, train.py], got 'python x.py'"),
+        ("command: [python, x.py]\ncluster: nowhere.yaml\n", [], "{dir}/nowhere.yaml: file not found"),
+        ("command: [python, x.py]\ntimeout: soon\n", [], "{job}: timeout: expected a duration such as 90s, 30m, 1h or 1h30m, got 'soon'"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, job: str, args: list[str], message: str) -> None:
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text("cluster: cluster.yaml\n" + job if "cluster:" not in job else job)
+    result = launch(str(job_path), "--runs-dir", str(tmp_path / "runs"), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    expected = "launch: error: " + message.format(job=job_path, cluster=tmp_path / "cluster.yaml", dir=tmp_path)
+    assert result.stderr.splitlines() == [expected]
+    assert result.stdout == ""
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_job_file(tmp_path: Path) -> None:
+    result = launch("nope.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["launch: error: nope.yaml: file not found"]
+
+
+def test_usage_error_exits_2(tmp_path: Path) -> None:
+    result = launch("--no-such-flag", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "usage: launch" in result.stderr
+
+
+def test_remote_hosts_are_refused_until_the_ssh_transport_exists(tmp_path: Path) -> None:
+    (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: a, address: 10.9.9.1}\n")
+    (tmp_path / "job.yaml").write_text("command: [python, x.py]\nruntime: host\n")
+    result = launch(str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "host 'a' is remote" in result.stderr
+    assert not (tmp_path / "runs").exists()
