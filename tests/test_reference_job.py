@@ -18,6 +18,7 @@ def test_resnet18_learns_on_fake_cifar(tmp_path: Path) -> None:
     job = (ROOT / "jobs/resnet18-cifar10/job.yaml").read_text()
     job = re.sub(r"^command: .*$", 'command: [python, train.py, --epochs, "6", --batch-size, "32", --fake-size, "256"]', job, flags=re.M)
     job = job.replace("cluster: ../../cluster.yaml", f"workdir: {ROOT / 'jobs/resnet18-cifar10'}")
+    job = job.replace("requirements: requirements.txt", f"requirements: {ROOT / 'jobs/resnet18-cifar10/requirements.txt'}")
     job_path = tmp_path / "job.yaml"
     job_path.write_text(job)
     result = launch(str(job_path), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={"CIFAR10_DIR": ""})
