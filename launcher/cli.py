@@ -73,8 +73,6 @@ def _local_gpus() -> int:
 
 
 def run_job(args: argparse.Namespace) -> int:
-    if args.nodes is not None and args.nodes < 1:
-        raise SpecError(f"--nodes: expected a positive integer, got {args.nodes}")
     job = load_job(args.job)
     cluster = resolve_cluster(job, args)
     hosts = select_hosts(job, cluster, args.nodes, "--nodes" if args.nodes is not None else None)

@@ -7,6 +7,7 @@ A `Section` knows which file and which key path it reads, so every message says
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Any, Iterable
 
@@ -63,7 +64,8 @@ class Section:
         allowed = list(allowed)
         for name in self.data:
             if not isinstance(name, str):
-                raise SpecError(f"{self.label}: {self.prefix or 'top level'}: keys must be names, got {describe(name)}")
+                where = self.prefix.rstrip(".") or "top level"
+                raise SpecError(f"{self.label}: {where}: keys must be names, got {describe(name)}")
             if name not in allowed:
                 close = suggest(name, allowed)
                 hint = f"did you mean '{close}'?" if close else "valid keys: " + ", ".join(allowed)
@@ -129,7 +131,7 @@ class Section:
         seconds = float(value) if isinstance(value, (int, float)) else None
         if isinstance(value, str):
             seconds = parse_duration(value)
-        if seconds is None or seconds <= 0:
+        if seconds is None or not math.isfinite(seconds) or seconds <= 0:
             raise self.expected(name, what, value)
         return seconds
 

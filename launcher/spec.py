@@ -85,7 +85,9 @@ def load_cluster(path: Path) -> ClusterSpec:
     label = str(path)
     top = Section(label, load_mapping(path, label))
     top.check_keys(["ssh", "hosts"], required=["hosts"])
-    defaults = _ssh_settings(top.section("ssh"), SshSettings())
+    ssh = top.section("ssh")
+    ssh.check_keys(_SSH_KEYS)
+    defaults = _ssh_settings(ssh, SshSettings())
     raw_hosts = top.get("hosts")
     if not isinstance(raw_hosts, list) or not raw_hosts:
         raise top.expected("hosts", "a non-empty list of hosts", raw_hosts)
@@ -237,6 +239,8 @@ def select_hosts(job: JobSpec, cluster: ClusterSpec, nodes: int | None = None, n
     """The hosts a run uses: the first `nodes` of the inventory, checked against the job."""
     count = nodes if nodes is not None else job.nodes
     where = nodes_label or f"{job.path}: nodes"
+    if count is not None and count < 1:
+        raise SpecError(f"{where}: expected a positive integer, got {count}")
     available = len(cluster.hosts)
     if count is not None and count > available:
         plural = "host" if available == 1 else "hosts"
@@ -249,8 +253,9 @@ def select_hosts(job: JobSpec, cluster: ClusterSpec, nodes: int | None = None, n
     if isinstance(job.nproc_per_node, int) and backend_for(job, hosts) == "nccl":
         for h in hosts:
             if job.nproc_per_node > h.gpus:
+                gpus = "1 GPU" if h.gpus == 1 else f"{h.gpus} GPUs"
                 raise SpecError(
-                    f"{job.path}: nproc_per_node: {job.nproc_per_node} is more than the {h.gpus} GPUs of host '{h.name}'; nccl needs one GPU per process"
+                    f"{job.path}: nproc_per_node: {job.nproc_per_node} is more than the {gpus} of host '{h.name}'; nccl needs one GPU per process"
                 )
     return hosts
 
