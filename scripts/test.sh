@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/setup-lab.sh
 echo
 echo "== running the tests"
 exec .venv/bin/python -m pytest -rs "$@"

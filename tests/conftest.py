@@ -69,3 +69,44 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if os.environ.get("CI") and skipped and exitstatus == 0:
         reporter.write_line(f"CI: {skipped} test(s) skipped; every test must run in CI", red=True)
         session.exitstatus = 1
+
+
+LAB_TOOLS = ("dockerd", "sshd", "ssh", "ssh-keygen", "ip", "nsenter", "unshare", "docker")
+
+
+def lab_missing() -> str | None:
+    """Why the simulated lab cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the simulated lab needs root"
+    missing = [tool for tool in LAB_TOOLS if not shutil.which(tool) and not Path("/usr/sbin", tool).exists()]
+    if missing:
+        return f"the simulated lab needs {', '.join(missing)}; scripts/test.sh installs them"
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        return "this machine's dockerd is not running; scripts/test.sh starts it"
+    return None
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """The CPU base image with torch (images/build-cpu-base.sh: cached, rebuilt when its inputs change)."""
+    reason = lab_missing()
+    if reason:
+        pytest.skip(reason)
+    result = subprocess.run([str(ROOT / "images/build-cpu-base.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def lab(base_image: str):
+    """Three SSH hosts with their own Docker engines, the base image in each; torn down at the end."""
+    import simlab
+
+    sim = simlab.Lab(hosts=3).up()
+    try:
+        sim.ensure_image(base_image)
+        yield sim
+    finally:
+        sim.down()
+    left = simlab.leftovers(sim.prefix)
+    assert not any(left.values()), f"the lab left {left}"
