@@ -1,18 +1,19 @@
-# The job image: the recipe the launcher builds for runtime: docker (see README.md).
-# Build context, made by the launcher:
-#   wheelhouse/        every wheel the job's requirements need, resolved on the launching machine,
-#                      so that neither the build nor the lab hosts need the internet
-#   requirements.txt   the job's requirements
+# The job image: the recipe `launch` builds for runtime: docker (launcher/image.py).
+# Its build context, made by the launcher:
+#   requirements.txt   the job's requirements (empty when it has none)
 #   launcher/          the launcher's in-rank helpers (rankexec, metrics): standard library only
-#   job/               the job's workdir: last, so that a code edit rebuilds only that layer
+#   job/               the job's workdir: the last layer, so a code edit rebuilds and ships only it
+# Requirements come from a wheelhouse resolved on the launching machine and served on its loopback
+# (the build runs with host networking), so no index is needed and no wheel stays in a layer.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
-COPY wheelhouse/ /opt/launch/wheelhouse/
+ARG WHEELS_URL=http://127.0.0.1:29499/
 COPY requirements.txt /opt/launch/requirements.txt
-RUN python3 -m pip install --no-cache-dir --no-index --find-links /opt/launch/wheelhouse \
-        -r /opt/launch/requirements.txt \
-    && rm -rf /opt/launch/wheelhouse
+RUN if grep -qv -e '^[[:space:]]*$' -e '^[[:space:]]*#' /opt/launch/requirements.txt; then \
+        python3 -m pip install --no-cache-dir --no-index --find-links "$WHEELS_URL" \
+            -r /opt/launch/requirements.txt; \
+    fi
 COPY launcher/ /opt/launch/lib/launcher/
 ENV PYTHONPATH=/opt/launch/lib PYTHONUNBUFFERED=1
-COPY job/ /workspace/
 WORKDIR /workspace
+COPY job/ /workspace/

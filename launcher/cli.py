@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console as RichConsole
@@ -18,7 +19,10 @@ from .execute import Console, execute
 from .plan import PlanOptions, make_plan
 from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster, select_hosts
 from .summary import build_summary, render
-from .transport import LocalTransport
+from .deploy import deploy
+from .image import image_tag
+from .remote import SshTransport
+from .transport import LocalTransport, Transport
 
 SUBCOMMANDS = ("logs",)
 
@@ -76,29 +80,44 @@ def run_job(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     cluster = resolve_cluster(job, args)
     hosts = select_hosts(job, cluster, args.nodes, "--nodes" if args.nodes is not None else None)
-    remote = [h.name for h in hosts if not h.is_local]
-    if remote:
-        raise SpecError(f"{cluster.label}: host '{remote[0]}' is remote; this version runs only hosts with address: local (or --local)")
     missing = [name for name in job.secrets if name not in os.environ]
     if missing:
         raise SpecError(f"{job.path}: secrets: {missing[0]} is not set in the launcher's environment")
     secrets = {name: os.environ[name] for name in job.secrets}
+    remote = any(not h.is_local for h in hosts)
 
     paths = rundir.new_run_paths(args.runs_dir, job.name)
-    options = PlanOptions(run_dir=str(paths.root), local_python=sys.executable, local_cpus=os.cpu_count() or 1)
-    plan = make_plan(job, hosts, paths.run_id, options)
+    options = PlanOptions(
+        run_dir=str(paths.root),
+        local_python=sys.executable,
+        local_cpus=os.cpu_count() or 1,
+        image=image_tag(job) if remote and job.runtime == "docker" else None,
+    )
+    plan = make_plan(job, hosts, paths.run_id, options)  # every check before anything starts
     if args.dry_run:
         print(plan.describe())
         return 0
+
+    console = Console()
+    transport: Transport
+    if remote:
+        deployment = deploy(job, hosts, console.say)
+        if deployment.nics:
+            plan = make_plan(job, hosts, paths.run_id, replace(options, nics=deployment.nics))
+        transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, deployment.conns)
+    else:
+        transport = LocalTransport()
 
     rundir.create(paths)
     rundir.copy_input(job.path, paths.job_file)
     rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
     rundir.write_json(paths.plan_file, plan.to_json())
 
-    console = Console()
     console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
-    outcome = execute(plan, LocalTransport(), paths, secrets, console)
+    try:
+        outcome = execute(plan, transport, paths, secrets, console)
+    finally:
+        transport.close()
     summary = build_summary(plan, outcome, paths)
     rundir.write_json(paths.summary_file, summary)
     render(summary, RichConsole(highlight=False, soft_wrap=True))

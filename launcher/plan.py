@@ -16,6 +16,10 @@ from .spec import Host, JobSpec, backend_for
 SECRET_MASK = "***"
 LOCAL_MASTER_ADDR = "127.0.0.1"
 RANK_WRAPPER_MODULE = "launcher.rankexec"
+CONTAINER_RUN_DIR = "/launch/run"  # where a node's run directory is mounted in its container
+CONTAINER_WORKDIR = "/workspace"
+SECRETS_FILE = "secrets.env"  # in a node's run directory; read by rankexec, never collected
+RUN_LABEL = "launch.run_id"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,9 @@ class PlanOptions:
     local_python: str = "python3"  # the launcher's interpreter, for hosts with address: local
     local_cpus: int = 1
     remote_python: str = "python3"
+    image: str | None = None  # the job image's tag, for runtime: docker on remote hosts
+    remote_runs: str = "/tmp/launch-runs"  # where a remote node keeps its part of a run
+    nics: dict[str, str] = field(default_factory=dict)  # host -> interface that reaches rank 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,8 @@ class NodePlan:
     cwd: str
     log_dir: str
     metrics_dir: str
+    node_dir: str  # the run's directory on the node itself (the run directory, on this machine)
+    container: str | None = None  # the container's name, for runtime: docker
 
     @property
     def is_local(self) -> bool:
@@ -87,6 +96,8 @@ class LaunchPlan:
                     "cwd": n.cwd,
                     "log_dir": n.log_dir,
                     "metrics_dir": n.metrics_dir,
+                    "node_dir": n.node_dir,
+                    "container": n.container,
                 }
                 for n in self.nodes
             ],
@@ -130,8 +141,10 @@ def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanO
             f"{job.path}: host '{local[0].name}' has address: local, which only a one-node run can use; "
             "give it the address other hosts reach it by"
         )
-    if job.runtime == "docker" and not local:
-        raise SpecError(f"{job.path}: runtime: docker on remote hosts is not available yet; use runtime: host")
+    if job.runtime == "host" and not local:
+        raise SpecError(f"{job.path}: runtime: host on remote hosts is not available yet; use runtime: docker")
+    if job.runtime == "docker" and not local and not options.image:
+        raise SpecError(f"{job.path}: runtime: docker needs the job's image tag to plan remote nodes")
     backend = backend_for(job, hosts)
     master_addr = LOCAL_MASTER_ADDR if local else hosts[0].address
     counts = [node_nproc(job, h, options.local_cpus) for h in hosts]
@@ -166,9 +179,15 @@ def _node(
     run_id: str,
     options: PlanOptions,
 ) -> NodePlan:
-    python = host.python or (options.local_python if host.is_local else options.remote_python)
-    log_dir = f"{options.run_dir}/logs/{host.name}"
-    metrics_dir = f"{options.run_dir}/metrics"
+    in_container = not host.is_local and job.runtime == "docker"
+    node_dir = options.run_dir if host.is_local else f"{options.remote_runs}/{run_id}"
+    seen_dir = CONTAINER_RUN_DIR if in_container else node_dir  # the run directory as ranks see it
+    if in_container:
+        python = "python3"
+    else:
+        python = host.python or (options.local_python if host.is_local else options.remote_python)
+    log_dir = f"{seen_dir}/logs/{host.name}"
+    metrics_dir = f"{seen_dir}/metrics"
     torchrun = [
         python, "-m", "torch.distributed.run",
         f"--nnodes={nnodes}",
@@ -178,9 +197,11 @@ def _node(
         f"--master-port={job.rdzv_port}",
         f"--max-restarts={job.max_restarts}",
         f"--rdzv-id={run_id}",
-        "--no-python",
     ]
-    wrapper = [python, "-m", RANK_WRAPPER_MODULE]
+    if not host.is_local:
+        torchrun.append(f"--local-addr={host.address}")
+    torchrun.append("--no-python")
+    rank_argv = torchrun + [python, "-m", RANK_WRAPPER_MODULE, *job.command]
     env = dict(job.env)
     env.update(
         LAUNCH_RUN_ID=run_id,
@@ -189,12 +210,17 @@ def _node(
         LAUNCH_HOST=host.name,
         LAUNCH_BACKEND=backend,
     )
-    if host.nic:
-        env["GLOO_SOCKET_IFNAME"] = host.nic
+    nic = host.nic or options.nics.get(host.name)
+    if nic:
+        env["GLOO_SOCKET_IFNAME"] = nic
         if backend == "nccl":
-            env["NCCL_SOCKET_IFNAME"] = host.nic
-    if host.gpu_ids:
+            env["NCCL_SOCKET_IFNAME"] = nic
+    if host.gpu_ids and not in_container:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(host.gpu_ids)
+    if job.secrets and in_container:
+        env["LAUNCH_SECRETS_FILE"] = f"{CONTAINER_RUN_DIR}/{SECRETS_FILE}"
+    container = f"launch-{run_id}-{host.name}" if in_container else None
+    argv = _docker_run(job, host, run_id, container, node_dir, env, options) + rank_argv if container else rank_argv
     for name in job.secrets:
         env[name] = SECRET_MASK
     return NodePlan(
@@ -203,11 +229,35 @@ def _node(
         node_rank=node_rank,
         nproc=nproc,
         first_rank=first_rank,
-        image=None,
-        argv=tuple(torchrun + wrapper + list(job.command)),
+        image=options.image if in_container else None,
+        argv=tuple(argv),
         env=env,
         secrets=job.secrets,
-        cwd=str(job.workdir),
+        cwd=CONTAINER_WORKDIR if in_container else str(job.workdir),
         log_dir=log_dir,
         metrics_dir=metrics_dir,
+        node_dir=node_dir,
+        container=container,
     )
+
+
+def _docker_run(job: JobSpec, host: Host, run_id: str, name: str, node_dir: str, env: dict[str, str], options: PlanOptions) -> list[str]:
+    """`docker run` of one node's container: host networking and IPC, the node's run dir mounted.
+
+    Environment values go on this command line, so secrets never do: rankexec reads them from a
+    file in the node's run directory (`LAUNCH_SECRETS_FILE`) and hands them only to the rank.
+    """
+    argv = [
+        "docker", "run", "--rm", "--name", name,
+        "--label", f"{RUN_LABEL}={run_id}", "--label", f"launch.host={host.name}",
+        "--network", "host", "--ipc", "host",
+        "--volume", f"{node_dir}:{CONTAINER_RUN_DIR}",
+        "--workdir", CONTAINER_WORKDIR,
+    ]
+    if host.gpus:
+        # docker parses --gpus as CSV: a device list needs its own quotes
+        argv += ["--gpus", f'"device={",".join(host.gpu_ids)}"' if host.gpu_ids else "all"]
+    for key, value in sorted(env.items()):
+        argv += ["--env", f"{key}={value}"]
+    assert options.image is not None
+    return argv + [options.image]

@@ -61,6 +61,7 @@ def main(argv: list[str]) -> int:
     try:
         child = subprocess.Popen(
             argv,
+            env=_child_environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -100,6 +101,22 @@ def main(argv: list[str]) -> int:
     exit_code = 128 + signum if signum else code
     _write_status(log_dir, rank, host, exit_code, signum, started, bool(stopped_by))
     return exit_code
+
+
+def _child_environment() -> dict[str, str]:
+    """This process's environment plus the secrets in $LAUNCH_SECRETS_FILE (KEY=VALUE lines).
+
+    Secrets reach the rank this way so that they are in no command line and no container's config.
+    """
+    env = dict(os.environ)
+    path = env.pop("LAUNCH_SECRETS_FILE", None)
+    if path:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                key, sep, value = line.rstrip("\n").partition("=")
+                if sep:
+                    env[key] = value
+    return env
 
 
 def _write_status(log_dir: str, rank: str, host: str, exit_code: int, signum: int | None, started: float, stopped: bool) -> None:

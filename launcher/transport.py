@@ -34,6 +34,9 @@ class Transport(Protocol):
     def collect(self, node: NodePlan) -> None:
         """Bring the node's logs and metrics into the run directory."""
 
+    def close(self) -> None:
+        """Let go of connections; the run is over."""
+
 
 def node_environment(node: NodePlan, secrets: dict[str, str], base: dict[str, str]) -> dict[str, str]:
     env = dict(base)
@@ -99,3 +102,6 @@ class LocalTransport:
 
     def collect(self, node: NodePlan) -> None:
         """Local ranks write straight into the run directory: nothing to bring back."""
+
+    def close(self) -> None:
+        pass

@@ -183,12 +183,13 @@ def test_cwd_with_spaces_is_quoted_in_describe(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Several remote hosts (runtime: host)
+# Several remote hosts (runtime: docker)
 # ---------------------------------------------------------------------------------------------
 
+REMOTE_OPTIONS = replace(OPTIONS, image="launch/scaling-test:0123456789abcdef", nics={"cpu2": "ens5"})
 REMOTE_JOB = """\
 name: scaling-test
-runtime: host
+runtime: docker
 command: [python, train.py, --epochs, "1"]
 env: {OMP_NUM_THREADS: "1"}
 """
@@ -208,14 +209,21 @@ hosts:
 
 def test_three_remote_hosts_mixed(tmp_path: Path) -> None:
     job, hosts = setup(tmp_path, REMOTE_JOB, THREE_MIXED)
-    plan = make_plan(job, hosts, "20240101-000000-mixed", OPTIONS)
+    plan = make_plan(job, hosts, "20240101-000000-mixed", REMOTE_OPTIONS)
 
     assert (plan.nnodes, plan.backend, plan.master_addr, plan.world_size) == (3, "gloo", "10.0.0.11", None)
     assert [n.node_rank for n in plan.nodes] == [0, 1, 2]
     assert [n.nproc for n in plan.nodes] == [2, 8, "auto"]
     assert [n.first_rank for n in plan.nodes] == [0, 2, 10]
-    assert [n.argv[0] for n in plan.nodes] == ["python3", "/opt/venv/bin/python", "python3"]
+    assert [n.argv[:2] for n in plan.nodes] == [("docker", "run")] * 3
+    assert [n.container for n in plan.nodes] == [f"launch-20240101-000000-mixed-{h}" for h in ("gpu1", "cpu1", "cpu2")]
+    assert [n.env.get("GLOO_SOCKET_IFNAME") for n in plan.nodes] == ["eth0", None, "ens5"]
     for n in plan.nodes:
+        assert n.image == "launch/scaling-test:0123456789abcdef" and n.image in n.argv
+        assert n.node_dir == "/tmp/launch-runs/20240101-000000-mixed" and n.cwd == "/workspace"
+        assert "--volume" in n.argv and "/tmp/launch-runs/20240101-000000-mixed:/launch/run" in n.argv
+        assert n.env["LAUNCH_METRICS_DIR"] == "/launch/run/metrics"
+        assert f"--local-addr={n.address}" in n.argv
         assert "--nnodes=3" in n.argv
         assert f"--node-rank={n.node_rank}" in n.argv
         assert f"--nproc-per-node={n.nproc}" in n.argv
@@ -229,12 +237,12 @@ def test_three_remote_hosts_mixed(tmp_path: Path) -> None:
 
 def test_three_remote_gpu_hosts(tmp_path: Path) -> None:
     job, hosts = setup(tmp_path, REMOTE_JOB, THREE_GPU)
-    plan = make_plan(job, hosts, "20240101-000000-gpu", OPTIONS)
+    plan = make_plan(job, hosts, "20240101-000000-gpu", REMOTE_OPTIONS)
 
     assert (plan.backend, plan.master_addr, plan.world_size) == ("nccl", "10.0.0.21", 10)
     assert [n.nproc for n in plan.nodes] == [4, 4, 2]
     assert [n.first_rank for n in plan.nodes] == [0, 4, 8]
-    assert [n.env.get("CUDA_VISIBLE_DEVICES") for n in plan.nodes] == [None, None, "1,3"]
+    assert [n.argv[n.argv.index("--gpus") + 1] for n in plan.nodes] == ["all", "all", '"device=1,3"']
     assert all(n.env["NCCL_SOCKET_IFNAME"] == "ib0" for n in plan.nodes)
     check_golden("remote_three_gpu_hosts", normalised(plan, tmp_path))
 
@@ -242,7 +250,7 @@ def test_three_remote_gpu_hosts(tmp_path: Path) -> None:
 def test_unknown_count_leaves_later_first_ranks_unknown(tmp_path: Path) -> None:
     cluster = "hosts:\n  - {name: a, address: 10.0.0.1, slots: 2}\n  - {name: b, address: 10.0.0.2}\n  - {name: c, address: 10.0.0.3, slots: 2}\n"
     job, hosts = setup(tmp_path, REMOTE_JOB, cluster)
-    plan = make_plan(job, hosts, "r", OPTIONS)
+    plan = make_plan(job, hosts, "r", REMOTE_OPTIONS)
     assert [n.nproc for n in plan.nodes] == [2, "auto", 2]
     assert [n.first_rank for n in plan.nodes] == [0, 2, None]
     assert plan.world_size is None
@@ -250,7 +258,7 @@ def test_unknown_count_leaves_later_first_ranks_unknown(tmp_path: Path) -> None:
 
 def test_fixed_nproc_on_remote_hosts(tmp_path: Path) -> None:
     job, hosts = setup(tmp_path, REMOTE_JOB + "nproc_per_node: 3\n", THREE_MIXED)
-    plan = make_plan(job, hosts, "r", OPTIONS)
+    plan = make_plan(job, hosts, "r", REMOTE_OPTIONS)
     assert [n.nproc for n in plan.nodes] == [3, 3, 3]
     assert [n.first_rank for n in plan.nodes] == [0, 3, 6]
     assert plan.world_size == 9
@@ -258,19 +266,26 @@ def test_fixed_nproc_on_remote_hosts(tmp_path: Path) -> None:
 
 def test_nodes_limits_the_plan(tmp_path: Path) -> None:
     job, hosts = setup(tmp_path, REMOTE_JOB + "nodes: 2\n", THREE_MIXED)
-    plan = make_plan(job, hosts, "r", OPTIONS)
+    plan = make_plan(job, hosts, "r", REMOTE_OPTIONS)
     assert [n.host for n in plan.nodes] == ["gpu1", "cpu1"]
     assert plan.world_size == 10
     assert all("--nnodes=2" in n.argv for n in plan.nodes)
 
 
-def test_remote_python_option(tmp_path: Path) -> None:
-    job, hosts = setup(tmp_path, REMOTE_JOB, THREE_MIXED)
-    plan = make_plan(job, hosts, "r", replace(OPTIONS, remote_python="/usr/local/bin/python3.11"))
-    assert [n.argv[0] for n in plan.nodes] == ["/usr/local/bin/python3.11", "/opt/venv/bin/python", "/usr/local/bin/python3.11"]
+def test_remote_runtime_host_is_refused_for_now(tmp_path: Path) -> None:
+    job, hosts = setup(tmp_path, REMOTE_JOB.replace("runtime: docker", "runtime: host"), THREE_MIXED)
+    with pytest.raises(SpecError) as info:
+        make_plan(job, hosts, "r", REMOTE_OPTIONS)
+    assert str(info.value) == f"{tmp_path / 'job' / 'job.yaml'}: runtime: host on remote hosts is not available yet; use runtime: docker"
 
 
-# ---------------------------------------------------------------------------------------------
+def test_secrets_stay_off_the_docker_command_line(tmp_path: Path) -> None:
+    job, hosts = setup(tmp_path, REMOTE_JOB + "secrets: [API_TOKEN]\n", THREE_MIXED)
+    node = make_plan(job, hosts, "r", REMOTE_OPTIONS).nodes[0]
+    assert node.env["API_TOKEN"] == "***" and node.env["LAUNCH_SECRETS_FILE"] == "/launch/run/secrets.env"
+    assert not any("API_TOKEN" in arg for arg in node.argv)
+
+
 # Plans that cannot work
 # ---------------------------------------------------------------------------------------------
 
@@ -286,11 +301,11 @@ def test_local_mixed_with_remote_hosts_is_refused(tmp_path: Path) -> None:
     )
 
 
-def test_remote_docker_is_refused_for_now(tmp_path: Path) -> None:
-    job, hosts = setup(tmp_path, REMOTE_JOB.replace("runtime: host", "runtime: docker"), THREE_MIXED)
+def test_remote_docker_without_an_image_is_refused(tmp_path: Path) -> None:
+    job, hosts = setup(tmp_path, REMOTE_JOB, THREE_MIXED)
     with pytest.raises(SpecError) as info:
         make_plan(job, hosts, "r", OPTIONS)
-    assert str(info.value) == f"{tmp_path / 'job' / 'job.yaml'}: runtime: docker on remote hosts is not available yet; use runtime: host"
+    assert str(info.value) == f"{tmp_path / 'job' / 'job.yaml'}: runtime: docker needs the job's image tag to plan remote nodes"
 
 
 def test_no_hosts_is_refused(tmp_path: Path) -> None:
@@ -302,4 +317,4 @@ def test_no_hosts_is_refused(tmp_path: Path) -> None:
 
 def test_plan_is_deterministic(tmp_path: Path) -> None:
     job, hosts = setup(tmp_path, REMOTE_JOB, THREE_MIXED)
-    assert make_plan(job, hosts, "r", OPTIONS) == make_plan(job, hosts, "r", OPTIONS)
+    assert make_plan(job, hosts, "r", REMOTE_OPTIONS) == make_plan(job, hosts, "r", REMOTE_OPTIONS)

@@ -1,0 +1,107 @@
+"""Before a multi-host run: reach every host, build the job's image, ship it, find each host's NIC."""
+
+from __future__ import annotations
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import fabric
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from .errors import RunError
+from .image import CACHE, BuiltImage, build_image
+from .ship import ShipReport, ship_image
+from .spec import Host, JobSpec
+from .ssh import connect, run
+
+
+@dataclass
+class Deployment:
+    image: BuiltImage | None
+    conns: dict[str, fabric.Connection]
+    nics: dict[str, str] = field(default_factory=dict)
+    shipped: ShipReport | None = None
+
+
+def connect_all(hosts: tuple[Host, ...]) -> dict[str, fabric.Connection]:
+    """A connection to every host, in parallel; one error naming every host that failed."""
+    errors: dict[str, str] = {}
+    conns: dict[str, fabric.Connection] = {}
+
+    def one(host: Host) -> None:
+        try:
+            conns[host.name] = connect(host)
+        except RunError as exc:
+            errors[host.name] = str(exc)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+        list(pool.map(one, hosts))
+    if errors:
+        for conn in conns.values():
+            conn.close()
+        raise RunError("; ".join(errors[h.name] for h in hosts if h.name in errors))
+    return conns
+
+
+def detect_nics(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) -> dict[str, str]:
+    """For hosts without `nic`: the interface that holds (rank 0) or routes to rank 0's address."""
+    master = hosts[0].address
+    found: dict[str, str] = {}
+    for i, host in enumerate(hosts):
+        if host.nic:
+            continue
+        argv = ["ip", "-o", "-4", "addr", "show", "to", master] if i == 0 else ["ip", "-o", "route", "get", master]
+        code, out = run(conns[host.name], argv)
+        words = out.split()
+        if code == 0 and i == 0 and len(words) > 1:
+            found[host.name] = words[1]
+        elif code == 0 and "dev" in words:
+            found[host.name] = words[words.index("dev") + 1]
+    return found
+
+
+def deploy(job: JobSpec, hosts: tuple[Host, ...], say) -> Deployment:
+    conns = connect_all(hosts)
+    try:
+        nics = detect_nics(hosts, conns)
+        if job.runtime != "docker":
+            return Deployment(None, conns, nics)
+        import docker
+
+        try:
+            client = docker.from_env()
+            client.ping()
+        except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
+            raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
+        image = build_image(job, client, say)
+        say(f"image {image.tag} ({'built' if image.built else 'unchanged'})")
+        report = _ship_with_progress(client, image.tag, conns)
+        for host, result in report.results.items():
+            if result.skipped:
+                say(f"{host}: has the image already")
+            elif not result.error:
+                say(f"{host}: sent {result.layers_sent} layer(s), {result.bytes_sent / 1e6:.1f} MB; "
+                    f"{result.layers_skipped} layer(s) were there already")
+        report.raise_for_failures()
+        return Deployment(image, conns, nics, report)
+    except BaseException:
+        for conn in conns.values():
+            conn.close()
+        raise
+
+
+def _ship_with_progress(client, tag: str, conns: dict[str, fabric.Connection]) -> ShipReport:
+    lock = threading.Lock()
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                  transient=True, disable=not os.isatty(1)) as progress:
+        total = client.images.get(tag).attrs.get("Size")
+        tasks = {host: progress.add_task(f"sending to {host}", total=total) for host in conns}
+
+        def on_bytes(host: str, n: int) -> None:
+            with lock:
+                progress.advance(tasks[host], n)
+
+        return ship_image(client, tag, conns, Path(CACHE) / "layer-dirs.json", on_bytes)

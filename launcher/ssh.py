@@ -1,0 +1,86 @@
+"""SSH connections to lab hosts (Fabric), with host keys verified as OpenSSH would.
+
+`strict` refuses a host whose key is not in known_hosts; `accept-new` records an unknown host's key
+on first contact and refuses a changed one. Nothing accepts a changed key. The user's
+~/.ssh/config is not read: the inventory says everything a connection needs.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shlex
+import socket
+from pathlib import Path
+from typing import Sequence
+
+import fabric
+import paramiko
+
+from .errors import RunError
+from .spec import Host
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """OpenSSH's StrictHostKeyChecking=accept-new: trust and record a key seen for the first time."""
+
+    def __init__(self, known_hosts: Path) -> None:
+        self.known_hosts = known_hosts
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with self.known_hosts.open("a") as fh:
+            fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def connect(host: Host, timeout: float = 10) -> fabric.Connection:
+    """An open connection to `host`; RunError naming the host when it cannot be had."""
+    ssh = host.ssh
+    known_hosts = Path(os.path.expanduser(ssh.known_hosts))
+    identity = os.path.expanduser(ssh.identity_file) if ssh.identity_file else None
+    config = fabric.Config(overrides={"load_ssh_configs": False})
+    conn = fabric.Connection(
+        host.address,
+        user=ssh.user or getpass.getuser(),
+        port=ssh.port,
+        config=config,
+        connect_timeout=timeout,
+        connect_kwargs={"key_filename": [identity] if identity else None, "look_for_keys": identity is None},
+    )
+    if known_hosts.exists():
+        conn.client.load_host_keys(str(known_hosts))
+    if ssh.host_key_policy == "accept-new":
+        conn.client.set_missing_host_key_policy(_AcceptNew(known_hosts))
+    else:
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    where = f"{host.name} ({ssh.user or getpass.getuser()}@{host.address}:{ssh.port})"
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException:
+        raise RunError(f"{where}: its host key does not match {known_hosts}; refusing to connect") from None
+    except paramiko.AuthenticationException as exc:
+        raise RunError(f"{where}: authentication failed ({exc})") from None
+    except paramiko.SSHException as exc:
+        if "not found in known_hosts" in str(exc):
+            raise RunError(
+                f"{where}: its host key is not in {known_hosts}; add it (ssh-keyscan) or set host_key_policy: accept-new"
+            ) from None
+        raise RunError(f"{where}: SSH failed: {exc}") from None
+    except (OSError, socket.timeout) as exc:
+        raise RunError(f"{where}: cannot connect: {exc}") from None
+    return conn
+
+
+def run(conn: fabric.Connection, argv: Sequence[str], timeout: float | None = 120) -> tuple[int, str]:
+    """Run a command (an argv list, quoted here and nowhere else); its exit code and output."""
+    result = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
+    return result.exited, result.stdout + result.stderr
+
+
+def open_command(conn: fabric.Connection, argv: Sequence[str]) -> paramiko.Channel:
+    """Start a command whose stdout and stderr come back merged on the returned channel."""
+    channel = conn.client.get_transport().open_session()
+    channel.set_combine_stderr(True)
+    channel.exec_command(shlex.join(argv))
+    return channel

@@ -1,0 +1,129 @@
+"""Multi-node runs on the simulated lab: real sshd, real dockerd per host, images shipped for real."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PROBE, ROOT, launch, run_id_of
+
+pytestmark = pytest.mark.integration
+
+
+def lab_job(tmp_path: Path, lab, base_image: str, script: Path, args: list[str], extra: str = "") -> Path:
+    """A docker job for the lab's three hosts, one process each, running `script` with `args`."""
+    workdir = tmp_path / "job"
+    workdir.mkdir(exist_ok=True)
+    shutil.copy(script, workdir / script.name)
+    command = json.dumps(["python", script.name, *args])
+    (workdir / "job.yaml").write_text(
+        f"name: lab-{script.stem}\ncluster: {lab.cluster_file}\nnproc_per_node: 1\nbackend: gloo\n"
+        f"command: {command}\nenv: {{OMP_NUM_THREADS: '1'}}\nimage: {{base: '{base_image}'}}\n"
+        f"runtime: docker\ntimeout: 4m\n{extra}"
+    )
+    return workdir / "job.yaml"
+
+
+def containers(lab) -> dict[str, list[str]]:
+    return {h.name: lab.ssh(h.name, "docker ps -aq --filter label=launch.run_id").stdout.decode().split() for h in lab.hosts}
+
+
+def test_three_hosts_allreduce_with_known_answer(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, ROOT / "jobs/allreduce/train.py", ["--steps", "20"])
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    for rank, host in enumerate(("h1", "h2", "h3")):
+        assert f"[{host}/{rank}] allreduce: rank {rank} of 3: sum 6 (expected 6) OK" in result.stdout
+        log = (run / "logs" / host / f"rank{rank}.log").read_text()
+        assert f"allreduce: rank {rank} of 3: sum 6 (expected 6) OK" in log
+        assert len((run / "metrics" / f"rank{rank}.jsonl").read_text().splitlines()) == 20
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["nodes"], summary["world_size"]) == ("succeeded", 3, 3)
+    assert [(r["rank"], r["host"], r["exit_code"]) for r in summary["ranks"]] == [(0, "h1", 0), (1, "h2", 0), (2, "h3", 0)]
+    plan = json.loads((run / "plan.json").read_text())
+    assert [n["node_rank"] for n in plan["nodes"]] == [0, 1, 2]
+    assert all("--master-addr=10.77.7.11" in n["command"] for n in plan["nodes"])
+    assert containers(lab) == {"h1": [], "h2": [], "h3": []}
+    assert all(lab.ssh(h.name, f"test -e /tmp/launch-runs/{summary['run_id']}", check=False).returncode == 1 for h in lab.hosts)
+
+
+def test_a_failing_rank_stops_every_host(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "600", "--sleep", "0.1", "--fail-rank", "2", "--fail-step", "5", "--fail-code", "9"])
+    started = time.monotonic()
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr
+    assert time.monotonic() - started < 90
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    failure = json.loads((run / "summary.json").read_text())["failure"]
+    assert (failure["host"], failure["rank"], failure["exit_code"]) == ("h3", 2, 9)
+    assert failure["last_lines"][-1] == "rank 2 failing on purpose"
+    assert "first failure: rank 2 on h3, exit code 9" in result.stdout
+    for rank, host in enumerate(("h1", "h2")):
+        assert "step 4" in (run / "logs" / host / f"rank{rank}.log").read_text(), "logs of stopped ranks are collected"
+    assert containers(lab) == {"h1": [], "h2": [], "h3": []}
+
+
+def test_ctrl_c_leaves_no_container_on_any_host(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "600", "--sleep", "0.1"])
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if sum(1 for s in seen if "] step 3" in s) == 3:
+            break
+    assert all(containers(lab).values()), "every host runs the job's container"
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen)[-2000:] + rest[-2000:]
+    assert containers(lab) == {"h1": [], "h2": [], "h3": []}
+    run = tmp_path / "runs" / run_id_of("".join(seen))
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert "step 3" in (run / "logs/h2/rank1.log").read_text()
+
+
+def test_arguments_and_secrets_cross_ssh_and_docker_intact(tmp_path: Path, lab, base_image: str) -> None:
+    marker = "/tmp/launch-quoting-marker"
+    tricky = [f"$(touch {marker})", '"quoted"', "'a b'", "a b\"c", "`touch /tmp/x2`"]
+    secret = "lab-s3cr3t-4f1d"
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1", "--print-args", "--hash-env", "API_TOKEN", *tricky],
+                  extra="secrets: [API_TOKEN]\n")
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={"API_TOKEN": secret})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    for rank, host in enumerate(("h1", "h2", "h3")):
+        line = next(l for l in result.stdout.splitlines() if l.startswith(f"[{host}/{rank}] args: "))
+        assert json.loads(line.split("args: ", 1)[1])[-len(tricky):] == tricky
+        assert lab.ssh(host, f"test -e {marker}", check=False).returncode == 1
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    assert result.stdout.count(f"env API_TOKEN sha256 {digest}") == 3
+    assert secret not in result.stdout + result.stderr
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
+def test_relaunch_after_a_code_edit_sends_no_base_layer(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1"])
+    first = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr
+    with (job.parent / "probe.py").open("a") as fh:
+        fh.write(f"\n# edited {time.time()}\n")
+    second = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr
+    sent = {}
+    for line in second.stdout.splitlines():
+        if ": sent " in line and " MB" in line:
+            host, rest = line.split(": sent ", 1)
+            sent[host] = float(rest.split(", ")[1].split(" MB")[0])
+    assert set(sent) == {"h1", "h2", "h3"}, second.stdout[:2000]
+    assert all(mb < 1.0 for mb in sent.values()), sent
