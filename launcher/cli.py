@@ -104,7 +104,7 @@ def run_job(args: argparse.Namespace) -> int:
         deployment = deploy(job, hosts, console.say)
         if deployment.nics:
             plan = make_plan(job, hosts, paths.run_id, replace(options, nics=deployment.nics))
-        transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, deployment.conns)
+        transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, job.workdir, deployment.conns)
     else:
         transport = LocalTransport()
 

@@ -83,7 +83,7 @@ def deploy(job: JobSpec, hosts: tuple[Host, ...], say) -> Deployment:
             if result.skipped:
                 say(f"{host}: has the image already")
             elif not result.error:
-                say(f"{host}: sent {result.layers_sent} layer(s), {result.bytes_sent / 1e6:.1f} MB; "
+                say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
                     f"{result.layers_skipped} layer(s) were there already")
         report.raise_for_failures()
         return Deployment(image, conns, nics, report)
@@ -91,6 +91,10 @@ def deploy(job: JobSpec, hosts: tuple[Host, ...], say) -> Deployment:
         for conn in conns.values():
             conn.close()
         raise
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
 def _ship_with_progress(client, tag: str, conns: dict[str, fabric.Connection]) -> ShipReport:

@@ -30,6 +30,7 @@ class RunOutcome:
     node_exit_codes: dict[str, int | None] = field(default_factory=dict)
     failed_node: str | None = None  # the first node seen ending with an error
     reason: str | None = None  # why the launcher ended the run, when it did
+    collect_errors: dict[str, str] = field(default_factory=dict)  # host -> why its files are missing
 
 
 class Console:
@@ -117,7 +118,11 @@ def execute(
             reader.join(timeout=grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
     for node in plan.nodes:
-        transport.collect(node)
+        try:
+            transport.collect(node)
+        except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
+            outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
+            console.say(f"launch: could not collect the logs of {node.host}: {outcome.collect_errors[node.host]}")
     outcome.wall_time_s = time.monotonic() - started
     return outcome
 

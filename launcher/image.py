@@ -43,7 +43,7 @@ def _package_dir() -> Path:
     return Path(__file__).resolve().parent
 
 
-def _workdir_files(workdir: Path) -> list[Path]:
+def workdir_files(workdir: Path) -> list[Path]:
     files = []
     for root, dirs, names in os.walk(workdir):
         dirs[:] = sorted(d for d in dirs if d not in IGNORED)
@@ -64,7 +64,7 @@ def image_tag(job: JobSpec) -> str:
     add("requirements", job.image.requirements.read_bytes() if job.image.requirements else b"")
     for name in RUNTIME_FILES:
         add(f"launcher/{name}", (_package_dir() / name).read_bytes())
-    for path in _workdir_files(job.workdir):
+    for path in workdir_files(job.workdir):
         mode = "x" if os.access(path, os.X_OK) else "-"
         add(f"job/{path.relative_to(job.workdir)}:{mode}", path.read_bytes())
     return f"launch/{job.name.lower()}:{digest.hexdigest()[:16]}"
@@ -87,7 +87,7 @@ def build_image(job: JobSpec, client, say: Callable[[str], None]) -> BuiltImage:
         (context / "launcher").mkdir()
         for name in RUNTIME_FILES:
             shutil.copy(_package_dir() / name, context / "launcher" / name)
-        for path in _workdir_files(job.workdir):
+        for path in workdir_files(job.workdir):
             dest = context / "job" / path.relative_to(job.workdir)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest)

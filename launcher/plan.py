@@ -18,8 +18,14 @@ LOCAL_MASTER_ADDR = "127.0.0.1"
 RANK_WRAPPER_MODULE = "launcher.rankexec"
 CONTAINER_RUN_DIR = "/launch/run"  # where a node's run directory is mounted in its container
 CONTAINER_WORKDIR = "/workspace"
-SECRETS_FILE = "secrets.env"  # in a node's run directory; read by rankexec, never collected
+SECRETS_FILE = "secrets.env"
+REMOTE_WORKDIR = "work"  # runtime: host: the job's workdir, copied into the node's run directory
+REMOTE_LIB = "lib"  # runtime: host: the launcher's in-rank helpers, importable as `launcher`  # in a node's run directory; read by rankexec, never collected
 RUN_LABEL = "launch.run_id"
+# runtime: host on a lab host: a process group of its own (setsid), its id in a file so that the
+# launcher can stop it, started in the job's copy of its workdir, with the inventory's python first
+# on PATH (as for local runs). $0: pid file, $1: directory, $2: that python's folder (may be empty).
+HOST_WRAPPER = 'echo $$ > "$0" && cd "$1" && { [ -z "$2" ] || export PATH="$2:$PATH"; } && shift 2 && exec "$@"'
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class NodePlan:
     metrics_dir: str
     node_dir: str  # the run's directory on the node itself (the run directory, on this machine)
     container: str | None = None  # the container's name, for runtime: docker
+    pid_file: str | None = None  # holds the process group id, for runtime: host on a lab host
 
     @property
     def is_local(self) -> bool:
@@ -98,6 +105,7 @@ class LaunchPlan:
                     "metrics_dir": n.metrics_dir,
                     "node_dir": n.node_dir,
                     "container": n.container,
+                    "pid_file": n.pid_file,
                 }
                 for n in self.nodes
             ],
@@ -141,8 +149,6 @@ def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanO
             f"{job.path}: host '{local[0].name}' has address: local, which only a one-node run can use; "
             "give it the address other hosts reach it by"
         )
-    if job.runtime == "host" and not local:
-        raise SpecError(f"{job.path}: runtime: host on remote hosts is not available yet; use runtime: docker")
     if job.runtime == "docker" and not local and not options.image:
         raise SpecError(f"{job.path}: runtime: docker needs the job's image tag to plan remote nodes")
     backend = backend_for(job, hosts)
@@ -217,10 +223,22 @@ def _node(
             env["NCCL_SOCKET_IFNAME"] = nic
     if host.gpu_ids and not in_container:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(host.gpu_ids)
-    if job.secrets and in_container:
-        env["LAUNCH_SECRETS_FILE"] = f"{CONTAINER_RUN_DIR}/{SECRETS_FILE}"
+    if job.secrets and not host.is_local:
+        env["LAUNCH_SECRETS_FILE"] = f"{seen_dir}/{SECRETS_FILE}"
     container = f"launch-{run_id}-{host.name}" if in_container else None
-    argv = _docker_run(job, host, run_id, container, node_dir, env, options) + rank_argv if container else rank_argv
+    pid_file = None
+    cwd = str(job.workdir)
+    if in_container:
+        cwd = CONTAINER_WORKDIR
+        argv = _docker_run(job, host, run_id, container, node_dir, env, options) + rank_argv
+    elif host.is_local:
+        argv = rank_argv
+    else:  # runtime: host on a lab host: the job's files and the launcher's in-rank helpers are copied there
+        cwd, pid_file = f"{node_dir}/{REMOTE_WORKDIR}", f"{node_dir}/{host.name}.pid"
+        env["PYTHONPATH"] = ":".join(p for p in (f"{node_dir}/{REMOTE_LIB}", job.env.get("PYTHONPATH")) if p)
+        bindir = python.rsplit("/", 1)[0] if python.startswith("/") else ""
+        argv = ["setsid", "--wait", "sh", "-c", HOST_WRAPPER, pid_file, cwd, bindir, "env"]
+        argv += [f"{key}={value}" for key, value in sorted(env.items())] + rank_argv
     for name in job.secrets:
         env[name] = SECRET_MASK
     return NodePlan(
@@ -233,11 +251,12 @@ def _node(
         argv=tuple(argv),
         env=env,
         secrets=job.secrets,
-        cwd=CONTAINER_WORKDIR if in_container else str(job.workdir),
+        cwd=cwd,
         log_dir=log_dir,
         metrics_dir=metrics_dir,
         node_dir=node_dir,
         container=container,
+        pid_file=pid_file,
     )
 
 

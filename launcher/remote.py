@@ -1,4 +1,5 @@
-"""Nodes on lab hosts: their part of a run started in a container over SSH, stopped by the run's label.
+"""Nodes on lab hosts: their part of a run started over SSH, in a container (stopped by the run's
+label) or, for runtime: host, as a process group of the host's own python (stopped by its id).
 
 Each node gets a directory of its own for the run (`NodePlan.node_dir`), mounted into its container;
 ranks write their logs and metrics there and `collect` brings them into the run directory.
@@ -6,7 +7,9 @@ ranks write their logs and metrics there and `collect` brings them into the run 
 
 from __future__ import annotations
 
+import io
 import stat
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +19,8 @@ import fabric
 import paramiko
 
 from .errors import RunError
-from .plan import RUN_LABEL, SECRETS_FILE, NodePlan
+from .image import RUNTIME_FILES, workdir_files
+from .plan import REMOTE_LIB, REMOTE_WORKDIR, RUN_LABEL, SECRETS_FILE, NodePlan
 from .rundir import RunPaths
 from .spec import Host
 from .ssh import connect, open_command, run
@@ -40,8 +44,31 @@ class SshProcess:
         return self.code
 
     def stop(self, grace_s: float) -> None:
-        """SIGTERM the node's containers (found by the run's label), then remove them by force."""
+        """End the node's part: its containers (by the run's label), or its process group."""
         conn = self.transport.control(self.node.host)
+        if self.node.pid_file:
+            self._stop_group(conn, grace_s)
+        else:
+            self._stop_containers(conn, grace_s)
+        deadline = time.monotonic() + 10
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.poll() is None:
+            self.channel.close()
+            self.code = 255
+
+    def _stop_group(self, conn: fabric.Connection, grace_s: float) -> None:
+        """SIGTERM the process group the node's torchrun leads, then SIGKILL what is left of it."""
+        script = (
+            'pg=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM -"$pg" 2>/dev/null || exit 0; i=0; '
+            'while kill -0 -"$pg" 2>/dev/null && [ "$i" -lt "$1" ]; do sleep 0.2; i=$((i+1)); done; '
+            'kill -KILL -"$pg" 2>/dev/null; exit 0'
+        )
+        assert self.node.pid_file is not None
+        run(conn, ["sh", "-c", script, self.node.pid_file, str(int(grace_s * 5))], timeout=grace_s + 30)
+
+    def _stop_containers(self, conn: fabric.Connection, grace_s: float) -> None:
+        """SIGTERM the run's containers on the host, then remove them by force."""
         ids_cmd = ["docker", "ps", "-q", "--filter", f"label={RUN_LABEL}={self.transport.run_id}"]
         code, out = run(conn, ids_cmd, timeout=30)
         ids = out.split() if code == 0 else []
@@ -56,19 +83,15 @@ class SshProcess:
             code, out = run(conn, ids_cmd, timeout=30)
             if out.split():
                 run(conn, ["docker", "rm", "-f", *out.split()], timeout=60)
-        deadline = time.monotonic() + 10
-        while self.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.poll() is None:
-            self.channel.close()
-            self.code = 255
 
 
 class SshTransport:
     """Runs each node's planned command on its host over SSH (Fabric)."""
 
-    def __init__(self, hosts: dict[str, Host], paths: RunPaths, run_id: str, conns: dict[str, fabric.Connection] | None = None) -> None:
+    def __init__(self, hosts: dict[str, Host], paths: RunPaths, run_id: str, workdir: Path,
+                 conns: dict[str, fabric.Connection] | None = None) -> None:
         self.hosts = hosts
+        self.workdir = workdir
         self.paths = paths
         self.run_id = run_id
         self.conns: dict[str, fabric.Connection] = dict(conns or {})
@@ -85,31 +108,47 @@ class SshTransport:
         code, out = run(conn, ["mkdir", "-p", f"{node.node_dir}/logs/{node.host}", f"{node.node_dir}/metrics"])
         if code != 0:
             raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()}")
+        if node.pid_file:
+            self._copy_job(conn, node)
         if node.secrets:
             text = "".join(f"{name}={secrets[name]}\n" for name in node.secrets)
-            with conn.sftp() as sftp:
-                path = f"{node.node_dir}/{SECRETS_FILE}"
-                with sftp.open(path, "w") as fh:
-                    fh.chmod(0o600)
-                    fh.write(text)
+            # Fabric keeps one SFTP session per connection: it is not closed here
+            with conn.sftp().open(f"{node.node_dir}/{SECRETS_FILE}", "w") as fh:
+                fh.chmod(0o600)
+                fh.write(text)
         return SshProcess(self, node, open_command(conn, node.argv))
+
+    def _copy_job(self, conn: fabric.Connection, node: NodePlan) -> None:
+        """runtime: host: the job's workdir and the launcher's in-rank helpers, as one tar over SSH."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path in workdir_files(self.workdir):
+                tar.add(path, arcname=f"{REMOTE_WORKDIR}/{path.relative_to(self.workdir)}")
+            for name in RUNTIME_FILES:
+                tar.add(Path(__file__).resolve().parent / name, arcname=f"{REMOTE_LIB}/launcher/{name}")
+        channel = open_command(conn, ["tar", "-xz", "-C", node.node_dir])
+        channel.sendall(buffer.getvalue())
+        channel.shutdown_write()
+        output = channel.makefile("rb").read().decode(errors="replace")
+        if channel.recv_exit_status() != 0:
+            raise RunError(f"{node.host}: cannot copy the job to {node.node_dir}: {output.strip()[-300:]}")
 
     def collect(self, node: NodePlan) -> None:
         """Copy the node's logs and metrics into the run directory, then remove its part of the run."""
         conn = self.control(node.host)
-        with conn.sftp() as sftp:
-            for remote, local in (
-                (f"{node.node_dir}/logs/{node.host}", self.paths.host_logs_dir(node.host)),
-                (f"{node.node_dir}/metrics", self.paths.metrics_dir),
-            ):
-                local.mkdir(parents=True, exist_ok=True)
-                try:
-                    entries = sftp.listdir_attr(remote)
-                except OSError:
-                    continue
-                for entry in entries:
-                    if stat.S_ISREG(entry.st_mode or 0):
-                        sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
+        sftp = conn.sftp()
+        for remote, local in (
+            (f"{node.node_dir}/logs/{node.host}", self.paths.host_logs_dir(node.host)),
+            (f"{node.node_dir}/metrics", self.paths.metrics_dir),
+        ):
+            local.mkdir(parents=True, exist_ok=True)
+            try:
+                entries = sftp.listdir_attr(remote)
+            except FileNotFoundError:  # the node never got as far as making it
+                continue
+            for entry in entries:
+                if stat.S_ISREG(entry.st_mode or 0):
+                    sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
         run(conn, ["rm", "-rf", node.node_dir])
 
     def close(self) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import queue
 import tarfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +181,46 @@ class ShipReport:
             raise RunError(f"the image could not be sent to {len(self.failed)} host(s): {lines}")
 
 
+class _Sender:
+    """Writes one host's stream from a thread of its own, so hosts receive in parallel.
+
+    Small writes (tar headers) are gathered into chunks; a bounded queue keeps memory in check.
+    """
+
+    def __init__(self, channel, host: str, on_bytes: Callable[[str, int], None] | None) -> None:
+        self.channel, self.host, self.on_bytes = channel, host, on_bytes
+        self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
+        self.buffer = bytearray()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def write(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.buffer += data
+        if len(self.buffer) >= CHUNK:
+            self.queue.put(bytes(self.buffer))
+            self.buffer.clear()
+
+    def close(self) -> None:
+        if self.buffer:
+            self.queue.put(bytes(self.buffer))
+            self.buffer.clear()
+        self.queue.put(None)
+        self.thread.join()
+
+    def _run(self) -> None:
+        while (data := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.channel.sendall(data)
+                    if self.on_bytes:
+                        self.on_bytes(self.host, len(data))
+                except BaseException as exc:  # noqa: BLE001 - reported with the host's result
+                    self.error = exc
+
+
 def host_layers(conn) -> tuple[str | None, set[str]]:
     """The ID of every image on the host is not needed: only which layers (chain IDs) it has."""
     from .ssh import run
@@ -210,6 +252,7 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
     report = ShipReport()
     receivers: list[Receiver] = []
     channels = {}
+    senders: dict[str, _Sender] = {}
     started = time.monotonic()
     for host, conn in conns.items():
         try:
@@ -223,12 +266,8 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
             continue
         channels[host] = channel
 
-        def write(data: bytes, channel=channel, host=host) -> None:
-            channel.sendall(data)
-            if on_bytes:
-                on_bytes(host, len(data))
-
-        receivers.append(Receiver(host, have & set(chains), write))
+        senders[host] = _Sender(channel, host, on_bytes)
+        receivers.append(Receiver(host, have & set(chains), senders[host].write))
     if receivers:
         known = LayerDirs(known_path)
         if any(r.chains for r in receivers) and not set(chains[:-1]) <= set(known.dirs.values()):
@@ -238,10 +277,12 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
         channel = channels[r.host]
         error = None
         try:
+            senders[r.host].close()
             channel.shutdown_write()
             output = channel.makefile("rb").read().decode(errors="replace")
-            if channel.recv_exit_status() != 0 or r.failed:
-                error = f"docker load failed: {r.failed or output.strip()[-300:]}"
+            failed = r.failed or senders[r.host].error
+            if channel.recv_exit_status() != 0 or failed:
+                error = f"docker load failed: {failed or output.strip()[-300:]}"
             elif image_id_on(conns[r.host], tag) != local.id:
                 error = f"after loading, {tag} is not image {local.id}"
         except Exception as exc:  # noqa: BLE001

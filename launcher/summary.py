@@ -62,6 +62,8 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
     }
     if outcome.reason:
         summary["reason"] = outcome.reason
+    if outcome.collect_errors:
+        summary["collect_errors"] = outcome.collect_errors
     if outcome.status == "failed":
         summary["failure"] = first_failure(outcome, statuses, paths)
     return summary

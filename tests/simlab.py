@@ -165,6 +165,12 @@ class Lab:
             (host.dir / "run", "/run"),  # last: the paths above must stay reachable while mounting
         ]
         setup = "; ".join(f"mount --bind {shlex.quote(str(src))} {dst}" for src, dst in binds)
+        shared = _shared_under_root()
+        if shared:  # the machine's Python, as labs share a toolchain: visible in each host's own /root
+            inner = host.dir / "root" / shared.relative_to("/root")
+            setup = (f"mkdir -p {shlex.quote(str(inner))}; mount --bind {shlex.quote(str(shared))} {shlex.quote(str(inner))}; "
+                     + setup.replace(f"mount --bind {shlex.quote(str(host.dir / 'root'))} /root",
+                                     f"mount --rbind {shlex.quote(str(host.dir / 'root'))} /root"))
         script = f"set -e; hostname lab-{host.name}; {setup}; echo ready; exec sleep infinity"
         holder = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{host.netns}", "--",
@@ -282,6 +288,18 @@ class Lab:
     def start_host(self, host: str) -> None:
         self.restore_link(host)
         self.start_services(self.host(host))
+
+
+def _shared_under_root() -> Path | None:
+    """The installation of this machine's Python when it lives under /root (pyenv), else None.
+
+    Each host has its own /root; without this, a virtualenv made from that Python would not run on
+    the hosts (runtime: host runs the inventory's `python` there).
+    """
+    real = Path(os.path.realpath(sys.executable))
+    if real.is_relative_to("/root/.pyenv"):
+        return Path("/root/.pyenv")
+    return None
 
 
 def _forward_rule(bridge: str) -> list[str]:

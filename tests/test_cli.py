@@ -47,13 +47,3 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = launch("--no-such-flag", cwd=tmp_path)
     assert result.returncode == 2
     assert "usage: launch" in result.stderr
-
-
-def test_remote_runtime_host_is_refused_before_any_connection(tmp_path: Path) -> None:
-    # The address is in the test lab's range, unused: the plan is refused before any connection.
-    (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: a, address: 10.77.7.99}\n")
-    (tmp_path / "job.yaml").write_text("command: [python, x.py]\nruntime: host\n")
-    result = launch(str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.strip() == f"launch: error: {tmp_path / 'job.yaml'}: runtime: host on remote hosts is not available yet; use runtime: docker"
-    assert not (tmp_path / "runs").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -73,9 +75,11 @@ def test_a_failing_rank_stops_every_host(tmp_path: Path, lab, base_image: str) -
 
 
 def test_ctrl_c_leaves_no_container_on_any_host(tmp_path: Path, lab, base_image: str) -> None:
-    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "600", "--sleep", "0.1"])
+    secret = "inspect-me-not-7d2a"
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "600", "--sleep", "0.1"], extra="secrets: [API_TOKEN]\n")
     proc = subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "API_TOKEN": secret})
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
@@ -83,6 +87,9 @@ def test_ctrl_c_leaves_no_container_on_any_host(tmp_path: Path, lab, base_image:
         if sum(1 for s in seen if "] step 3" in s) == 3:
             break
     assert all(containers(lab).values()), "every host runs the job's container"
+    for host, ids in containers(lab).items():
+        inspected = lab.ssh(host, f"docker inspect {' '.join(ids)}").stdout.decode()
+        assert secret not in inspected and "API_TOKEN" not in inspected
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen)[-2000:] + rest[-2000:]
@@ -120,10 +127,86 @@ def test_relaunch_after_a_code_edit_sends_no_base_layer(tmp_path: Path, lab, bas
         fh.write(f"\n# edited {time.time()}\n")
     second = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr
-    sent = {}
-    for line in second.stdout.splitlines():
-        if ": sent " in line and " MB" in line:
-            host, rest = line.split(": sent ", 1)
-            sent[host] = float(rest.split(", ")[1].split(" MB")[0])
+    sent = {host: (int(layers), float(size) * (1000 if unit == "MB" else 1))
+            for host, layers, size, unit in re.findall(r"^(h\d): sent (\d+) layer\(s\), ([\d.]+) (kB|MB)", second.stdout, re.M)}
     assert set(sent) == {"h1", "h2", "h3"}, second.stdout[:2000]
-    assert all(mb < 1.0 for mb in sent.values()), sent
+    assert all(layers == 1 and kb < 1000 for layers, kb in sent.values()), sent
+
+
+def host_runtime_job(tmp_path: Path, lab, script: Path, args: list[str]) -> Path:
+    """runtime: host on the lab: the hosts run this machine's Python (shared, as labs share a toolchain)."""
+    cluster = lab.cluster_file.read_text().replace("    nic: eth0\n", f"    nic: eth0\n    python: {sys.executable}\n")
+    (tmp_path / "cluster.yaml").write_text(cluster)
+    job = lab_job(tmp_path, lab, "unused", script, args)
+    job.write_text(job.read_text().replace("runtime: docker", "runtime: host").replace(f"cluster: {lab.cluster_file}", f"cluster: {tmp_path / 'cluster.yaml'}"))
+    return job
+
+
+def rank_processes(lab, run_id: str) -> dict[str, str]:
+    return {h.name: lab.ssh(h.name, f"grep -l LAUNCH_RUN_ID={run_id} /proc/[0-9]*/environ 2>/dev/null || true").stdout.decode().strip()
+            for h in lab.hosts}
+
+
+def test_runtime_host_runs_on_three_hosts_without_containers(tmp_path: Path, lab) -> None:
+    job = host_runtime_job(tmp_path, lab, ROOT / "jobs/allreduce/train.py", ["--steps", "10"])
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    run_id = run_id_of(result.stdout)
+    for rank, host in enumerate(("h1", "h2", "h3")):
+        log = (tmp_path / "runs" / run_id / "logs" / host / f"rank{rank}.log").read_text()
+        assert f"allreduce: rank {rank} of 3: sum 6 (expected 6) OK" in log
+    assert "building" not in result.stdout and containers(lab) == {"h1": [], "h2": [], "h3": []}
+    assert rank_processes(lab, run_id) == {"h1": "", "h2": "", "h3": ""}
+
+
+def test_runtime_host_failure_stops_every_hosts_processes(tmp_path: Path, lab) -> None:
+    job = host_runtime_job(tmp_path, lab, PROBE, ["--steps", "600", "--sleep", "0.1", "--fail-rank", "0", "--fail-step", "5"])
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr
+    run_id = run_id_of(result.stdout)
+    failure = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())["failure"]
+    assert (failure["host"], failure["rank"], failure["exit_code"]) == ("h1", 0, 3)
+    assert rank_processes(lab, run_id) == {"h1": "", "h2": "", "h3": ""}
+
+
+def test_an_unknown_host_key_is_refused_and_nothing_starts(tmp_path: Path, lab, base_image: str) -> None:
+    (tmp_path / "empty_known_hosts").write_text("")
+    cluster = lab.cluster_file.read_text().replace(str(lab.known_hosts), str(tmp_path / "empty_known_hosts"))
+    (tmp_path / "cluster.yaml").write_text(cluster)
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1"])
+    result = launch(str(job), "--cluster", str(tmp_path / "cluster.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"h1 (root@10.77.7.11:22): its host key is not in {tmp_path / 'empty_known_hosts'}" in result.stderr
+    assert (tmp_path / "empty_known_hosts").read_text() == "", "strict never records a key"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_host_that_is_down_is_named_and_nothing_starts(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1"])
+    lab.cut_link("h2")
+    try:
+        result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, timeout=120)
+    finally:
+        lab.restore_link("h2")
+    assert result.returncode == 1
+    assert result.stderr.startswith("launch: error: h2 (root@10.77.7.12:22): cannot connect")
+    assert not (tmp_path / "runs").exists()
+    assert containers(lab) == {"h1": [], "h2": [], "h3": []}
+
+
+def test_accept_new_records_unknown_keys_but_refuses_a_changed_one(tmp_path: Path, lab, base_image: str) -> None:
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    cluster = lab.cluster_file.read_text().replace(str(lab.known_hosts), str(known)).replace("strict", "accept-new")
+    (tmp_path / "cluster.yaml").write_text(cluster)
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1"])
+    result = launch(str(job), "--cluster", str(tmp_path / "cluster.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert sorted(line.split()[0] for line in known.read_text().splitlines()) == [h.address for h in lab.hosts]
+    # h1's entry now holds h2's key: a changed key is refused, whatever the policy
+    keys = {line.split()[0]: line.split(None, 1)[1] for line in lab.known_hosts.read_text().splitlines()}
+    known.write_text(f"10.77.7.11 {keys['10.77.7.12']}\n")
+    result = launch(str(job), "--cluster", str(tmp_path / "cluster.yaml"), "--runs-dir", str(tmp_path / "runs2"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"h1 (root@10.77.7.11:22): its host key does not match {known}; refusing to connect" in result.stderr
+    assert not (tmp_path / "runs2").exists()

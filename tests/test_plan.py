@@ -272,11 +272,19 @@ def test_nodes_limits_the_plan(tmp_path: Path) -> None:
     assert all("--nnodes=2" in n.argv for n in plan.nodes)
 
 
-def test_remote_runtime_host_is_refused_for_now(tmp_path: Path) -> None:
-    job, hosts = setup(tmp_path, REMOTE_JOB.replace("runtime: docker", "runtime: host"), THREE_MIXED)
-    with pytest.raises(SpecError) as info:
-        make_plan(job, hosts, "r", REMOTE_OPTIONS)
-    assert str(info.value) == f"{tmp_path / 'job' / 'job.yaml'}: runtime: host on remote hosts is not available yet; use runtime: docker"
+def test_remote_runtime_host_runs_the_hosts_python_in_a_process_group(tmp_path: Path) -> None:
+    job, hosts = setup(tmp_path, REMOTE_JOB.replace("runtime: docker", "runtime: host") + "secrets: [API_TOKEN]\n", THREE_MIXED)
+    plan = make_plan(job, hosts, "r1", REMOTE_OPTIONS)
+    node = plan.nodes[1]  # cpu1, whose inventory names its python
+    assert node.image is None and node.container is None
+    assert node.argv[:4] == ("setsid", "--wait", "sh", "-c")
+    assert node.argv[5:7] == ("/tmp/launch-runs/r1/cpu1.pid", "/tmp/launch-runs/r1/work")
+    assert node.pid_file == "/tmp/launch-runs/r1/cpu1.pid" and node.cwd == "/tmp/launch-runs/r1/work"
+    assert "PYTHONPATH=/tmp/launch-runs/r1/lib" in node.argv
+    assert "/opt/venv/bin/python" in node.argv and node.argv[-4:] == ("python", "train.py", "--epochs", "1")
+    assert node.env["LAUNCH_SECRETS_FILE"] == "/tmp/launch-runs/r1/secrets.env" and node.env["API_TOKEN"] == "***"
+    assert not any("API_TOKEN" in arg for arg in node.argv)
+    assert plan.nodes[0].argv[plan.nodes[0].argv.index("-m") - 1] == "python3"
 
 
 def test_secrets_stay_off_the_docker_command_line(tmp_path: Path) -> None:
