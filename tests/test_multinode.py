@@ -135,7 +135,8 @@ def test_relaunch_after_a_code_edit_sends_no_base_layer(tmp_path: Path, lab, bas
 
 def host_runtime_job(tmp_path: Path, lab, script: Path, args: list[str]) -> Path:
     """runtime: host on the lab: the hosts run this machine's Python (shared, as labs share a toolchain)."""
-    cluster = lab.cluster_file.read_text().replace("    nic: eth0\n", f"    nic: eth0\n    python: {sys.executable}\n")
+    # no `nic`: the launcher finds the interface that reaches the first host
+    cluster = lab.cluster_file.read_text().replace("    nic: eth0\n", f"    python: {sys.executable}\n")
     (tmp_path / "cluster.yaml").write_text(cluster)
     job = lab_job(tmp_path, lab, "unused", script, args)
     job.write_text(job.read_text().replace("runtime: docker", "runtime: host").replace(f"cluster: {lab.cluster_file}", f"cluster: {tmp_path / 'cluster.yaml'}"))
@@ -156,6 +157,8 @@ def test_runtime_host_runs_on_three_hosts_without_containers(tmp_path: Path, lab
         log = (tmp_path / "runs" / run_id / "logs" / host / f"rank{rank}.log").read_text()
         assert f"allreduce: rank {rank} of 3: sum 6 (expected 6) OK" in log
     assert "building" not in result.stdout and containers(lab) == {"h1": [], "h2": [], "h3": []}
+    plan = json.loads((tmp_path / "runs" / run_id / "plan.json").read_text())
+    assert [n["env"]["GLOO_SOCKET_IFNAME"] for n in plan["nodes"]] == ["eth0"] * 3
     assert rank_processes(lab, run_id) == {"h1": "", "h2": "", "h3": ""}
 
 
