@@ -122,7 +122,7 @@ def main() -> None:
     table.add_row(f"warm, median of {args.runs}", f"{wl:.2f}", f"{wh:.2f}", f"{wl / wh:.2f}", "<= 1.15")
     table.add_row("cold (no image on hosts)", f"{cold_launch:.2f}", f"{cold_hand:.2f}", f"{cold_launch / cold_hand:.2f}", "<= 1.2")
     table.add_row("relaunch after a code edit", f"{edit_time:.2f}", f"warm launch {wl:.2f}", f"{edit_time / wl:.2f}", "-")
-    Console().print(table)
+    Console(width=140).print(table)
     print(f"relaunch after a code edit: kB sent per host: {', '.join(f'{kb:.1f}' for kb in sent)} (goal < 1000 kB)")
 
 

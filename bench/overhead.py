@@ -55,7 +55,7 @@ def main() -> None:
     for name, values in times.items():
         table.add_row(name, *(f"{v:.2f}" for v in values), f"{statistics.median(values):.2f}")
     ratio = statistics.median(times["launch --local"]) / statistics.median(times["torchrun --standalone"])
-    console = Console()
+    console = Console(width=140)
     console.print(table)
     verdict = "meets" if ratio <= GOAL else "misses"
     console.print(f"ratio of medians launch/torchrun: {ratio:.3f} ({verdict} the goal of at most {GOAL:.2f})")

@@ -19,9 +19,7 @@ from .execute import Console, execute
 from .plan import PlanOptions, make_plan
 from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster, select_hosts
 from .summary import build_summary, render
-from .deploy import deploy
 from .image import image_tag
-from .remote import SshTransport
 from .transport import LocalTransport, Transport
 
 SUBCOMMANDS = ("logs",)
@@ -101,6 +99,9 @@ def run_job(args: argparse.Namespace) -> int:
     console = Console()
     transport: Transport
     if remote:
+        from .deploy import deploy  # SSH and Docker libraries: imported only for lab runs
+        from .remote import SshTransport
+
         deployment = deploy(job, hosts, console.say)
         if deployment.nics:
             plan = make_plan(job, hosts, paths.run_id, replace(options, nics=deployment.nics))
