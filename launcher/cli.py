@@ -18,19 +18,22 @@ from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LaunchError, SpecError
 from .execute import Console, execute
 from .plan import PlanOptions, make_plan
 from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster, select_hosts
+from .scaling import FILES, load_summaries, markdown, write_scaling
 from .summary import build_summary, render
 from .image import image_tag
 from .transport import LocalTransport, Transport
 
-SUBCOMMANDS = ("logs",)
+SUBCOMMANDS = ("logs", "report")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        if argv and argv[0] in SUBCOMMANDS:
+        if argv and argv[0] == "logs":
             return _logs(_logs_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "report":
+            return _report(_report_parser().parse_args(argv[1:]))
         return run_job(_run_parser().parse_args(argv))
     except LaunchError as exc:
         if debug:
@@ -46,7 +49,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch",
         description="Run a distributed PyTorch job on the hosts of a cluster inventory. "
-        "Other commands: launch logs RUN.",
+        "Other commands: launch logs RUN, launch report RUN [RUN ...].",
     )
     parser.add_argument("job", type=Path, help="the job file (job.yaml)")
     parser.add_argument("--cluster", type=Path, help="the inventory to use instead of the job's `cluster`")
@@ -54,6 +57,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local", action="store_true", help="run every process on this machine, no SSH")
     parser.add_argument("--dry-run", action="store_true", help="print what would run on every node, change nothing")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories go (default: ./runs)")
+    parser.add_argument("--sweep", action="store_true", help="run at every node count in the job's `scaling` and compare")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -77,14 +81,24 @@ def _local_gpus() -> int:
 def run_job(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     cluster = resolve_cluster(job, args)
-    hosts = select_hosts(job, cluster, args.nodes, "--nodes" if args.nodes is not None else None)
+    if args.sweep:
+        return _sweep(job, cluster, args)
+    code, _ = run_once(job, cluster, args.nodes, "--nodes" if args.nodes is not None else None, args.runs_dir, args.dry_run)
+    return code
+
+
+def run_once(
+    job: JobSpec, cluster: ClusterSpec, nodes: int | None, nodes_label: str | None, runs_dir: Path, dry_run: bool
+) -> tuple[int, dict | None]:
+    """One run of the job on `nodes` hosts: its exit code and summary (None for a dry run)."""
+    hosts = select_hosts(job, cluster, nodes, nodes_label)
     missing = [name for name in job.secrets if name not in os.environ]
     if missing:
         raise SpecError(f"{job.path}: secrets: {missing[0]} is not set in the launcher's environment")
     secrets = {name: os.environ[name] for name in job.secrets}
     remote = any(not h.is_local for h in hosts)
 
-    paths = rundir.new_run_paths(args.runs_dir, job.name)
+    paths = rundir.new_run_paths(runs_dir, job.name)
     options = PlanOptions(
         run_dir=str(paths.root),
         local_python=sys.executable,
@@ -92,9 +106,9 @@ def run_job(args: argparse.Namespace) -> int:
         image=image_tag(job) if remote and job.runtime == "docker" else None,
     )
     plan = make_plan(job, hosts, paths.run_id, options)  # every check before anything starts
-    if args.dry_run:
+    if dry_run:
         print(plan.describe())
-        return 0
+        return 0, None
 
     console = Console()
     transport: Transport
@@ -122,7 +136,52 @@ def run_job(args: argparse.Namespace) -> int:
     summary = build_summary(plan, outcome, paths)
     rundir.write_json(paths.summary_file, summary)
     render(summary, RichConsole(highlight=False, soft_wrap=True))
-    return outcome.exit_code
+    return outcome.exit_code, summary
+
+
+def _sweep(job: JobSpec, cluster: ClusterSpec, args: argparse.Namespace) -> int:
+    """The job at every node count of `scaling`, then scaling.json/.md/.png beside those runs."""
+    if args.nodes is not None:
+        raise SpecError("--sweep runs every node count of the job's scaling; leave out --nodes")
+    if not job.scaling:
+        raise SpecError(f"{job.path}: scaling: --sweep needs node counts, e.g. scaling: [1, 2, 3]")
+    for count in job.scaling:
+        select_hosts(job, cluster, count, f"{job.path}: scaling")
+    sweep_dir = args.runs_dir.resolve() / rundir.new_run_id(f"{job.name}-sweep")
+    summaries: dict[str, dict] = {}
+    code = 0
+    for count in job.scaling:
+        if not args.dry_run:
+            print(f"launch: sweep {sweep_dir.name}: {count} node(s)", flush=True)
+        code, summary = run_once(job, cluster, count, f"{job.path}: scaling", sweep_dir, args.dry_run)
+        if summary is not None and code == 0:
+            summaries[str(sweep_dir / summary["run_id"])] = summary
+        if code != 0:
+            print(f"launch: sweep stopped: the run at {count} node(s) ended with exit code {code}", file=sys.stderr)
+            break
+    if summaries:
+        rows = write_scaling(sweep_dir, summaries)
+        print(markdown(rows, job.name))
+        print(f"launch: scaling results in {sweep_dir}: {', '.join(FILES)}")
+    return code
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch report", description="Compare runs of one job across node counts.")
+    parser.add_argument("runs", type=Path, nargs="+", help="run directories (or run ids under ./runs)")
+    parser.add_argument("--out", type=Path, help="where scaling.json/.md/.png go (default: the runs' common folder)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    runs = [run if run.is_dir() or run.is_absolute() else Path("runs") / run for run in args.runs]
+    summaries = load_summaries(runs)
+    out = args.out or Path(os.path.commonpath([str(run.resolve().parent) for run in runs]))
+    rows = write_scaling(out, summaries)
+    print(markdown(rows, next(iter(summaries.values()))["job"]))
+    print(f"launch: scaling results in {out}: {', '.join(FILES)}")
+    return 0
 
 
 def _local_inventory_text(cluster: ClusterSpec) -> str:

@@ -8,6 +8,7 @@ but a job that writes them by hand works the same.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 import time
@@ -41,29 +42,60 @@ def read_records(path: Path) -> list[StepRecord]:
     return records
 
 
+DEFAULT_WARMUP_STEPS = 3
+STRAGGLER_THRESHOLD = 1.25  # slower than 1.25 x the median of all ranks' median step times
+
+
 @dataclass(frozen=True)
 class RankStats:
+    """One rank's steady-state numbers: its first `warmup_excluded` steps are left out."""
+
     steps: int
+    warmup_excluded: int
     samples: float
     step_time_total_s: float
     step_time_median_s: float
+    step_time_p95_s: float
+    samples_per_step: float  # the rank's batch: the median of its steps' `samples`
 
     @property
     def samples_per_s(self) -> float:
         return self.samples / self.step_time_total_s if self.step_time_total_s > 0 else 0.0
 
 
-def rank_stats(records: list[StepRecord]) -> RankStats | None:
-    """Throughput and median step time of one rank; None when it reported no step."""
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    index = max(0, math.ceil(q / 100 * len(ordered)) - 1)
+    return ordered[index]
+
+
+def rank_stats(records: list[StepRecord], warmup_steps: int = DEFAULT_WARMUP_STEPS) -> RankStats | None:
+    """Throughput and step times of one rank after warm-up; None when it reported no step.
+
+    A rank with no more steps than `warmup_steps` is measured on all of them (warmup_excluded 0).
+    """
     if not records:
         return None
-    times = [r.step_time_s for r in records]
+    steady = records[warmup_steps:] if len(records) > warmup_steps else records
+    times = [r.step_time_s for r in steady]
     return RankStats(
-        steps=len(records),
-        samples=sum(r.samples for r in records),
+        steps=len(steady),
+        warmup_excluded=len(records) - len(steady),
+        samples=sum(r.samples for r in steady),
         step_time_total_s=sum(times),
         step_time_median_s=statistics.median(times),
+        step_time_p95_s=percentile(times, 95),
+        samples_per_step=statistics.median(r.samples for r in steady),
     )
+
+
+def stragglers(medians: dict[Any, float], threshold: float = STRAGGLER_THRESHOLD) -> list[Any]:
+    """The keys (ranks or hosts) whose median step time exceeds `threshold` x the median of all."""
+    if len(medians) < 2:
+        return []
+    typical = statistics.median(medians.values())
+    return sorted(key for key, value in medians.items() if value > threshold * typical)
 
 
 class MetricsWriter:

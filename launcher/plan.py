@@ -79,6 +79,7 @@ class LaunchPlan:
     world_size: int | None
     timeout_s: float | None
     nodes: tuple[NodePlan, ...] = field(default_factory=tuple)
+    warmup_steps: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +91,7 @@ class LaunchPlan:
             "nnodes": self.nnodes,
             "world_size": self.world_size,
             "timeout_s": self.timeout_s,
+            "warmup_steps": self.warmup_steps,
             "nodes": [
                 {
                     "host": n.host,
@@ -170,6 +172,7 @@ def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanO
         world_size=world_size,
         timeout_s=job.timeout_s,
         nodes=tuple(nodes),
+        warmup_steps=job.warmup_steps,
     )
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import SpecError
 from .fields import Section
+from .metrics import DEFAULT_WARMUP_STEPS
 from .yamlfile import load_mapping
 
 LOCAL_ADDRESS = "local"
@@ -78,6 +79,7 @@ class JobSpec:
     max_restarts: int = 0
     timeout_s: float | None = None
     scaling: tuple[int, ...] = ()
+    warmup_steps: int = DEFAULT_WARMUP_STEPS  # steps per rank left out of throughput and step times
 
 
 def load_cluster(path: Path) -> ClusterSpec:
@@ -152,7 +154,7 @@ def load_job(path: Path) -> JobSpec:
     top = Section(label, load_mapping(path, label))
     top.check_keys(
         ["name", "cluster", "nodes", "nproc_per_node", "backend", "workdir", "command", "env", "secrets",
-         "image", "runtime", "rdzv_port", "max_restarts", "timeout", "scaling"],
+         "image", "runtime", "rdzv_port", "max_restarts", "timeout", "scaling", "warmup_steps"],
         required=["command"],
     )
     folder = path.parent
@@ -185,6 +187,7 @@ def load_job(path: Path) -> JobSpec:
         max_restarts=top.integer("max_restarts", 0, minimum=0),
         timeout_s=top.duration("timeout", None),
         scaling=_scaling(top),
+        warmup_steps=top.integer("warmup_steps", DEFAULT_WARMUP_STEPS, minimum=0),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from rich.console import Console as RichConsole
 from rich.table import Table
 
 from .execute import RunOutcome
-from .metrics import rank_stats, read_records
+from .metrics import STRAGGLER_THRESHOLD, rank_stats, read_records, stragglers
 from .plan import LaunchPlan
 from .rundir import RunPaths
 
@@ -30,10 +31,13 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
     statuses = paths.rank_statuses()
     logs = paths.rank_logs()
     ranks = []
+    batches = []
     for rank in sorted(set(statuses) | set(logs)):
         status = statuses.get(rank, {})
         host = status.get("host") or logs[rank].parent.name
-        stats = rank_stats(read_records(paths.metrics_file(rank)))
+        stats = rank_stats(read_records(paths.metrics_file(rank)), plan.warmup_steps)
+        if stats:
+            batches.append(stats.samples_per_step)
         ranks.append(
             {
                 "rank": rank,
@@ -41,11 +45,18 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
                 "exit_code": status.get("exit_code"),
                 "wall_time_s": status.get("wall_time_s"),
                 "steps": stats.steps if stats else 0,
+                "warmup_steps_excluded": stats.warmup_excluded if stats else 0,
                 "samples_per_s": round(stats.samples_per_s, 3) if stats else None,
                 "step_time_median_s": round(stats.step_time_median_s, 6) if stats else None,
+                "step_time_p95_s": round(stats.step_time_p95_s, 6) if stats else None,
             }
         )
     reported = [r["samples_per_s"] for r in ranks if r["samples_per_s"] is not None]
+    rank_medians = {r["rank"]: r["step_time_median_s"] for r in ranks if r["step_time_median_s"] is not None}
+    by_host: dict[str, list[float]] = {}
+    for r in ranks:
+        if r["step_time_median_s"] is not None:
+            by_host.setdefault(r["host"], []).append(r["step_time_median_s"])
     summary: dict[str, Any] = {
         "run_id": plan.run_id,
         "job": plan.job,
@@ -57,7 +68,14 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
         "backend": plan.backend,
         "wall_time_s": round(outcome.wall_time_s, 3),
         "throughput_samples_per_s": round(sum(reported), 3) if reported else None,
+        "samples_per_step_per_rank": statistics.median(batches) if batches else None,
+        "warmup_steps": plan.warmup_steps,
         "metrics_missing": [r["rank"] for r in ranks if r["samples_per_s"] is None],
+        "straggler_threshold": STRAGGLER_THRESHOLD,
+        "stragglers": {
+            "ranks": stragglers(rank_medians),
+            "hosts": stragglers({h: statistics.median(v) for h, v in by_host.items()}),
+        },
         "ranks": ranks,
     }
     if outcome.reason:
@@ -97,16 +115,18 @@ def first_failure(outcome: RunOutcome, statuses: dict[int, dict[str, Any]], path
 def render(summary: dict[str, Any], console: RichConsole) -> None:
     """The end-of-run table and the failure, if any, as a person reads them."""
     table = Table(title=f"run {summary['run_id']}: {summary['status']}", title_justify="left")
-    for column in ("rank", "host", "exit", "steps", "samples/s", "median step (s)", "wall (s)"):
+    for column in ("rank", "host", "exit", "steps", "samples/s", "median step (s)", "p95 step (s)", "wall (s)"):
         table.add_column(column, justify="left" if column == "host" else "right")
+    slow = set(summary["stragglers"]["ranks"])
     for r in summary["ranks"]:
         table.add_row(
-            str(r["rank"]),
+            f"{r['rank']}{' *' if r['rank'] in slow else ''}",
             r["host"],
             _fmt(r["exit_code"]),
             str(r["steps"]),
             _fmt(r["samples_per_s"], ".1f"),
             _fmt(r["step_time_median_s"], ".4f"),
+            _fmt(r["step_time_p95_s"], ".4f"),
             _fmt(r["wall_time_s"], ".2f"),
         )
     console.print(table)
@@ -115,6 +135,15 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
     if throughput is not None:
         line += f", throughput {throughput:.1f} samples/s"
     console.print(line, highlight=False)
+    if summary["throughput_samples_per_s"] is not None:
+        console.print(f"step times leave out each rank's first {summary['warmup_steps']} step(s) (warm-up)", highlight=False)
+    if slow or summary["stragglers"]["hosts"]:
+        hosts = ", ".join(summary["stragglers"]["hosts"]) or "none"
+        console.print(
+            f"stragglers (*): rank(s) {', '.join(map(str, sorted(slow))) or 'none'}, host(s) {hosts}: median step time "
+            f"above {summary['straggler_threshold']:g} x the median of all",
+            highlight=False,
+        )
     if summary["metrics_missing"]:
         missing = ", ".join(str(r) for r in summary["metrics_missing"])
         console.print(f"no metrics from rank(s) {missing}: throughput counts only the ranks that reported", highlight=False)

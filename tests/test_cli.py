@@ -47,3 +47,28 @@ def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = launch("--no-such-flag", cwd=tmp_path)
     assert result.returncode == 2
     assert "usage: launch" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "job, args, message",
+    [
+        ("command: [python, x.py]\n", ["--sweep"], "{job}: scaling: --sweep needs node counts, e.g. scaling: [1, 2, 3]"),
+        ("command: [python, x.py]\nscaling: [1, 2]\n", ["--sweep"], "{job}: scaling: 2 is more than the 1 host in {cluster}"),
+        ("command: [python, x.py]\nscaling: [1]\n", ["--sweep", "--nodes", "1"], "--sweep runs every node count of the job's scaling; leave out --nodes"),
+    ],
+)
+def test_bad_sweeps_exit_2_and_create_nothing(tmp_path: Path, job: str, args: list[str], message: str) -> None:
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    job_path = tmp_path / "job.yaml"
+    job_path.write_text("cluster: cluster.yaml\nruntime: host\n" + job)
+    result = launch(str(job_path), "--runs-dir", str(tmp_path / "runs"), *args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["launch: error: " + message.format(job=job_path, cluster=tmp_path / "cluster.yaml")]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    (tmp_path / "nothing").mkdir()
+    result = launch("report", str(tmp_path / "nothing"), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"launch: error: {tmp_path / 'nothing'}: no summary.json; expected a run directory"]

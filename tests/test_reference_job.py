@@ -32,6 +32,7 @@ def test_resnet18_learns_on_fake_cifar(tmp_path: Path) -> None:
     world = summary["world_size"]
     assert summary["status"] == "succeeded" and world >= 1
     steps_per_epoch = 256 // (32 * world)
-    assert all(r["steps"] == 6 * steps_per_epoch and r["samples_per_s"] > 0 for r in summary["ranks"])
+    assert all(r["steps"] + r["warmup_steps_excluded"] == 6 * steps_per_epoch and r["samples_per_s"] > 0 for r in summary["ranks"])
+    assert all(r["warmup_steps_excluded"] == 3 for r in summary["ranks"])
     record = json.loads((tmp_path / "runs" / summary["run_id"] / "metrics/rank0.jsonl").read_text().splitlines()[0])
     assert record["samples"] == 32 and record["step_time_s"] > 0 and "loss" in record
