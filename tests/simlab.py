@@ -164,13 +164,14 @@ class Lab:
             (host.data_root, "/var/lib/docker"),
             (host.dir / "run", "/run"),  # last: the paths above must stay reachable while mounting
         ]
-        setup = "; ".join(f"mount --bind {shlex.quote(str(src))} {dst}" for src, dst in binds)
-        shared = _shared_under_root()
-        if shared:  # the machine's Python, as labs share a toolchain: visible in each host's own /root
-            inner = host.dir / "root" / shared.relative_to("/root")
-            setup = (f"mkdir -p {shlex.quote(str(inner))}; mount --bind {shlex.quote(str(shared))} {shlex.quote(str(inner))}; "
-                     + setup.replace(f"mount --bind {shlex.quote(str(host.dir / 'root'))} /root",
-                                     f"mount --rbind {shlex.quote(str(host.dir / 'root'))} /root"))
+        # The machine's Python (and the project's venv) stay visible on the hosts, as labs share a
+        # toolchain: bound into the host's own /root or /tmp before those are mounted over.
+        shared = []
+        for path in _shared_toolchain():
+            parent = "/root" if path.is_relative_to("/root") else "/tmp"
+            inner = host.dir / parent.lstrip("/") / path.relative_to(parent)
+            shared.append(f"mkdir -p {shlex.quote(str(inner))}; mount --bind {shlex.quote(str(path))} {shlex.quote(str(inner))}")
+        setup = "; ".join(shared + [f"mount --rbind {shlex.quote(str(src))} {dst}" for src, dst in binds])
         script = f"set -e; hostname lab-{host.name}; {setup}; echo ready; exec sleep infinity"
         holder = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{host.netns}", "--",
@@ -290,16 +291,21 @@ class Lab:
         self.start_services(self.host(host))
 
 
-def _shared_under_root() -> Path | None:
-    """The installation of this machine's Python when it lives under /root (pyenv), else None.
+def _shared_toolchain() -> list[Path]:
+    """What of this machine's Python lives under a per-host folder (/root, /tmp) and must be shared.
 
-    Each host has its own /root; without this, a virtualenv made from that Python would not run on
-    the hosts (runtime: host runs the inventory's `python` there).
+    Each host has its own /root and /tmp; without this, a virtualenv made from a pyenv Python, or a
+    venv inside a checkout under /tmp, would not run on the hosts (runtime: host uses them there).
     """
-    real = Path(os.path.realpath(sys.executable))
-    if real.is_relative_to("/root/.pyenv"):
-        return Path("/root/.pyenv")
-    return None
+    found = []
+    for path in (Path(os.path.realpath(sys.executable)), Path(sys.prefix).resolve()):
+        for root in (Path("/root/.pyenv"), Path("/tmp"), Path("/root")):
+            if path.is_relative_to(root):
+                share = root if root.name == ".pyenv" else Path(sys.prefix).resolve()
+                if share not in found:
+                    found.append(share)
+                break
+    return found
 
 
 def _forward_rule(bridge: str) -> list[str]:
