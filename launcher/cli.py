@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import glob
 import os
+import signal
 import sys
 import time
 import traceback
@@ -14,7 +16,7 @@ from pathlib import Path
 from rich.console import Console as RichConsole
 
 from . import rundir
-from .errors import EXIT_BAD_INPUT, EXIT_INTERRUPTED, LaunchError, SpecError
+from .errors import EXIT_INTERRUPTED, LaunchError, SpecError
 from .execute import Console, execute
 from .plan import PlanOptions, make_plan
 from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster, select_hosts
@@ -23,12 +25,10 @@ from .summary import build_summary, render
 from .image import image_tag
 from .transport import LocalTransport, Transport
 
-SUBCOMMANDS = ("logs", "report")
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    signal.signal(signal.SIGTERM, _sigterm)  # outside a run's watch loop SIGTERM ends like Ctrl-C
     try:
         if argv and argv[0] == "logs":
             return _logs(_logs_parser().parse_args(argv[1:]))
@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("launch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `launch logs RUN | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _sigterm(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -96,6 +103,9 @@ def run_once(
     if missing:
         raise SpecError(f"{job.path}: secrets: {missing[0]} is not set in the launcher's environment")
     secrets = {name: os.environ[name] for name in job.secrets}
+    multiline = [name for name, value in secrets.items() if "\n" in value]
+    if multiline:
+        raise SpecError(f"{job.path}: secrets: the value of {multiline[0]} has a line break; secrets must be one line")
     remote = any(not h.is_local for h in hosts)
 
     paths = rundir.new_run_paths(runs_dir, job.name)
@@ -104,6 +114,7 @@ def run_once(
         local_python=sys.executable,
         local_cpus=os.cpu_count() or 1,
         image=image_tag(job) if remote and job.runtime == "docker" else None,
+        local_user=getpass.getuser(),
     )
     plan = make_plan(job, hosts, paths.run_id, options)  # every check before anything starts
     if dry_run:
@@ -153,7 +164,11 @@ def _sweep(job: JobSpec, cluster: ClusterSpec, args: argparse.Namespace) -> int:
     for count in job.scaling:
         if not args.dry_run:
             print(f"launch: sweep {sweep_dir.name}: {count} node(s)", flush=True)
-        code, summary = run_once(job, cluster, count, f"{job.path}: scaling", sweep_dir, args.dry_run)
+        try:
+            code, summary = run_once(job, cluster, count, f"{job.path}: scaling", sweep_dir, args.dry_run)
+        except LaunchError as exc:  # keep what the finished counts measured
+            print(f"launch: error: {exc}", file=sys.stderr)
+            code, summary = exc.exit_code, None
         if summary is not None and code == 0:
             summaries[str(sweep_dir / summary["run_id"])] = summary
         if code != 0:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
 from .plan import LaunchPlan, NodePlan
 from .rundir import RunPaths
 from .transport import NodeProcess, Transport
@@ -99,32 +99,46 @@ def execute(
     console: Console,
     grace_s: float = STOP_GRACE_S,
 ) -> RunOutcome:
-    """Run the plan to its end and return how it ended; every node is stopped before returning."""
+    """Run the plan to its end and return how it ended; every node is stopped and collected.
+
+    A node that cannot be started fails the run like a failing rank: the others are stopped, and
+    whatever every node left is still collected (which also removes the run's files from hosts).
+    """
     started = time.monotonic()
     procs: dict[str, NodeProcess] = {}
     readers: list[threading.Thread] = []
     interrupt = _Interrupt()
     with interrupt.installed():
         try:
-            for node in plan.nodes:
-                procs[node.host] = transport.start(node, secrets)
-                reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console), daemon=True)
-                reader.start()
-                readers.append(reader)
-            outcome = _watch(plan, procs, interrupt, started)
+            outcome = _start_all(plan, transport, secrets, procs, readers, paths, console)
+            if outcome is None:
+                outcome = _watch(plan, procs, interrupt, started)
         finally:
-            _stop_all(procs, grace_s)
+            _stop_all(procs, grace_s, console)
         for reader in readers:
             reader.join(timeout=grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
-    for node in plan.nodes:
-        try:
-            transport.collect(node)
-        except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
-            outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
-            console.say(f"launch: could not collect the logs of {node.host}: {outcome.collect_errors[node.host]}")
+        for node in plan.nodes:
+            try:
+                transport.collect(node)
+            except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
+                outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
+                console.say(f"launch: could not collect the logs of {node.host}: {outcome.collect_errors[node.host]}")
     outcome.wall_time_s = time.monotonic() - started
     return outcome
+
+
+def _start_all(plan, transport, secrets, procs, readers, paths, console) -> RunOutcome | None:
+    """Start every node with a reader for its output; a failed start ends the run as failed."""
+    for node in plan.nodes:
+        try:
+            procs[node.host] = transport.start(node, secrets)
+        except LaunchError as exc:
+            return RunOutcome("failed", EXIT_FAILED, 0.0, failed_node=node.host, reason=f"could not start node {node.host}: {exc}")
+        reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console), daemon=True)
+        reader.start()
+        readers.append(reader)
+    return None
 
 
 def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrupt, started: float) -> RunOutcome:
@@ -143,10 +157,17 @@ def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrup
         time.sleep(POLL_S)
 
 
-def _stop_all(procs: dict[str, NodeProcess], grace_s: float) -> None:
-    """Stop every node still running, all at once, and wait for them."""
-    running = [proc for proc in procs.values() if proc.poll() is None]
-    threads = [threading.Thread(target=proc.stop, args=(grace_s,)) for proc in running]
+def _stop_all(procs: dict[str, NodeProcess], grace_s: float, console: Console) -> None:
+    """Stop every node still running, all at once, and wait for them; report a node that resists."""
+
+    def stop(host: str, proc: NodeProcess) -> None:
+        try:
+            proc.stop(grace_s)
+        except Exception as exc:  # noqa: BLE001 - said on the console, the other nodes go on stopping
+            console.say(f"launch: could not stop node {host}: {exc}")
+
+    running = [(host, proc) for host, proc in procs.items() if proc.poll() is None]
+    threads = [threading.Thread(target=stop, args=item) for item in running]
     for thread in threads:
         thread.start()
     for thread in threads:

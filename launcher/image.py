@@ -13,6 +13,7 @@ import functools
 import hashlib
 import http.server
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -67,7 +68,13 @@ def image_tag(job: JobSpec) -> str:
     for path in workdir_files(job.workdir):
         mode = "x" if os.access(path, os.X_OK) else "-"
         add(f"job/{path.relative_to(job.workdir)}:{mode}", path.read_bytes())
-    return f"launch/{job.name.lower()}:{digest.hexdigest()[:16]}"
+    return f"launch/{repository_name(job.name)}:{digest.hexdigest()[:16]}"
+
+
+def repository_name(name: str) -> str:
+    """A job name as Docker accepts it in a repository: lower case, single separators inside."""
+    cleaned = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    return cleaned or "job"
 
 
 def build_image(job: JobSpec, client, say: Callable[[str], None]) -> BuiltImage:

@@ -18,6 +18,7 @@ LOCAL_MASTER_ADDR = "127.0.0.1"
 RANK_WRAPPER_MODULE = "launcher.rankexec"
 CONTAINER_RUN_DIR = "/launch/run"  # where a node's run directory is mounted in its container
 CONTAINER_WORKDIR = "/workspace"
+CONTAINER_LIB = "/opt/launch/lib"  # the launcher's in-rank helpers in the job image (Dockerfile)
 SECRETS_FILE = "secrets.env"
 REMOTE_WORKDIR = "work"  # runtime: host: the job's workdir, copied into the node's run directory
 REMOTE_LIB = "lib"  # runtime: host: the launcher's in-rank helpers, importable as `launcher`  # in a node's run directory; read by rankexec, never collected
@@ -37,7 +38,8 @@ class PlanOptions:
     local_cpus: int = 1
     remote_python: str = "python3"
     image: str | None = None  # the job image's tag, for runtime: docker on remote hosts
-    remote_runs: str = "/tmp/launch-runs"  # where a remote node keeps its part of a run
+    remote_runs: str = "/tmp/launch-runs"  # + "-<ssh user>": where a remote node keeps its part of a run
+    local_user: str = "launch"  # the SSH user of hosts whose inventory names none
     nics: dict[str, str] = field(default_factory=dict)  # host -> interface that reaches rank 0
 
 
@@ -189,7 +191,8 @@ def _node(
     options: PlanOptions,
 ) -> NodePlan:
     in_container = not host.is_local and job.runtime == "docker"
-    node_dir = options.run_dir if host.is_local else f"{options.remote_runs}/{run_id}"
+    user = host.ssh.user or options.local_user
+    node_dir = options.run_dir if host.is_local else f"{options.remote_runs}-{user}/{run_id}/{host.name}"
     seen_dir = CONTAINER_RUN_DIR if in_container else node_dir  # the run directory as ranks see it
     if in_container:
         python = "python3"
@@ -212,6 +215,7 @@ def _node(
     torchrun.append("--no-python")
     rank_argv = torchrun + [python, "-m", RANK_WRAPPER_MODULE, *job.command]
     env = dict(job.env)
+    env.setdefault("PYTHONUNBUFFERED", "1")  # live output, and no lines lost when a rank is stopped
     env.update(
         LAUNCH_RUN_ID=run_id,
         LAUNCH_METRICS_DIR=metrics_dir,
@@ -233,6 +237,8 @@ def _node(
     cwd = str(job.workdir)
     if in_container:
         cwd = CONTAINER_WORKDIR
+        if "PYTHONPATH" in job.env:  # keep the image's own entry for the launcher's helpers
+            env["PYTHONPATH"] = f"{CONTAINER_LIB}:{job.env['PYTHONPATH']}"
         argv = _docker_run(job, host, run_id, container, node_dir, env, options) + rank_argv
     elif host.is_local:
         argv = rank_argv

@@ -46,8 +46,9 @@ def main(argv: list[str]) -> int:
         return 2
     rank = os.environ.get("RANK", "0")
     host = os.environ.get("LAUNCH_HOST", "local")
-    log_dir = os.environ.get("LAUNCH_LOG_DIR", ".")
-    os.makedirs(log_dir, exist_ok=True)
+    log_dir = os.environ.get("LAUNCH_LOG_DIR")  # unset outside a launch: no files, output only
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
     if os.environ.get("LAUNCH_METRICS_DIR"):
         os.makedirs(os.environ["LAUNCH_METRICS_DIR"], exist_ok=True)
 
@@ -69,8 +70,9 @@ def main(argv: list[str]) -> int:
         )
     except OSError as exc:
         message = f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode()
-        with open(os.path.join(log_dir, f"rank{rank}.log"), "ab") as log:
-            log.write(message)
+        if log_dir:
+            with open(os.path.join(log_dir, f"rank{rank}.log"), "ab") as log:
+                log.write(message)
         _write_line(sys.stdout.buffer, f"[{host}/{rank}] ".encode() + message)
         _write_status(log_dir, rank, host, 127, None, started, False)
         return 127
@@ -88,7 +90,7 @@ def main(argv: list[str]) -> int:
     prefix = f"[{host}/{rank}] ".encode()
     out = sys.stdout.buffer
     console_ok = True
-    with open(os.path.join(log_dir, f"rank{rank}.log"), "ab", buffering=0) as log:
+    with open(os.path.join(log_dir, f"rank{rank}.log") if log_dir else os.devnull, "ab", buffering=0) as log:
         assert child.stdout is not None
         for line in iter(child.stdout.readline, b""):
             log.write(line)
@@ -119,7 +121,9 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
-def _write_status(log_dir: str, rank: str, host: str, exit_code: int, signum: int | None, started: float, stopped: bool) -> None:
+def _write_status(log_dir: str | None, rank: str, host: str, exit_code: int, signum: int | None, started: float, stopped: bool) -> None:
+    if not log_dir:
+        return
     ended = time.time()
     record = {
         "rank": int(rank),

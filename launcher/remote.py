@@ -27,7 +27,7 @@ from .ssh import connect, open_command, run
 
 
 class SshProcess:
-    """One node's `docker run`, its output read from the SSH channel."""
+    """One node's command (`docker run`, or torchrun for runtime: host), read from its SSH channel."""
 
     def __init__(self, transport: "SshTransport", node: NodePlan, channel: paramiko.Channel) -> None:
         self.transport = transport
@@ -45,17 +45,19 @@ class SshProcess:
 
     def stop(self, grace_s: float) -> None:
         """End the node's part: its containers (by the run's label), or its process group."""
-        conn = self.transport.control(self.node.host)
-        if self.node.pid_file:
-            self._stop_group(conn, grace_s)
-        else:
-            self._stop_containers(conn, grace_s)
-        deadline = time.monotonic() + 10
-        while self.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.poll() is None:
-            self.channel.close()
-            self.code = 255
+        try:
+            conn = self.transport.control(self.node.host)
+            if self.node.pid_file:
+                self._stop_group(conn, grace_s)
+            else:
+                self._stop_containers(conn, grace_s)
+        finally:
+            deadline = time.monotonic() + 10
+            while self.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.poll() is None:
+                self.channel.close()
+                self.code = 255
 
     def _stop_group(self, conn: fabric.Connection, grace_s: float) -> None:
         """SIGTERM the process group the node's torchrun leads, then SIGKILL what is left of it."""
@@ -105,17 +107,21 @@ class SshTransport:
 
     def start(self, node: NodePlan, secrets: dict[str, str]) -> SshProcess:
         conn = self.control(node.host)
-        code, out = run(conn, ["mkdir", "-p", f"{node.node_dir}/logs/{node.host}", f"{node.node_dir}/metrics"])
+        # umask 077: the run's folders (and the user's folder above them) are private to the SSH user
+        make = 'umask 077 && mkdir -p "$0/logs/$1" "$0/metrics"'
+        code, out = run(conn, ["sh", "-c", make, node.node_dir, node.host])
         if code != 0:
             raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()}")
         if node.pid_file:
             self._copy_job(conn, node)
         if node.secrets:
             text = "".join(f"{name}={secrets[name]}\n" for name in node.secrets)
-            # Fabric keeps one SFTP session per connection: it is not closed here
-            with conn.sftp().open(f"{node.node_dir}/{SECRETS_FILE}", "w") as fh:
-                fh.chmod(0o600)
-                fh.write(text)
+            # created 0600 from the start (umask), its content through stdin: never on a command line
+            channel = open_command(conn, ["sh", "-c", 'umask 077 && cat > "$0"', f"{node.node_dir}/{SECRETS_FILE}"])
+            channel.sendall(text.encode())
+            channel.shutdown_write()
+            if channel.recv_exit_status() != 0:
+                raise RunError(f"{node.host}: cannot write the secrets file in {node.node_dir}")
         return SshProcess(self, node, open_command(conn, node.argv))
 
     def _copy_job(self, conn: fabric.Connection, node: NodePlan) -> None:
@@ -149,7 +155,7 @@ class SshTransport:
             for entry in entries:
                 if stat.S_ISREG(entry.st_mode or 0):
                     sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
-        run(conn, ["rm", "-rf", node.node_dir])
+        run(conn, ["sh", "-c", 'rm -rf "$0"; rmdir "${0%/*}" 2>/dev/null; true', node.node_dir])
 
     def close(self) -> None:
         for conn in self.conns.values():

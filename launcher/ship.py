@@ -94,18 +94,30 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
-def split_save(chunks: Iterable[bytes], receivers: list[Receiver], known: LayerDirs) -> None:
-    """Stream a `docker save` tar to every receiver, leaving out the layers each one has."""
+def split_save(chunks: Iterable[bytes], receivers: list[Receiver], known: LayerDirs,
+               diff_chains: dict[str, str] | None = None) -> None:
+    """Stream a `docker save` tar to every receiver, leaving out the layers each one has.
+
+    Two layouts: the legacy one (Docker Engine before 25: `<dir>/layer.tar`, dirs learned in
+    `known`) and the OCI one (`blobs/sha256/<diff ID>` for uncompressed layers), where
+    `diff_chains` (diff ID -> chain ID of the image being sent) says which layer a blob is.
+    """
+    diff_chains = diff_chains or {}
     tar = tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), CHUNK), mode="r|")
     hashes: dict[str, str] = {}  # save directory -> diff ID, for directories not yet known
     manifest: list[dict] | None = None
     counted: set[tuple[str, str]] = set()
     for member in tar:
         top = member.name.split("/", 1)[0]
-        chain = known.dirs.get(top)
+        if member.name.startswith("blobs/sha256/"):
+            top = member.name
+            chain = diff_chains.get("sha256:" + member.name.rsplit("/", 1)[1])
+        else:
+            chain = known.dirs.get(top)
         wanted = [r for r in receivers if chain is None or chain not in r.chains]
         for r in receivers:
-            if member.name.endswith("/layer.tar") and (r.host, top) not in counted:
+            is_layer = member.name.endswith("/layer.tar") or (top.startswith("blobs/") and chain is not None)
+            if is_layer and (r.host, top) not in counted:
                 counted.add((r.host, top))
                 if r in wanted:
                     r.sent_layers += 1
@@ -221,8 +233,8 @@ class _Sender:
                     self.error = exc
 
 
-def host_layers(conn) -> tuple[str | None, set[str]]:
-    """The ID of every image on the host is not needed: only which layers (chain IDs) it has."""
+def host_layers(conn) -> set[str]:
+    """Which layers (chain IDs) the host's images hold."""
     from .ssh import run
 
     code, out = run(conn, ["sh", "-c", "docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'"])
@@ -233,7 +245,7 @@ def host_layers(conn) -> tuple[str | None, set[str]]:
         line = line.strip()
         if line.startswith("["):
             chains.update(chain_ids(json.loads(line)))
-    return None, chains
+    return chains
 
 
 def image_id_on(conn, tag: str) -> str | None:
@@ -259,7 +271,7 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
             if image_id_on(conn, tag) == local.id:
                 report.results[host] = ShipResult(host, skipped=True)
                 continue
-            _, have = host_layers(conn)
+            have = host_layers(conn)
             channel = open_command(conn, ["docker", "load", "-q"])
         except Exception as exc:  # noqa: BLE001 - every host is reported
             report.results[host] = ShipResult(host, skipped=False, error=str(exc))
@@ -272,7 +284,7 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
         known = LayerDirs(known_path)
         if any(r.chains for r in receivers) and not set(chains[:-1]) <= set(known.dirs.values()):
             split_save(local.save(chunk_size=CHUNK, named=True), [], known)  # learn where the layers are, send nothing
-        split_save(local.save(chunk_size=CHUNK, named=True), receivers, known)
+        split_save(local.save(chunk_size=CHUNK, named=True), receivers, known, dict(zip(local.attrs["RootFS"]["Layers"], chains)))
     for r in receivers:
         channel = channels[r.host]
         error = None

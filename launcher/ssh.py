@@ -16,6 +16,7 @@ from typing import Sequence
 
 import fabric
 import paramiko
+from invoke.exceptions import CommandTimedOut
 
 from .errors import RunError
 from .spec import Host
@@ -72,15 +73,29 @@ def connect(host: Host, timeout: float = 10) -> fabric.Connection:
     return conn
 
 
+_TRANSPORT_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
+
+
 def run(conn: fabric.Connection, argv: Sequence[str], timeout: float | None = 120) -> tuple[int, str]:
     """Run a command (an argv list, quoted here and nowhere else); its exit code and output."""
-    result = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
+    try:
+        result = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
+    except CommandTimedOut:
+        raise RunError(f"{conn.host}: `{shlex.join(argv)[:80]}` took longer than {timeout:g} s") from None
+    except _TRANSPORT_ERRORS as exc:
+        raise RunError(f"{conn.host}: SSH failed: {exc or type(exc).__name__}") from None
     return result.exited, result.stdout + result.stderr
 
 
 def open_command(conn: fabric.Connection, argv: Sequence[str]) -> paramiko.Channel:
     """Start a command whose stdout and stderr come back merged on the returned channel."""
-    channel = conn.client.get_transport().open_session()
-    channel.set_combine_stderr(True)
-    channel.exec_command(shlex.join(argv))
+    try:
+        transport = conn.client.get_transport()
+        if transport is None or not transport.is_active():
+            raise paramiko.SSHException("the connection is closed")
+        channel = transport.open_session()
+        channel.set_combine_stderr(True)
+        channel.exec_command(shlex.join(argv))
+    except _TRANSPORT_ERRORS as exc:
+        raise RunError(f"{conn.host}: SSH failed: {exc or type(exc).__name__}") from None
     return channel

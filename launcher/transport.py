@@ -1,7 +1,7 @@
 """How a node's part of a run is started, watched and stopped.
 
 A `Transport` starts one node's planned command and hands back a `NodeProcess`; the executor
-does not know whether that node is this machine (subprocess) or a lab host (SSH, later).
+does not know whether that node is this machine (subprocess, here) or a lab host (SSH, remote.py).
 """
 
 from __future__ import annotations

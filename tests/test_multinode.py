@@ -55,7 +55,7 @@ def test_three_hosts_allreduce_with_known_answer(tmp_path: Path, lab, base_image
     assert [n["node_rank"] for n in plan["nodes"]] == [0, 1, 2]
     assert all("--master-addr=10.77.7.11" in n["command"] for n in plan["nodes"])
     assert containers(lab) == {"h1": [], "h2": [], "h3": []}
-    assert all(lab.ssh(h.name, f"test -e /tmp/launch-runs/{summary['run_id']}", check=False).returncode == 1 for h in lab.hosts)
+    assert all(lab.ssh(h.name, f"test -e /tmp/launch-runs-root/{summary['run_id']}", check=False).returncode == 1 for h in lab.hosts)
 
 
 def test_a_failing_rank_stops_every_host(tmp_path: Path, lab, base_image: str) -> None:

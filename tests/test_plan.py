@@ -220,8 +220,8 @@ def test_three_remote_hosts_mixed(tmp_path: Path) -> None:
     assert [n.env.get("GLOO_SOCKET_IFNAME") for n in plan.nodes] == ["eth0", None, "ens5"]
     for n in plan.nodes:
         assert n.image == "launch/scaling-test:0123456789abcdef" and n.image in n.argv
-        assert n.node_dir == "/tmp/launch-runs/20240101-000000-mixed" and n.cwd == "/workspace"
-        assert "--volume" in n.argv and "/tmp/launch-runs/20240101-000000-mixed:/launch/run" in n.argv
+        assert n.node_dir == f"/tmp/launch-runs-launch/20240101-000000-mixed/{n.host}" and n.cwd == "/workspace"
+        assert "--volume" in n.argv and f"{n.node_dir}:/launch/run" in n.argv
         assert n.env["LAUNCH_METRICS_DIR"] == "/launch/run/metrics"
         assert f"--local-addr={n.address}" in n.argv
         assert "--nnodes=3" in n.argv
@@ -278,11 +278,11 @@ def test_remote_runtime_host_runs_the_hosts_python_in_a_process_group(tmp_path: 
     node = plan.nodes[1]  # cpu1, whose inventory names its python
     assert node.image is None and node.container is None
     assert node.argv[:4] == ("setsid", "--wait", "sh", "-c")
-    assert node.argv[5:7] == ("/tmp/launch-runs/r1/cpu1.pid", "/tmp/launch-runs/r1/work")
-    assert node.pid_file == "/tmp/launch-runs/r1/cpu1.pid" and node.cwd == "/tmp/launch-runs/r1/work"
-    assert "PYTHONPATH=/tmp/launch-runs/r1/lib" in node.argv
+    assert node.argv[5:7] == ("/tmp/launch-runs-launch/r1/cpu1/cpu1.pid", "/tmp/launch-runs-launch/r1/cpu1/work")
+    assert node.pid_file == "/tmp/launch-runs-launch/r1/cpu1/cpu1.pid" and node.cwd == "/tmp/launch-runs-launch/r1/cpu1/work"
+    assert "PYTHONPATH=/tmp/launch-runs-launch/r1/cpu1/lib" in node.argv
     assert "/opt/venv/bin/python" in node.argv and node.argv[-4:] == ("python", "train.py", "--epochs", "1")
-    assert node.env["LAUNCH_SECRETS_FILE"] == "/tmp/launch-runs/r1/secrets.env" and node.env["API_TOKEN"] == "***"
+    assert node.env["LAUNCH_SECRETS_FILE"] == "/tmp/launch-runs-launch/r1/cpu1/secrets.env" and node.env["API_TOKEN"] == "***"
     assert not any("API_TOKEN" in arg for arg in node.argv)
     assert plan.nodes[0].argv[plan.nodes[0].argv.index("-m") - 1] == "python3"
 
@@ -326,3 +326,10 @@ def test_no_hosts_is_refused(tmp_path: Path) -> None:
 def test_plan_is_deterministic(tmp_path: Path) -> None:
     job, hosts = setup(tmp_path, REMOTE_JOB, THREE_MIXED)
     assert make_plan(job, hosts, "r", REMOTE_OPTIONS) == make_plan(job, hosts, "r", REMOTE_OPTIONS)
+
+
+def test_a_jobs_pythonpath_keeps_the_images_helpers_importable(tmp_path: Path) -> None:
+    job, hosts = setup(tmp_path, REMOTE_JOB.replace('env: {OMP_NUM_THREADS: "1"}', "env: {PYTHONPATH: /extra}"), THREE_MIXED)
+    node = make_plan(job, hosts, "r", REMOTE_OPTIONS).nodes[0]
+    assert "PYTHONPATH=/opt/launch/lib:/extra" in node.argv
+    assert node.env["PYTHONUNBUFFERED"] == "1"

@@ -1,0 +1,85 @@
+"""Splitting a `docker save` stream by layer, on synthetic archives of both layouts (no Docker)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from launcher.ship import LayerDirs, Receiver, chain_ids, split_save
+
+LAYERS = [b"base layer " * 5000, b"deps layer " * 3000, b"code v1"]
+
+
+def diff_id(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def archive(entries: list[tuple[str, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def legacy_save(layers: list[bytes]) -> bytes:
+    dirs = [f"{i:064x}" for i in range(len(layers))]
+    dirs[-1] = hashlib.sha256(layers[-1]).hexdigest()  # the top layer's dir changes with its content
+    entries = []
+    for d, data in zip(dirs, layers):
+        entries += [(f"{d}/VERSION", b"1.0"), (f"{d}/json", b"{}"), (f"{d}/layer.tar", data)]
+    manifest = [{"Config": "config.json", "RepoTags": ["launch/x:1"], "Layers": [f"{d}/layer.tar" for d in dirs]}]
+    return archive(entries + [("config.json", b"{}"), ("manifest.json", json.dumps(manifest).encode())])
+
+
+def chunks(data: bytes, size: int = 4096):
+    return (data[i : i + size] for i in range(0, len(data), size))
+
+
+def received(buffer: io.BytesIO) -> dict[str, bytes]:
+    buffer.seek(0)
+    with tarfile.open(fileobj=buffer) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}
+
+
+def test_chain_ids() -> None:
+    a, b = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    assert chain_ids([a, b]) == [a, "sha256:" + hashlib.sha256(f"{a} {b}".encode()).hexdigest()]
+
+
+def test_legacy_layout_learns_layers_then_sends_only_what_a_host_lacks(tmp_path: Path) -> None:
+    known = LayerDirs(tmp_path / "dirs.json")
+    cold = io.BytesIO()
+    first = Receiver("cold", set(), cold.write)
+    split_save(chunks(legacy_save(LAYERS)), [first], known)
+    assert first.sent_layers == 3 and first.skipped_layers == 0
+    assert set(LayerDirs(tmp_path / "dirs.json").dirs.values()) == set(chain_ids([diff_id(d) for d in LAYERS]))
+
+    edited = LAYERS[:2] + [b"code v2"]
+    chains = chain_ids([diff_id(d) for d in edited])
+    warm = io.BytesIO()
+    second = Receiver("warm", set(chains[:2]), warm.write)  # it has the base and the deps
+    split_save(chunks(legacy_save(edited)), [second], known)
+    files = received(warm)
+    assert (second.sent_layers, second.skipped_layers) == (1, 2)
+    assert [name for name in files if name.endswith("layer.tar")] == [f"{hashlib.sha256(b'code v2').hexdigest()}/layer.tar"]
+    assert "manifest.json" in files and second.sent < 10_000 < len(LAYERS[0])
+
+
+def test_oci_layout_skips_blobs_the_host_has(tmp_path: Path) -> None:
+    diffs = [diff_id(d) for d in LAYERS]
+    chains = chain_ids(diffs)
+    entries = [(f"blobs/sha256/{d.split(':')[1]}", data) for d, data in zip(diffs, LAYERS)]
+    entries += [("blobs/sha256/" + "c" * 64, b"{config}"), ("index.json", b"{}"), ("manifest.json", b"[]")]
+    host = io.BytesIO()
+    r = Receiver("h", set(chains[:2]), host.write)
+    split_save(chunks(archive(entries)), [r], LayerDirs(tmp_path / "dirs.json"), dict(zip(diffs, chains)))
+    files = received(host)
+    assert (r.sent_layers, r.skipped_layers) == (1, 2)
+    assert f"blobs/sha256/{diffs[2].split(':')[1]}" in files and f"blobs/sha256/{diffs[0].split(':')[1]}" not in files
+    assert "blobs/sha256/" + "c" * 64 in files and "index.json" in files
