@@ -128,8 +128,8 @@ def run_once(
         from .remote import SshTransport
 
         deployment = deploy(job, hosts, console.say)
-        if deployment.nics:
-            plan = make_plan(job, hosts, paths.run_id, replace(options, nics=deployment.nics))
+        built = deployment.image.tag if deployment.image else None  # the image that was shipped
+        plan = make_plan(job, hosts, paths.run_id, replace(options, nics=deployment.nics, image=built))
         transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, job.workdir, deployment.conns)
     else:
         transport = LocalTransport()

@@ -255,13 +255,17 @@ class Lab:
             else:
                 self.docker(host.name, "tag", want, tag)
         loaded: dict[str, float] = {}
+        errors: dict[str, str] = {}
 
         def load(host: SimHost) -> None:
             start = time.monotonic()
             save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
-            subprocess.run(["docker", "-H", f"unix://{host.docker_socket}", "load", "-q"], stdin=save.stdout,
-                           check=True, capture_output=True)
-            save.wait()
+            result = subprocess.run(["docker", "-H", f"unix://{host.docker_socket}", "load", "-q"], stdin=save.stdout,
+                                    capture_output=True)
+            assert save.stdout is not None
+            save.stdout.close()
+            if save.wait() != 0 or result.returncode != 0:
+                errors[host.name] = result.stderr.decode(errors="replace").strip()[-300:]
             loaded[host.name] = time.monotonic() - start
 
         threads = [threading.Thread(target=load, args=(h,)) for h in lacking]
@@ -269,6 +273,8 @@ class Lab:
             t.start()
         for t in threads:
             t.join()
+        if errors:
+            raise RuntimeError(f"lab: loading {tag} failed: {errors}")
         return loaded
 
     # ---- faults

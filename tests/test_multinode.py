@@ -213,3 +213,18 @@ def test_accept_new_records_unknown_keys_but_refuses_a_changed_one(tmp_path: Pat
     assert result.returncode == 1
     assert f"h1 (root@10.77.7.11:22): its host key does not match {known}; refusing to connect" in result.stderr
     assert not (tmp_path / "runs2").exists()
+
+
+def test_a_node_that_cannot_start_fails_the_run_and_the_others_are_cleaned_up(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "600", "--sleep", "0.1"], extra="secrets: [API_TOKEN]\n")
+    lab.ssh("h3", "rm -rf /tmp/launch-runs-root && touch /tmp/launch-runs-root")  # a file where h3's run folder goes
+    try:
+        result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={"API_TOKEN": "x-9"})
+    finally:
+        lab.ssh("h3", "rm -f /tmp/launch-runs-root")
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["status"] == "failed" and summary["reason"].startswith("could not start node h3: h3: cannot make")
+    assert containers(lab) == {"h1": [], "h2": [], "h3": []}
+    for host in ("h1", "h2"):  # started nodes were stopped and their files (the secrets too) removed
+        assert lab.ssh(host, f"test -e /tmp/launch-runs-root/{summary['run_id']}", check=False).returncode == 1
