@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
             return _logs(_logs_parser().parse_args(argv[1:]))
         if argv and argv[0] == "report":
             return _report(_report_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "check":
+            return _check(_check_parser().parse_args(argv[1:]))
         return run_job(_run_parser().parse_args(argv))
     except LaunchError as exc:
         if debug:
@@ -56,7 +58,7 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch",
         description="Run a distributed PyTorch job on the hosts of a cluster inventory. "
-        "Other commands: launch logs RUN, launch report RUN [RUN ...].",
+        "Other commands: launch check CLUSTER.yaml, launch logs RUN, launch report RUN [RUN ...].",
     )
     parser.add_argument("job", type=Path, help="the job file (job.yaml)")
     parser.add_argument("--cluster", type=Path, help="the inventory to use instead of the job's `cluster`")
@@ -179,6 +181,26 @@ def _sweep(job: JobSpec, cluster: ClusterSpec, args: argparse.Namespace) -> int:
         print(markdown(rows, job.name))
         print(f"launch: scaling results in {sweep_dir}: {', '.join(FILES)}")
     return code
+
+
+def _check_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch check", description="Preflight every host of an inventory.")
+    parser.add_argument("cluster", type=Path, help="the inventory (cluster.yaml)")
+    parser.add_argument("--port", type=int, default=29500, help="the rendezvous port that must be free (default 29500)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .check import check_cluster
+
+    cluster = load_cluster(args.cluster)
+    results = check_cluster(cluster, args.port)
+    for result in results:
+        print(result.line())
+    usable = sum(r.ok for r in results)
+    print(f"{usable} of {len(results)} host(s) usable")
+    return 0 if usable == len(results) else 1
 
 
 def _report_parser() -> argparse.ArgumentParser:

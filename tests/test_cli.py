@@ -72,3 +72,16 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     result = launch("report", str(tmp_path / "nothing"), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"launch: error: {tmp_path / 'nothing'}: no summary.json; expected a run directory"]
+
+
+def test_check_of_a_missing_inventory_is_bad_input(tmp_path: Path) -> None:
+    result = launch("check", "nope.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["launch: error: nope.yaml: file not found"]
+
+
+def test_check_of_this_machine(tmp_path: Path) -> None:
+    (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: here, address: local, gpus: 3}\n")
+    result = launch("check", str(tmp_path / "cluster.yaml"), "--port", "1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stdout.splitlines()[0].startswith("here         this machine     NOT USABLE: 0 GPU(s) visible, the inventory says 3")

@@ -228,3 +228,28 @@ def test_a_node_that_cannot_start_fails_the_run_and_the_others_are_cleaned_up(tm
     assert containers(lab) == {"h1": [], "h2": [], "h3": []}
     for host in ("h1", "h2"):  # started nodes were stopped and their files (the secrets too) removed
         assert lab.ssh(host, f"test -e /tmp/launch-runs-root/{summary['run_id']}", check=False).returncode == 1
+
+
+def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> None:
+    good = launch("check", str(lab.cluster_file), cwd=tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    lines = good.stdout.splitlines()
+    assert lines[-1] == "3 of 3 host(s) usable"
+    assert all(line.split()[:3] == [h.name, h.address, "ok"] and "docker 20.10" in line for h, line in zip(lab.hosts, lines))
+
+    (tmp_path / "cluster.yaml").write_text(lab.cluster_file.read_text().replace("gpus: 0", "gpus: 2", 1))
+    listener = lab.ssh("h2", "nohup python3 -c 'import socket, time; s = socket.socket(); s.bind((\"0.0.0.0\", 29500)); "
+                             "s.listen(); time.sleep(120)' >/dev/null 2>&1 & echo $!").stdout.decode().strip()
+    lab.cut_link("h3")
+    try:
+        time.sleep(0.5)
+        bad = launch("check", str(tmp_path / "cluster.yaml"), cwd=tmp_path, timeout=120)
+    finally:
+        lab.restore_link("h3")
+        lab.ssh("h2", f"kill {listener}", check=False)
+    assert bad.returncode == 1
+    by_host = {line.split()[0]: line for line in bad.stdout.splitlines()[:3]}
+    assert "NOT USABLE: 0 GPU(s) visible, the inventory says 2" in by_host["h1"]
+    assert "NOT USABLE: port 29500 is in use" in by_host["h2"]
+    assert "NOT USABLE: h3 (root@10.77.7.13:22): cannot connect" in by_host["h3"]
+    assert bad.stdout.splitlines()[-1] == "0 of 3 host(s) usable"
