@@ -31,6 +31,14 @@ def run_id_of(output: str) -> str:
     return match.group(1)
 
 
+def assert_secret_nowhere(secret: str, output: str, root: Path) -> None:
+    """The secret's value is in no output and no file under `root`."""
+    assert secret not in output
+    for path in root.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+
+
 def processes_of_run(run_id: str) -> list[int]:
     """PIDs of live processes whose environment carries this run's LAUNCH_RUN_ID."""
     marker = f"LAUNCH_RUN_ID={run_id}".encode()

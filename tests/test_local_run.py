@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, launch, processes_of_run, run_id_of
+from conftest import ROOT, assert_secret_nowhere, launch, processes_of_run, run_id_of
 
 pytestmark = pytest.mark.integration
 
@@ -117,10 +117,7 @@ def test_secrets_reach_ranks_but_no_file_or_output(probe_job, tmp_path: Path) ->
 
     digest = hashlib.sha256(secret.encode()).hexdigest()
     assert result.stdout.count(f"env API_TOKEN sha256 {digest}") == 2
-    assert secret not in result.stdout + result.stderr
-    for path in (tmp_path / "runs").rglob("*"):
-        if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
+    assert_secret_nowhere(secret, result.stdout + result.stderr, tmp_path / "runs")
     plan = json.loads(next((tmp_path / "runs").glob("*/plan.json")).read_text())
     assert plan["nodes"][0]["env"]["API_TOKEN"] == "***"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROBE, ROOT, launch, run_id_of
+from conftest import PROBE, ROOT, assert_secret_nowhere, launch, run_id_of
 
 pytestmark = pytest.mark.integration
 
@@ -113,10 +113,7 @@ def test_arguments_and_secrets_cross_ssh_and_docker_intact(tmp_path: Path, lab, 
         assert lab.ssh(host, f"test -e {marker}", check=False).returncode == 1
     digest = hashlib.sha256(secret.encode()).hexdigest()
     assert result.stdout.count(f"env API_TOKEN sha256 {digest}") == 3
-    assert secret not in result.stdout + result.stderr
-    for path in (tmp_path / "runs").rglob("*"):
-        if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
+    assert_secret_nowhere(secret, result.stdout + result.stderr, tmp_path / "runs")
 
 
 def test_relaunch_after_a_code_edit_sends_no_base_layer(tmp_path: Path, lab, base_image: str) -> None:

@@ -234,8 +234,6 @@ def test_load_mapping_uses_the_label_it_is_given(tmp_path: Path) -> None:
 
 
 def test_unhashable_key_is_a_spec_error(tmp_path: Path) -> None:
-    # BUG (yamlfile._construct_mapping): `key in seen` raises TypeError for a list key before
-    # PyYAML's own "found unhashable key" check runs, so the user gets a traceback.
     path = write(tmp_path, "job.yaml", "? [a, b]\n: 1\ncommand: [a]\n")
     with pytest.raises(SpecError) as info:
         load_job(path)
@@ -244,8 +242,6 @@ def test_unhashable_key_is_a_spec_error(tmp_path: Path) -> None:
 
 
 def test_yaml_merge_keys_work_as_with_safe_load(tmp_path: Path) -> None:
-    # BUG (yamlfile._construct_mapping): constructing every key, `<<` included, makes PyYAML's
-    # merge key fail with "could not determine a constructor for the tag 'tag:yaml.org,2002:merge'".
     cluster = hosts_of(
         tmp_path,
         "hosts:\n"
@@ -273,8 +269,6 @@ CLUSTER_ERRORS = [
     pytest.param("hots: []\n", "unknown key 'hots'; did you mean 'hosts'?", id="unknown-top-key"),
     pytest.param(
         "ssh:\n  usr: lab\n" + CLUSTER,
-        # BUG (spec.load_cluster/_ssh_settings): the ssh section's keys are never checked, so a typo
-        # there is silently ignored and the default is used.
         "ssh: unknown key 'usr'; did you mean 'user'?",
         id="unknown-ssh-key",
     ),
@@ -336,7 +330,6 @@ CLUSTER_ERRORS = [
     pytest.param("ssh: [user]\n" + CLUSTER, "ssh: expected a mapping, got a list", id="ssh-list"),
     pytest.param(
         "hosts:\n  - {name: a, address: x, 1: 2}\n",
-        # BUG (fields.Section.check_keys): the prefix keeps its trailing dot here ("hosts[0].:").
         "hosts[0]: keys must be names, got 1",
         id="non-string-host-key",
     ),
@@ -548,8 +541,6 @@ def test_job_timeout_quoted_number(tmp_path: Path) -> None:
 
 
 def test_job_timeout_nan_is_refused(tmp_path: Path) -> None:
-    # BUG (fields.Section.duration): `seconds <= 0` is False for NaN, so `timeout: .nan` loads as
-    # timeout_s = nan (a timeout that never fires, and NaN in plan.json).
     message = job_error(tmp_path, JOB + "timeout: .nan\n")
     assert message == f"{tmp_path / 'job.yaml'}: timeout: expected a duration such as 90s, 30m, 1h or 1h30m, got nan"
 
