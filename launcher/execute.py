@@ -77,18 +77,38 @@ class _Interrupt:
 
 
 def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console) -> None:
-    """Rank lines (already prefixed by rankexec) go to the terminal; torchrun's own to its log too."""
+    """Rank lines (already prefixed by rankexec) go to the terminal; torchrun's own to its log too.
+
+    For a lab host, rank lines also go to the rank's log here as they come, so `launch logs
+    --follow` shows them live; the complete log collected at the end replaces that copy.
+    """
     rank_prefix = f"[{node.host}/".encode()
     agent_prefix = f"[{node.host}] ".encode()
     log_path = paths.agent_log(node.host)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab", buffering=0) as agent_log:
-        for line in proc.lines():
-            if line.startswith(rank_prefix):
-                console.write_line(line)
-            else:
-                agent_log.write(line)
-                console.write_line(agent_prefix + line)
+    live: dict[bytes, BinaryIO] = {}
+    try:
+        with log_path.open("ab", buffering=0) as agent_log:
+            for line in proc.lines():
+                if line.startswith(rank_prefix):
+                    console.write_line(line)
+                    if not node.is_local:
+                        _live_copy(line, len(rank_prefix), node.host, paths, live)
+                else:
+                    agent_log.write(line)
+                    console.write_line(agent_prefix + line)
+    finally:
+        for fh in live.values():
+            fh.close()
+
+
+def _live_copy(line: bytes, start: int, host: str, paths: RunPaths, live: dict[bytes, BinaryIO]) -> None:
+    rank, sep, text = line[start:].partition(b"] ")
+    if not sep or not rank.isdigit():
+        return
+    if rank not in live:
+        live[rank] = paths.rank_log(host, int(rank)).open("ab", buffering=0)
+    live[rank].write(text)
 
 
 def execute(

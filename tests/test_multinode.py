@@ -87,6 +87,9 @@ def test_ctrl_c_leaves_no_container_on_any_host(tmp_path: Path, lab, base_image:
         if sum(1 for s in seen if "] step 3" in s) == 3:
             break
     assert all(containers(lab).values()), "every host runs the job's container"
+    run = tmp_path / "runs" / run_id_of("".join(seen))
+    follow = launch("logs", str(run), "--rank", "2", cwd=tmp_path)  # while the run goes on
+    assert "[h3/2] step 3" in follow.stdout.splitlines(), follow.stdout[-500:] + follow.stderr
     for host, ids in containers(lab).items():
         inspected = lab.ssh(host, f"docker inspect {' '.join(ids)}").stdout.decode()
         assert secret not in inspected and "API_TOKEN" not in inspected
@@ -94,7 +97,6 @@ def test_ctrl_c_leaves_no_container_on_any_host(tmp_path: Path, lab, base_image:
     rest, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, "".join(seen)[-2000:] + rest[-2000:]
     assert containers(lab) == {"h1": [], "h2": [], "h3": []}
-    run = tmp_path / "runs" / run_id_of("".join(seen))
     assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
     assert "step 3" in (run / "logs/h2/rank1.log").read_text()
 
