@@ -148,6 +148,8 @@ class Lab:
         (host.dir / "tmp").chmod(0o1777)
         (host.dir / "run" / "sshd").mkdir()
         host.data_root.mkdir(parents=True, exist_ok=True)
+        for target in ("/etc/docker", "/var/lib/docker"):  # mount points for the host's own copies
+            Path(target).mkdir(parents=True, exist_ok=True)
         # No entry for the host's own name, and a resolver that answers "refused" at once.
         (host.dir / "etc" / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
         (host.dir / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
