@@ -49,11 +49,16 @@ def scaling_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "nodes": n,
             "world_size": max(int(s["world_size"]) for s in by_nodes[n]),
             "throughput_samples_per_s": round(throughput[n], 3),
-            "speedup": round(speedup, 4),
-            "efficiency": round(speedup / (n / base_n), 4),
+            "speedup": _significant(speedup),
+            "efficiency": _significant(speedup / (n / base_n)),
             "runs": sorted(s["run_id"] for s in by_nodes[n]),
         })
     return rows
+
+
+def _significant(value: float, digits: int = 6) -> float:
+    """Rounded to significant digits, so that small efficiencies keep their precision."""
+    return float(f"{value:.{digits}g}")
 
 
 def markdown(rows: list[dict[str, Any]], job: str) -> str:
