@@ -91,9 +91,9 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console) 
         with log_path.open("ab", buffering=0) as agent_log:
             for line in proc.lines():
                 if line.startswith(rank_prefix):
-                    console.write_line(line)
                     if not node.is_local:
                         _live_copy(line, len(rank_prefix), node.host, paths, live)
+                    console.write_line(line)
                 else:
                     agent_log.write(line)
                     console.write_line(agent_prefix + line)

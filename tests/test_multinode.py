@@ -239,9 +239,11 @@ def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> N
     (tmp_path / "cluster.yaml").write_text(lab.cluster_file.read_text().replace("gpus: 0", "gpus: 2", 1))
     listener = lab.ssh("h2", "nohup python3 -c 'import socket, time; s = socket.socket(); s.bind((\"0.0.0.0\", 29500)); "
                              "s.listen(); time.sleep(120)' >/dev/null 2>&1 & echo $!").stdout.decode().strip()
+    deadline = time.monotonic() + 20
+    while "29500" not in lab.ssh("h2", "ss -ltnH 'sport = :29500'").stdout.decode() and time.monotonic() < deadline:
+        time.sleep(0.2)
     lab.cut_link("h3")
     try:
-        time.sleep(0.5)
         bad = launch("check", str(tmp_path / "cluster.yaml"), cwd=tmp_path, timeout=120)
     finally:
         lab.restore_link("h3")
