@@ -194,6 +194,8 @@ def _check_parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> int:
     from .check import check_cluster
 
+    if not 1 <= args.port <= 65535:
+        raise SpecError(f"--port: expected an integer from 1 to 65535, got {args.port}")
     cluster = load_cluster(args.cluster)
     results = check_cluster(cluster, args.port)
     for result in results:
@@ -212,7 +214,7 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
-    runs = [run if run.is_dir() or run.is_absolute() else Path("runs") / run for run in args.runs]
+    runs = [_run_dir(run) for run in args.runs]
     summaries = load_summaries(runs)
     out = args.out or Path(os.path.commonpath([str(run.resolve().parent) for run in runs]))
     rows = write_scaling(out, summaries)
@@ -235,11 +237,16 @@ def _logs_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_dir(given: Path) -> Path:
+    """A run directory as given, or a run id under ./runs."""
+    return given if given.is_dir() or given.is_absolute() else Path("runs") / given
+
+
 def _logs(args: argparse.Namespace) -> int:
-    root = args.run if args.run.is_dir() else Path("runs") / args.run
-    if not (root / "plan.json").is_file():
+    paths = rundir.RunPaths(_run_dir(args.run))
+    root = paths.root
+    if not paths.plan_file.is_file():
         raise SpecError(f"{args.run}: not a run directory (no plan.json)")
-    paths = rundir.RunPaths(root)
     offsets: dict[Path, int] = {}
     while True:
         done = not args.follow or paths.summary_file.exists()

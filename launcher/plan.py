@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SpecError
+from .rundir import node_dirs
 from .spec import Host, JobSpec, backend_for
 
 SECRET_MASK = "***"
@@ -198,8 +199,7 @@ def _node(
         python = "python3"
     else:
         python = host.python or (options.local_python if host.is_local else options.remote_python)
-    log_dir = f"{seen_dir}/logs/{host.name}"
-    metrics_dir = f"{seen_dir}/metrics"
+    log_dir, metrics_dir = node_dirs(seen_dir, host.name)
     torchrun = [
         python, "-m", "torch.distributed.run",
         f"--nnodes={nnodes}",

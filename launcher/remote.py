@@ -21,7 +21,7 @@ import paramiko
 from .errors import RunError
 from .image import RUNTIME_FILES, workdir_files
 from .plan import REMOTE_LIB, REMOTE_WORKDIR, RUN_LABEL, SECRETS_FILE, NodePlan
-from .rundir import RunPaths
+from .rundir import RunPaths, node_dirs
 from .spec import Host
 from .ssh import connect, open_command, run
 
@@ -108,8 +108,8 @@ class SshTransport:
     def start(self, node: NodePlan, secrets: dict[str, str]) -> SshProcess:
         conn = self.control(node.host)
         # umask 077: the run's folders (and the user's folder above them) are private to the SSH user
-        make = 'umask 077 && mkdir -p "$0/logs/$1" "$0/metrics"'
-        code, out = run(conn, ["sh", "-c", make, node.node_dir, node.host])
+        make = 'umask 077 && mkdir -p "$0" "$1"'
+        code, out = run(conn, ["sh", "-c", make, *node_dirs(node.node_dir, node.host)])
         if code != 0:
             raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()}")
         if node.pid_file:
@@ -143,10 +143,8 @@ class SshTransport:
         """Copy the node's logs and metrics into the run directory, then remove its part of the run."""
         conn = self.control(node.host)
         sftp = conn.sftp()
-        for remote, local in (
-            (f"{node.node_dir}/logs/{node.host}", self.paths.host_logs_dir(node.host)),
-            (f"{node.node_dir}/metrics", self.paths.metrics_dir),
-        ):
+        remote_logs, remote_metrics = node_dirs(node.node_dir, node.host)
+        for remote, local in ((remote_logs, self.paths.host_logs_dir(node.host)), (remote_metrics, self.paths.metrics_dir)):
             local.mkdir(parents=True, exist_ok=True)
             try:
                 entries = sftp.listdir_attr(remote)

@@ -14,6 +14,16 @@ from typing import Any
 from .errors import RunError
 
 
+LOGS = "logs"
+METRICS = "metrics"
+
+
+def node_dirs(root: str, host: str) -> tuple[str, str]:
+    """`host`'s log folder and the metrics folder of a run rooted at `root`, as text: the same layout
+    serves the run directory here, a node's folder on a lab host, and the mount in a container."""
+    return f"{root}/{LOGS}/{host}", f"{root}/{METRICS}"
+
+
 def new_run_id(job_name: str, now: float | None = None) -> str:
     """`<job>-<UTC date>-<time>-<4 hex>`: sortable by start time, unique in practice."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
@@ -48,11 +58,11 @@ class RunPaths:
 
     @property
     def logs_dir(self) -> Path:
-        return self.root / "logs"
+        return self.root / LOGS
 
     @property
     def metrics_dir(self) -> Path:
-        return self.root / "metrics"
+        return self.root / METRICS
 
     def host_logs_dir(self, host: str) -> Path:
         return self.logs_dir / host

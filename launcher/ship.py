@@ -30,8 +30,13 @@ def chain_ids(diff_ids: list[str]) -> list[str]:
     """OCI chain IDs: the identity of a layer together with everything below it."""
     chains: list[str] = []
     for diff in diff_ids:
-        chains.append(diff if not chains else "sha256:" + hashlib.sha256(f"{chains[-1]} {diff}".encode()).hexdigest())
+        chains.append(_chain(chains[-1] if chains else None, diff))
     return chains
+
+
+def _chain(below: str | None, diff: str) -> str:
+    """The chain ID of layer `diff` on top of the chain `below` (None: the first layer)."""
+    return diff if below is None else "sha256:" + hashlib.sha256(f"{below} {diff}".encode()).hexdigest()
 
 
 class LayerDirs:
@@ -161,7 +166,7 @@ def _learn(manifest: list[dict], hashes: dict[str, str], known: LayerDirs) -> No
                 chain = known.dirs[d]
             elif d in hashes:
                 diff = hashes[d]
-                chain = diff if chain is None else "sha256:" + hashlib.sha256(f"{chain} {diff}".encode()).hexdigest()
+                chain = _chain(chain, diff)
                 known.dirs[d] = chain
             else:
                 break

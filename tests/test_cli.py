@@ -85,3 +85,16 @@ def test_check_of_this_machine(tmp_path: Path) -> None:
     result = launch("check", str(tmp_path / "cluster.yaml"), "--port", "1", cwd=tmp_path)
     assert result.returncode == 1
     assert result.stdout.splitlines()[0].startswith("here         this machine     NOT USABLE: 0 GPU(s) visible, the inventory says 3")
+
+
+def test_check_with_a_port_out_of_range_is_bad_input(tmp_path: Path) -> None:
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    result = launch("check", str(tmp_path / "cluster.yaml"), "--port", "70000", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["launch: error: --port: expected an integer from 1 to 65535, got 70000"]
+
+
+def test_logs_of_something_that_is_not_a_run_is_bad_input(tmp_path: Path) -> None:
+    result = launch("logs", "no-such-run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["launch: error: no-such-run: not a run directory (no plan.json)"]
