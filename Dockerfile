@@ -1,7 +1,8 @@
-# The job image: the recipe `launch` builds for runtime: docker (launcher/image.py).
+# The job image: the recipe `launch` builds for runtime: docker (launcher/image/build.py).
 # Its build context, made by the launcher:
 #   requirements.txt   the job's requirements (empty when it has none)
-#   launcher/          the launcher's in-rank helpers (rankexec, metrics): standard library only
+#   launcher/          what ships with the ranks (launcher/node: contract, rank wrapper, supervisor,
+#                      metrics writer): standard library only
 #   job/               the job's workdir: the last layer, so a code edit rebuilds and ships only it
 # Requirements come from a wheelhouse resolved on the launching machine and served on its loopback
 # (the build runs with host networking), so no index is needed and no wheel stays in a layer.

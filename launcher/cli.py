@@ -1,29 +1,22 @@
-"""`launch`: the command line (DESIGN.md). Turns arguments into a spec, a plan, a run, a summary."""
+"""`launch`: the command line (DESIGN.md): arguments in, a run (launcher.run.conduct) or a report out."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import glob
 import os
 import signal
 import sys
 import time
 import traceback
-from dataclasses import replace
 from pathlib import Path
 
-from rich.console import Console as RichConsole
-
-from . import rundir
 from .errors import EXIT_INTERRUPTED, LaunchError, SpecError
-from .execute import Console, execute
-from .plan import PlanOptions, make_plan
-from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster, select_hosts
-from .scaling import FILES, load_summaries, markdown, write_scaling
-from .summary import build_summary, render
-from .image import image_tag
-from .transport import LocalTransport, Transport
+from .node import contract
+from .results.scaling import FILES, load_summaries, markdown, write_scaling
+from .run import rundir
+from .run.conduct import RunRequest, run_once, sweep
+from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -91,95 +84,11 @@ def run_job(args: argparse.Namespace) -> int:
     job = load_job(args.job)
     cluster = resolve_cluster(job, args)
     if args.sweep:
-        return _sweep(job, cluster, args)
-    code, _ = run_once(job, cluster, args.nodes, "--nodes" if args.nodes is not None else None, args.runs_dir, args.dry_run)
-    return code
-
-
-def run_once(
-    job: JobSpec, cluster: ClusterSpec, nodes: int | None, nodes_label: str | None, runs_dir: Path, dry_run: bool
-) -> tuple[int, dict | None]:
-    """One run of the job on `nodes` hosts: its exit code and summary (None for a dry run)."""
-    hosts = select_hosts(job, cluster, nodes, nodes_label)
-    missing = [name for name in job.secrets if name not in os.environ]
-    if missing:
-        raise SpecError(f"{job.path}: secrets: {missing[0]} is not set in the launcher's environment")
-    secrets = {name: os.environ[name] for name in job.secrets}
-    multiline = [name for name, value in secrets.items() if "\n" in value]
-    if multiline:
-        raise SpecError(f"{job.path}: secrets: the value of {multiline[0]} has a line break; secrets must be one line")
-    remote = any(not h.is_local for h in hosts)
-
-    paths = rundir.new_run_paths(runs_dir, job.name)
-    options = PlanOptions(
-        run_dir=str(paths.root),
-        local_python=sys.executable,
-        local_cpus=os.cpu_count() or 1,
-        image=image_tag(job) if remote and job.runtime == "docker" else None,
-        local_user=getpass.getuser(),
-    )
-    plan = make_plan(job, hosts, paths.run_id, options)  # every check before anything starts
-    if dry_run:
-        print(plan.describe())
-        return 0, None
-
-    console = Console()
-    transport: Transport
-    if remote:
-        from .deploy import deploy  # SSH and Docker libraries: imported only for lab runs
-        from .remote import SshTransport
-
-        deployment = deploy(job, hosts, console.say)
-        built = deployment.image.tag if deployment.image else None  # the image that was shipped
-        plan = make_plan(job, hosts, paths.run_id, replace(options, nics=deployment.nics, image=built))
-        transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, job.workdir, deployment.conns)
-    else:
-        transport = LocalTransport()
-
-    rundir.create(paths)
-    rundir.copy_input(job.path, paths.job_file)
-    rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
-    rundir.write_json(paths.plan_file, plan.to_json())
-
-    console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
-    try:
-        outcome = execute(plan, transport, paths, secrets, console)
-    finally:
-        transport.close()
-    summary = build_summary(plan, outcome, paths)
-    rundir.write_json(paths.summary_file, summary)
-    render(summary, RichConsole(highlight=False, soft_wrap=True))
-    return outcome.exit_code, summary
-
-
-def _sweep(job: JobSpec, cluster: ClusterSpec, args: argparse.Namespace) -> int:
-    """The job at every node count of `scaling`, then scaling.json/.md/.png beside those runs."""
-    if args.nodes is not None:
-        raise SpecError("--sweep runs every node count of the job's scaling; leave out --nodes")
-    if not job.scaling:
-        raise SpecError(f"{job.path}: scaling: --sweep needs node counts, e.g. scaling: [1, 2, 3]")
-    for count in job.scaling:
-        select_hosts(job, cluster, count, f"{job.path}: scaling")
-    sweep_dir = args.runs_dir.resolve() / rundir.new_run_id(f"{job.name}-sweep")
-    summaries: dict[str, dict] = {}
-    code = 0
-    for count in job.scaling:
-        if not args.dry_run:
-            print(f"launch: sweep {sweep_dir.name}: {count} node(s)", flush=True)
-        try:
-            code, summary = run_once(job, cluster, count, f"{job.path}: scaling", sweep_dir, args.dry_run)
-        except LaunchError as exc:  # keep what the finished counts measured
-            print(f"launch: error: {exc}", file=sys.stderr)
-            code, summary = exc.exit_code, None
-        if summary is not None and code == 0:
-            summaries[str(sweep_dir / summary["run_id"])] = summary
-        if code != 0:
-            print(f"launch: sweep stopped: the run at {count} node(s) ended with exit code {code}", file=sys.stderr)
-            break
-    if summaries:
-        rows = write_scaling(sweep_dir, summaries)
-        print(markdown(rows, job.name))
-        print(f"launch: scaling results in {sweep_dir}: {', '.join(FILES)}")
+        if args.nodes is not None:
+            raise SpecError("--sweep runs every node count of the job's scaling; leave out --nodes")
+        return sweep(job, cluster, args.runs_dir, args.dry_run)
+    label = "--nodes" if args.nodes is not None else None
+    code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run))
     return code
 
 
@@ -192,7 +101,7 @@ def _check_parser() -> argparse.ArgumentParser:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .check import check_cluster
+    from .hosts.check import check_cluster
 
     if not 1 <= args.port <= 65535:
         raise SpecError(f"--port: expected an integer from 1 to 65535, got {args.port}")
@@ -221,11 +130,6 @@ def _report(args: argparse.Namespace) -> int:
     print(markdown(rows, next(iter(summaries.values()))["job"]))
     print(f"launch: scaling results in {out}: {', '.join(FILES)}")
     return 0
-
-
-def _local_inventory_text(cluster: ClusterSpec) -> str:
-    host = cluster.hosts[0]
-    return f"# --local: this machine\nhosts:\n  - name: {host.name}\n    address: local\n    gpus: {host.gpus}\n    slots: {host.slots}\n"
 
 
 def _logs_parser() -> argparse.ArgumentParser:
@@ -262,7 +166,7 @@ def _logs(args: argparse.Namespace) -> int:
             # print whole lines only, so a line being written is not split
             end = len(data) if done else data.rfind(b"\n") + 1
             offsets[log] = offsets.get(log, 0) + end
-            prefix = f"[{log.parent.name}/{rank}] ".encode()
+            prefix = contract.rank_prefix(log.parent.name, rank)
             for line in data[:end].splitlines():
                 sys.stdout.buffer.write(prefix + line + b"\n")
         sys.stdout.buffer.flush()

@@ -6,23 +6,23 @@ tests compare plans with golden files.
 
 from __future__ import annotations
 
+import enum
 import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import SpecError
-from .rundir import node_dirs
+from .node import contract
 from .spec import Host, JobSpec, backend_for
 
 SECRET_MASK = "***"
 LOCAL_MASTER_ADDR = "127.0.0.1"
-RANK_WRAPPER_MODULE = "launcher.rankexec"
+RANK_WRAPPER_MODULE = "launcher.node.rankexec"
 CONTAINER_RUN_DIR = "/launch/run"  # where a node's run directory is mounted in its container
 CONTAINER_WORKDIR = "/workspace"
 CONTAINER_LIB = "/opt/launch/lib"  # the launcher's in-rank helpers in the job image (Dockerfile)
-SECRETS_FILE = "secrets.env"
 REMOTE_WORKDIR = "work"  # runtime: host: the job's workdir, copied into the node's run directory
-REMOTE_LIB = "lib"  # runtime: host: the launcher's in-rank helpers, importable as `launcher`  # in a node's run directory; read by rankexec, never collected
+REMOTE_LIB = "lib"  # runtime: host: what ships with the ranks (`launcher.node`), in the node's run directory
 RUN_LABEL = "launch.run_id"
 # runtime: host on a lab host: a process group of its own (setsid), its id in a file so that the
 # launcher can stop it, started in the job's copy of its workdir, with the inventory's python first
@@ -44,9 +44,18 @@ class PlanOptions:
     nics: dict[str, str] = field(default_factory=dict)  # host -> interface that reaches rank 0
 
 
+class NodeKind(enum.Enum):
+    """Where and how a node's part of a run lives, which says how it is started and stopped."""
+
+    LOCAL = "local"  # this machine: a process group of the launcher's
+    CONTAINER = "container"  # a lab host's container, found by the run's label
+    HOST_PROCESS = "host-process"  # a lab host's own python: a process group, its id in `pid_file`
+
+
 @dataclass(frozen=True)
 class NodePlan:
     host: str
+    kind: NodeKind
     address: str
     node_rank: int
     nproc: int | str  # "auto" when only the node can tell (torchrun counts its cores)
@@ -64,7 +73,7 @@ class NodePlan:
 
     @property
     def is_local(self) -> bool:
-        return self.address == "local"
+        return self.kind is NodeKind.LOCAL
 
     def command_line(self) -> str:
         """The argv as one shell-safe line: the only place a plan's command is quoted."""
@@ -98,6 +107,7 @@ class LaunchPlan:
             "nodes": [
                 {
                     "host": n.host,
+                    "kind": n.kind.value,
                     "address": n.address,
                     "node_rank": n.node_rank,
                     "nproc": n.nproc,
@@ -199,7 +209,7 @@ def _node(
         python = "python3"
     else:
         python = host.python or (options.local_python if host.is_local else options.remote_python)
-    log_dir, metrics_dir = node_dirs(seen_dir, host.name)
+    log_dir, metrics_dir = contract.node_dirs(seen_dir, host.name)
     torchrun = [
         python, "-m", "torch.distributed.run",
         f"--nnodes={nnodes}",
@@ -216,13 +226,13 @@ def _node(
     rank_argv = torchrun + [python, "-m", RANK_WRAPPER_MODULE, *job.command]
     env = dict(job.env)
     env.setdefault("PYTHONUNBUFFERED", "1")  # live output, and no lines lost when a rank is stopped
-    env.update(
-        LAUNCH_RUN_ID=run_id,
-        LAUNCH_METRICS_DIR=metrics_dir,
-        LAUNCH_LOG_DIR=log_dir,
-        LAUNCH_HOST=host.name,
-        LAUNCH_BACKEND=backend,
-    )
+    env.update({
+        contract.RUN_ID: run_id,
+        contract.METRICS_DIR: metrics_dir,
+        contract.LOG_DIR: log_dir,
+        contract.HOST: host.name,
+        contract.BACKEND: backend,
+    })
     nic = host.nic or options.nics.get(host.name)
     if nic:
         env["GLOO_SOCKET_IFNAME"] = nic
@@ -231,7 +241,7 @@ def _node(
     if host.gpu_ids and not in_container:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(host.gpu_ids)
     if job.secrets and not host.is_local:
-        env["LAUNCH_SECRETS_FILE"] = f"{seen_dir}/{SECRETS_FILE}"
+        env[contract.SECRETS_FILE_VAR] = f"{seen_dir}/{contract.SECRETS_FILE}"
     container = f"launch-{run_id}-{host.name}" if in_container else None
     pid_file = None
     cwd = str(job.workdir)
@@ -250,8 +260,10 @@ def _node(
         argv += [f"{key}={value}" for key, value in sorted(env.items())] + rank_argv
     for name in job.secrets:
         env[name] = SECRET_MASK
+    kind = NodeKind.CONTAINER if in_container else NodeKind.LOCAL if host.is_local else NodeKind.HOST_PROCESS
     return NodePlan(
         host=host.name,
+        kind=kind,
         address=host.address,
         node_rank=node_rank,
         nproc=nproc,

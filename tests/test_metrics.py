@@ -9,12 +9,12 @@ import matplotlib.image
 import pytest
 
 from launcher.errors import SpecError
-from launcher.execute import RunOutcome
-from launcher.metrics import StepRecord, percentile, rank_stats, read_records, stragglers
+from launcher.run.execute import RunOutcome
+from launcher.results.stats import StepRecord, percentile, rank_stats, read_records, stragglers
 from launcher.plan import LaunchPlan
-from launcher.rundir import RunPaths
-from launcher.scaling import check_comparable, markdown, scaling_rows, write_scaling
-from launcher.summary import build_summary
+from launcher.run.rundir import RunPaths
+from launcher.results.scaling import check_comparable, markdown, scaling_rows, write_scaling
+from launcher.results.summary import build_summary
 
 TIMES = [1.0, 0.5, 0.2, 0.1, 0.1, 0.3]
 
@@ -54,7 +54,7 @@ def test_percentile_is_nearest_rank() -> None:
 def test_empty_file_and_truncated_last_line(tmp_path: Path) -> None:
     empty = tmp_path / "rank0.jsonl"
     empty.write_text("")
-    assert read_records(empty) == [] and rank_stats(read_records(empty)) is None
+    assert read_records(empty) == [] and rank_stats(read_records(empty), 3) is None
     torn = tmp_path / "rank1.jsonl"
     torn.write_text('{"step": 0, "samples": 8, "step_time_s": 0.5}\nnot json\n{"step": 1, "samples": 8, "step_time_s": 0.25}\n{"step": 2, "samp')
     assert read_records(torn) == [StepRecord(0, 8.0, 0.5), StepRecord(1, 8.0, 0.25)]

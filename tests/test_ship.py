@@ -8,7 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from launcher.ship import LayerDirs, Receiver, chain_ids, split_save
+from launcher.image.ship import LayerDirs, Receiver, chain_ids, split_save
 
 LAYERS = [b"base layer " * 5000, b"deps layer " * 3000, b"code v1"]
 

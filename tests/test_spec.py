@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from launcher.errors import SpecError
-from launcher.fields import parse_duration, suggest
+from launcher.spec.fields import parse_duration, suggest
 from launcher.spec import (
     ClusterSpec,
     Host,
@@ -20,7 +20,7 @@ from launcher.spec import (
     local_cluster,
     select_hosts,
 )
-from launcher.yamlfile import load_mapping
+from launcher.spec.yamlfile import load_mapping
 
 CLUSTER = "hosts:\n  - {name: a, address: 10.0.0.1}\n"
 JOB = "command: [python, train.py]\n"

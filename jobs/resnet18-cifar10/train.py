@@ -2,7 +2,7 @@
 
 Reads CIFAR-10 from --data (a folder holding `cifar-10-batches-py`, torchvision's layout) when
 given; otherwise it trains on torchvision's FakeData with CIFAR-10's shape (3x32x32, 10 classes)
-and says so. Every rank writes one metrics record per step through launcher.metrics. At the end of
+and says so. Every rank writes one metrics record per step through launcher.node.metrics. At the end of
 each epoch rank 0 prints the mean training loss and accuracy over all ranks.
 """
 
@@ -19,7 +19,7 @@ import torchvision.transforms as T
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
-from launcher.metrics import MetricsWriter
+from launcher.node.metrics import MetricsWriter
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 

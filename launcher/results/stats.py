@@ -1,17 +1,14 @@
-"""The metrics protocol: reading `rank<R>.jsonl` files and the numbers a summary shows.
+"""The metrics protocol, the launcher's side: reading `rank<R>.jsonl` files, and the numbers a
+summary shows (throughput, step-time percentiles, stragglers).
 
-A rank appends one JSON object per step, at least `{"step": 3, "samples": 256, "step_time_s": 0.041}`,
-where `samples` counts what that rank processed in that step. `MetricsWriter` writes them for a job,
-but a job that writes them by hand works the same.
+Kept out of what ships with the ranks (`launcher.node`): a threshold changed here changes no image.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +39,6 @@ def read_records(path: Path) -> list[StepRecord]:
     return records
 
 
-DEFAULT_WARMUP_STEPS = 3
 STRAGGLER_THRESHOLD = 1.25  # slower than 1.25 x the median of all ranks' median step times
 
 
@@ -70,7 +66,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def rank_stats(records: list[StepRecord], warmup_steps: int = DEFAULT_WARMUP_STEPS) -> RankStats | None:
+def rank_stats(records: list[StepRecord], warmup_steps: int) -> RankStats | None:
     """Throughput and step times of one rank after warm-up; None when it reported no step.
 
     A rank with no more steps than `warmup_steps` is measured on all of them (warmup_excluded 0).
@@ -96,46 +92,3 @@ def stragglers(medians: dict[Any, float], threshold: float = STRAGGLER_THRESHOLD
         return []
     typical = statistics.median(medians.values())
     return sorted(key for key, value in medians.items() if value > threshold * typical)
-
-
-class MetricsWriter:
-    """Appends step records to `$LAUNCH_METRICS_DIR/rank$RANK.jsonl` (a no-op outside a launch).
-
-        metrics = MetricsWriter()
-        for step, batch in enumerate(loader):
-            with metrics.step(samples=len(batch)):
-                train_step(batch)
-    """
-
-    def __init__(self, directory: str | None = None, rank: int | None = None) -> None:
-        directory = directory if directory is not None else os.environ.get("LAUNCH_METRICS_DIR")
-        rank = rank if rank is not None else int(os.environ.get("RANK", "0"))
-        self.path = Path(directory) / f"rank{rank}.jsonl" if directory else None
-        self._next_step = 0
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-
-    def log(self, samples: float, step_time_s: float, step: int | None = None, **extra: Any) -> None:
-        step = self._next_step if step is None else step
-        self._next_step = step + 1
-        if self.path is None:
-            return
-        record = {"step": step, "samples": samples, "step_time_s": step_time_s, **extra}
-        with self.path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-
-    def step(self, samples: float, **extra: Any) -> "_StepTimer":
-        return _StepTimer(self, samples, extra)
-
-
-class _StepTimer:
-    def __init__(self, writer: MetricsWriter, samples: float, extra: dict[str, Any]) -> None:
-        self.writer, self.samples, self.extra = writer, samples, extra
-
-    def __enter__(self) -> "_StepTimer":
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, exc_type, *_: Any) -> None:
-        if exc_type is None:
-            self.writer.log(self.samples, time.perf_counter() - self.start, **self.extra)

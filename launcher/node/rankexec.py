@@ -1,8 +1,8 @@
 """Runs one rank's command under torchrun: its whole output to the rank's log, prefixed lines to stdout.
 
-torchrun starts `python -m launcher.rankexec COMMAND...` once per rank. This file uses only the
-standard library and reads its settings from the environment, so it can also be copied into an image
-or onto a host and run by path. It:
+torchrun starts `python -m launcher.node.rankexec COMMAND...` once per rank. Like the rest of
+`launcher.node` it uses only the standard library and reads its settings from the environment
+(names in `contract`), so it ships into images and onto hosts as it is. It:
 - merges the command's stdout and stderr, writes every line unchanged to `$LAUNCH_LOG_DIR/rank$RANK.log`
   and `[$LAUNCH_HOST/$RANK] line` to its own stdout, one write per line so ranks never interleave;
 - forwards SIGTERM/SIGINT/SIGHUP to the command, and makes sure the command dies with it;
@@ -19,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from . import contract
 
 _PR_SET_PDEATHSIG = 1
 
@@ -42,15 +44,15 @@ def _write_line(stream, data: bytes) -> bool:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m launcher.rankexec COMMAND [ARG ...]", file=sys.stderr)
+        print("usage: python -m launcher.node.rankexec COMMAND [ARG ...]", file=sys.stderr)
         return 2
     rank = os.environ.get("RANK", "0")
-    host = os.environ.get("LAUNCH_HOST", "local")
-    log_dir = os.environ.get("LAUNCH_LOG_DIR")  # unset outside a launch: no files, output only
+    host = os.environ.get(contract.HOST, "local")
+    log_dir = os.environ.get(contract.LOG_DIR)  # unset outside a launch: no files, output only
     if log_dir:
         os.makedirs(log_dir, exist_ok=True)
-    if os.environ.get("LAUNCH_METRICS_DIR"):
-        os.makedirs(os.environ["LAUNCH_METRICS_DIR"], exist_ok=True)
+    if os.environ.get(contract.METRICS_DIR):
+        os.makedirs(os.environ[contract.METRICS_DIR], exist_ok=True)
 
     parent = os.getppid()
     _die_with_parent(signal.SIGTERM)
@@ -71,9 +73,9 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         message = f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode()
         if log_dir:
-            with open(os.path.join(log_dir, f"rank{rank}.log"), "ab") as log:
+            with open(os.path.join(log_dir, contract.rank_log(rank)), "ab") as log:
                 log.write(message)
-        _write_line(sys.stdout.buffer, f"[{host}/{rank}] ".encode() + message)
+        _write_line(sys.stdout.buffer, contract.rank_prefix(host, rank) + message)
         _write_status(log_dir, rank, host, 127, None, started, False)
         return 127
 
@@ -87,10 +89,10 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
 
-    prefix = f"[{host}/{rank}] ".encode()
+    prefix = contract.rank_prefix(host, rank)
     out = sys.stdout.buffer
     console_ok = True
-    with open(os.path.join(log_dir, f"rank{rank}.log") if log_dir else os.devnull, "ab", buffering=0) as log:
+    with open(os.path.join(log_dir, contract.rank_log(rank)) if log_dir else os.devnull, "ab", buffering=0) as log:
         assert child.stdout is not None
         for line in iter(child.stdout.readline, b""):
             log.write(line)
@@ -106,18 +108,15 @@ def main(argv: list[str]) -> int:
 
 
 def _child_environment() -> dict[str, str]:
-    """This process's environment plus the secrets in $LAUNCH_SECRETS_FILE (KEY=VALUE lines).
+    """This process's environment plus the secrets in $LAUNCH_SECRETS_FILE.
 
     Secrets reach the rank this way so that they are in no command line and no container's config.
     """
     env = dict(os.environ)
-    path = env.pop("LAUNCH_SECRETS_FILE", None)
+    path = env.pop(contract.SECRETS_FILE_VAR, None)
     if path:
         with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                key, sep, value = line.rstrip("\n").partition("=")
-                if sep:
-                    env[key] = value
+            env.update(contract.parse_secrets(fh.read()))
     return env
 
 
@@ -136,7 +135,7 @@ def _write_status(log_dir: str | None, rank: str, host: str, exit_code: int, sig
         "end_time": ended,
         "wall_time_s": round(ended - started, 6),
     }
-    path = os.path.join(log_dir, f"rank{rank}.status.json")
+    path = os.path.join(log_dir, contract.rank_status(rank))
     tmp = f"{path}.tmp"
     with open(tmp, "w") as fh:
         json.dump(record, fh)

@@ -1,49 +1,54 @@
-"""Before a multi-host run: reach every host, build the job's image, ship it, find each host's NIC."""
+"""Before a multi-host run: reach every host and find its NIC; build the job's image and ship it."""
 
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import fabric
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from .errors import RunError
-from .image import CACHE, BuiltImage, build_image
-from .ship import ShipReport, ship_image
-from .spec import Host, JobSpec
+from ..errors import RunError
+from ..image.build import CACHE, BuiltImage, build_image
+from ..image.ship import ShipReport, ship_image
+from ..spec import Host, JobSpec
+from .parallel import on_every_host
 from .ssh import connect, run
 
 
 @dataclass
-class Deployment:
-    image: BuiltImage | None
+class Reached:
+    """Open connections to every host of a run, and the interface each reaches rank 0 by."""
+
     conns: dict[str, fabric.Connection]
     nics: dict[str, str] = field(default_factory=dict)
-    shipped: ShipReport | None = None
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
 
 
 def connect_all(hosts: tuple[Host, ...]) -> dict[str, fabric.Connection]:
     """A connection to every host, in parallel; one error naming every host that failed."""
-    errors: dict[str, str] = {}
-    conns: dict[str, fabric.Connection] = {}
-
-    def one(host: Host) -> None:
-        try:
-            conns[host.name] = connect(host)
-        except RunError as exc:
-            errors[host.name] = str(exc)
-
-    with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-        list(pool.map(one, hosts))
+    conns, errors = on_every_host(hosts, connect, lambda h: h.name)
     if errors:
         for conn in conns.values():
             conn.close()
-        raise RunError("; ".join(errors[h.name] for h in hosts if h.name in errors))
+        raise RunError("; ".join(str(errors[h.name]) for h in hosts if h.name in errors))
     return conns
+
+
+def reach(hosts: tuple[Host, ...]) -> Reached:
+    """Connect to every host and find the NICs the plan needs; nothing is started on them."""
+    conns = connect_all(hosts)
+    try:
+        return Reached(conns, detect_nics(hosts, conns))
+    except BaseException:
+        for conn in conns.values():
+            conn.close()
+        raise
 
 
 def detect_nics(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) -> dict[str, str]:
@@ -63,34 +68,26 @@ def detect_nics(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) ->
     return found
 
 
-def deploy(job: JobSpec, hosts: tuple[Host, ...], say) -> Deployment:
-    conns = connect_all(hosts)
-    try:
-        nics = detect_nics(hosts, conns)
-        if job.runtime != "docker":
-            return Deployment(None, conns, nics)
-        import docker
+def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say) -> BuiltImage:
+    """Build the job's image here unless it exists, and get it onto every host that lacks it."""
+    import docker
 
-        try:
-            client = docker.from_env()
-            client.ping()
-        except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
-            raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
-        image = build_image(job, client, say)
-        say(f"image {image.tag} ({'built' if image.built else 'unchanged'})")
-        report = _ship_with_progress(client, image.tag, conns)
-        for host, result in report.results.items():
-            if result.skipped:
-                say(f"{host}: has the image already")
-            elif not result.error:
-                say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
-                    f"{result.layers_skipped} layer(s) were there already")
-        report.raise_for_failures()
-        return Deployment(image, conns, nics, report)
-    except BaseException:
-        for conn in conns.values():
-            conn.close()
-        raise
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
+        raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
+    image = build_image(job, client, say)
+    say(f"image {image.tag} ({'built' if image.built else 'unchanged'})")
+    report = _ship_with_progress(client, image.tag, conns)
+    for host, result in report.results.items():
+        if result.skipped:
+            say(f"{host}: has the image already")
+        elif not result.error:
+            say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
+                f"{result.layers_skipped} layer(s) were there already")
+    report.raise_for_failures()
+    return image
 
 
 def _size(n: int) -> str:

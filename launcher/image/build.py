@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .errors import RunError
-from .spec import JobSpec
+from ..errors import RunError
+from ..spec import JobSpec
 
-DOCKERFILE = Path(__file__).resolve().parent.parent / "Dockerfile"
-RUNTIME_FILES = ("__init__.py", "rankexec.py", "metrics.py")  # stdlib only: what ranks import
+PACKAGE = Path(__file__).resolve().parent.parent  # launcher/
+DOCKERFILE = PACKAGE.parent / "Dockerfile"
 IGNORED = {".git", "__pycache__", ".pytest_cache", "runs", ".venv", ".mypy_cache"}
 WHEELS_PORT = int(os.environ.get("LAUNCH_WHEELS_PORT", "29499"))
 CACHE = Path(os.environ.get("LAUNCH_CACHE", Path.home() / ".cache" / "launch"))
@@ -40,8 +40,11 @@ class BuiltImage:
     built: bool  # False when an image with this tag was there already
 
 
-def _package_dir() -> Path:
-    return Path(__file__).resolve().parent
+def shipped_files() -> list[tuple[Path, str]]:
+    """What goes into every image and onto every host beside the ranks: `launcher.node` (standard
+    library only) and the package's import-free `__init__`, as (file, path under the lib folder)."""
+    files = [PACKAGE / "__init__.py", *sorted((PACKAGE / "node").glob("*.py"))]
+    return [(path, str(path.relative_to(PACKAGE.parent))) for path in files]
 
 
 def workdir_files(workdir: Path) -> list[Path]:
@@ -63,8 +66,8 @@ def image_tag(job: JobSpec) -> str:
     add("dockerfile", DOCKERFILE.read_bytes())
     add("base", job.image.base.encode())
     add("requirements", job.image.requirements.read_bytes() if job.image.requirements else b"")
-    for name in RUNTIME_FILES:
-        add(f"launcher/{name}", (_package_dir() / name).read_bytes())
+    for path, name in shipped_files():
+        add(name, path.read_bytes())
     for path in workdir_files(job.workdir):
         mode = "x" if os.access(path, os.X_OK) else "-"
         add(f"job/{path.relative_to(job.workdir)}:{mode}", path.read_bytes())
@@ -91,9 +94,9 @@ def build_image(job: JobSpec, client, say: Callable[[str], None]) -> BuiltImage:
         shutil.copy(DOCKERFILE, context / "Dockerfile")
         requirements = job.image.requirements.read_text() if job.image.requirements else ""
         (context / "requirements.txt").write_text(requirements)
-        (context / "launcher").mkdir()
-        for name in RUNTIME_FILES:
-            shutil.copy(_package_dir() / name, context / "launcher" / name)
+        for path, name in shipped_files():
+            (context / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, context / name)
         for path in workdir_files(job.workdir):
             dest = context / "job" / path.relative_to(job.workdir)
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
-from .errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
-from .plan import LaunchPlan, NodePlan
+from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
+from ..node import contract
+from ..plan import LaunchPlan, NodePlan
 from .rundir import RunPaths
 from .transport import NodeProcess, Transport
 
@@ -82,17 +83,17 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console) 
     For a lab host, rank lines also go to the rank's log here as they come, so `launch logs
     --follow` shows them live; the complete log collected at the end replaces that copy.
     """
-    rank_prefix = f"[{node.host}/".encode()
-    agent_prefix = f"[{node.host}] ".encode()
+    agent_prefix = contract.agent_prefix(node.host)
     log_path = paths.agent_log(node.host)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    live: dict[bytes, BinaryIO] = {}
+    live: dict[int, BinaryIO] = {}
     try:
         with log_path.open("ab", buffering=0) as agent_log:
             for line in proc.lines():
-                if line.startswith(rank_prefix):
+                rank_line = contract.split_rank_line(line, node.host)
+                if rank_line:
                     if not node.is_local:
-                        _live_copy(line, len(rank_prefix), node.host, paths, live)
+                        _live_copy(*rank_line, node.host, paths, live)
                     console.write_line(line)
                 else:
                     agent_log.write(line)
@@ -102,12 +103,9 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console) 
             fh.close()
 
 
-def _live_copy(line: bytes, start: int, host: str, paths: RunPaths, live: dict[bytes, BinaryIO]) -> None:
-    rank, sep, text = line[start:].partition(b"] ")
-    if not sep or not rank.isdigit():
-        return
+def _live_copy(rank: int, text: bytes, host: str, paths: RunPaths, live: dict[int, BinaryIO]) -> None:
     if rank not in live:
-        live[rank] = paths.rank_log(host, int(rank)).open("ab", buffering=0)
+        live[rank] = paths.rank_log(host, rank).open("ab", buffering=0)
     live[rank].write(text)
 
 

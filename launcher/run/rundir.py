@@ -11,17 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RunError
-
-
-LOGS = "logs"
-METRICS = "metrics"
-
-
-def node_dirs(root: str, host: str) -> tuple[str, str]:
-    """`host`'s log folder and the metrics folder of a run rooted at `root`, as text: the same layout
-    serves the run directory here, a node's folder on a lab host, and the mount in a container."""
-    return f"{root}/{LOGS}/{host}", f"{root}/{METRICS}"
+from ..errors import RunError
+from ..node import contract
 
 
 def new_run_id(job_name: str, now: float | None = None) -> str:
@@ -58,42 +49,45 @@ class RunPaths:
 
     @property
     def logs_dir(self) -> Path:
-        return self.root / LOGS
+        return self.root / contract.LOGS
 
     @property
     def metrics_dir(self) -> Path:
-        return self.root / METRICS
+        return self.root / contract.METRICS
 
     def host_logs_dir(self, host: str) -> Path:
         return self.logs_dir / host
 
     def rank_log(self, host: str, rank: int) -> Path:
-        return self.host_logs_dir(host) / f"rank{rank}.log"
+        return self.host_logs_dir(host) / contract.rank_log(rank)
 
     def rank_status(self, host: str, rank: int) -> Path:
         """Written by the rank's wrapper when the rank ends: exit code and times."""
-        return self.host_logs_dir(host) / f"rank{rank}.status.json"
+        return self.host_logs_dir(host) / contract.rank_status(rank)
 
     def agent_log(self, host: str) -> Path:
         """torchrun's own output on that host (everything that is not a rank's line)."""
-        return self.host_logs_dir(host) / "torchrun.log"
+        return self.host_logs_dir(host) / contract.AGENT_LOG
 
     def metrics_file(self, rank: int) -> Path:
-        return self.metrics_dir / f"rank{rank}.jsonl"
+        return self.metrics_dir / contract.metrics_file(rank)
 
     def rank_logs(self) -> dict[int, Path]:
         """Every collected rank log, by global rank."""
         found: dict[int, Path] = {}
         for path in self.logs_dir.glob("*/rank*.log"):
-            stem = path.name[len("rank") : -len(".log")]
-            if stem.isdigit():
-                found[int(stem)] = path
+            parsed = contract.parse_rank_file(path.name, ".log")
+            if parsed and parsed[1] is None:
+                found[parsed[0]] = path
         return dict(sorted(found.items()))
 
     def rank_statuses(self) -> dict[int, dict[str, Any]]:
         """Every rank's status record, by global rank; unreadable ones are skipped."""
         found: dict[int, dict[str, Any]] = {}
         for path in self.logs_dir.glob("*/rank*.status.json"):
+            parsed = contract.parse_rank_file(path.name, ".status.json")
+            if not parsed or parsed[1] is not None:
+                continue
             try:
                 record = json.loads(path.read_text())
                 found[int(record["rank"])] = record

@@ -10,10 +10,10 @@ from typing import Any
 from rich.console import Console as RichConsole
 from rich.table import Table
 
-from .execute import RunOutcome
-from .metrics import STRAGGLER_THRESHOLD, rank_stats, read_records, stragglers
-from .plan import LaunchPlan
-from .rundir import RunPaths
+from ..run.execute import RunOutcome
+from .stats import STRAGGLER_THRESHOLD, rank_stats, read_records, stragglers
+from ..plan import LaunchPlan
+from ..run.rundir import RunPaths
 
 LAST_LINES = 20
 

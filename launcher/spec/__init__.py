@@ -6,9 +6,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SpecError
+from ..errors import SpecError
 from .fields import Section
-from .metrics import DEFAULT_WARMUP_STEPS
 from .yamlfile import load_mapping
 
 LOCAL_ADDRESS = "local"
@@ -18,6 +17,7 @@ RUNTIMES = ["docker", "host"]
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _SSH_KEYS = ["user", "port", "identity_file", "known_hosts", "host_key_policy"]
+DEFAULT_WARMUP_STEPS = 3  # compilation, caches and the first all-reduce make the first steps slow
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import subprocess
 import time
 from typing import IO, Iterator, Protocol
 
-from .errors import RunError
-from .plan import NodePlan
+from ..errors import RunError
+from ..plan import NodePlan
 
 
 class NodeProcess(Protocol):

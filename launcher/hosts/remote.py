@@ -18,12 +18,13 @@ from typing import Iterator
 import fabric
 import paramiko
 
-from .errors import RunError
-from .image import RUNTIME_FILES, workdir_files
-from .plan import REMOTE_LIB, REMOTE_WORKDIR, RUN_LABEL, SECRETS_FILE, NodePlan
-from .rundir import RunPaths, node_dirs
-from .spec import Host
-from .ssh import connect, open_command, run
+from ..errors import RunError
+from ..image.build import shipped_files, workdir_files
+from ..node import contract
+from ..plan import REMOTE_LIB, REMOTE_WORKDIR, RUN_LABEL, NodeKind, NodePlan
+from ..run.rundir import RunPaths
+from ..spec import Host
+from .ssh import connect, open_command, pipe_into, run
 
 
 class SshProcess:
@@ -47,7 +48,7 @@ class SshProcess:
         """End the node's part: its containers (by the run's label), or its process group."""
         try:
             conn = self.transport.control(self.node.host)
-            if self.node.pid_file:
+            if self.node.kind is NodeKind.HOST_PROCESS:
                 self._stop_group(conn, grace_s)
             else:
                 self._stop_containers(conn, grace_s)
@@ -109,18 +110,16 @@ class SshTransport:
         conn = self.control(node.host)
         # umask 077: the run's folders (and the user's folder above them) are private to the SSH user
         make = 'umask 077 && mkdir -p "$0" "$1"'
-        code, out = run(conn, ["sh", "-c", make, *node_dirs(node.node_dir, node.host)])
+        code, out = run(conn, ["sh", "-c", make, *contract.node_dirs(node.node_dir, node.host)])
         if code != 0:
             raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()}")
-        if node.pid_file:
+        if node.kind is NodeKind.HOST_PROCESS:
             self._copy_job(conn, node)
         if node.secrets:
-            text = "".join(f"{name}={secrets[name]}\n" for name in node.secrets)
             # created 0600 from the start (umask), its content through stdin: never on a command line
-            channel = open_command(conn, ["sh", "-c", 'umask 077 && cat > "$0"', f"{node.node_dir}/{SECRETS_FILE}"])
-            channel.sendall(text.encode())
-            channel.shutdown_write()
-            if channel.recv_exit_status() != 0:
+            data = contract.format_secrets({name: secrets[name] for name in node.secrets})
+            code, _ = pipe_into(conn, ["sh", "-c", 'umask 077 && cat > "$0"', f"{node.node_dir}/{contract.SECRETS_FILE}"], data)
+            if code != 0:
                 raise RunError(f"{node.host}: cannot write the secrets file in {node.node_dir}")
         return SshProcess(self, node, open_command(conn, node.argv))
 
@@ -130,20 +129,17 @@ class SshTransport:
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             for path in workdir_files(self.workdir):
                 tar.add(path, arcname=f"{REMOTE_WORKDIR}/{path.relative_to(self.workdir)}")
-            for name in RUNTIME_FILES:
-                tar.add(Path(__file__).resolve().parent / name, arcname=f"{REMOTE_LIB}/launcher/{name}")
-        channel = open_command(conn, ["tar", "-xz", "-C", node.node_dir])
-        channel.sendall(buffer.getvalue())
-        channel.shutdown_write()
-        output = channel.makefile("rb").read().decode(errors="replace")
-        if channel.recv_exit_status() != 0:
+            for path, name in shipped_files():
+                tar.add(path, arcname=f"{REMOTE_LIB}/{name}")
+        code, output = pipe_into(conn, ["tar", "-xz", "-C", node.node_dir], buffer.getvalue())
+        if code != 0:
             raise RunError(f"{node.host}: cannot copy the job to {node.node_dir}: {output.strip()[-300:]}")
 
     def collect(self, node: NodePlan) -> None:
         """Copy the node's logs and metrics into the run directory, then remove its part of the run."""
         conn = self.control(node.host)
         sftp = conn.sftp()
-        remote_logs, remote_metrics = node_dirs(node.node_dir, node.host)
+        remote_logs, remote_metrics = contract.node_dirs(node.node_dir, node.host)
         for remote, local in ((remote_logs, self.paths.host_logs_dir(node.host)), (remote_metrics, self.paths.metrics_dir)):
             local.mkdir(parents=True, exist_ok=True)
             try:

@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any, Iterable
 
-from .errors import SpecError
+from ..errors import SpecError
 from .yamlfile import describe
 
 _MISSING = object()

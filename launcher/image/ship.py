@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from .errors import RunError
+from ..errors import RunError
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -240,7 +240,7 @@ class _Sender:
 
 def host_layers(conn) -> set[str]:
     """Which layers (chain IDs) the host's images hold."""
-    from .ssh import run
+    from ..hosts.ssh import run
 
     code, out = run(conn, ["sh", "-c", "docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'"])
     if code != 0:
@@ -254,7 +254,7 @@ def host_layers(conn) -> set[str]:
 
 
 def image_id_on(conn, tag: str) -> str | None:
-    from .ssh import run
+    from ..hosts.ssh import run
 
     code, out = run(conn, ["docker", "image", "inspect", "--format", "{{.Id}}", tag])
     return out.strip() if code == 0 else None
@@ -262,7 +262,7 @@ def image_id_on(conn, tag: str) -> str | None:
 
 def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callable[[str, int], None] | None = None) -> ShipReport:
     """Make `tag` present on every host of `conns` ({host: Connection}); report what was sent."""
-    from .ssh import open_command
+    from ..hosts.ssh import open_command
 
     local = client.images.get(tag)
     chains = chain_ids(local.attrs["RootFS"]["Layers"])

@@ -8,11 +8,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import LaunchError
-from .spec import ClusterSpec, Host
+from ..errors import LaunchError
+from ..spec import ClusterSpec, Host
+from .parallel import on_every_host
 
 MAX_CLOCK_SKEW_S = 2.0
 MIN_FREE_DISK_GB = 5.0
@@ -105,5 +105,5 @@ def _probe(host: Host, port: int) -> str:
 
 
 def check_cluster(cluster: ClusterSpec, port: int) -> list[HostCheck]:
-    with ThreadPoolExecutor(max_workers=max(1, len(cluster.hosts))) as pool:
-        return list(pool.map(lambda h: check_host(h, port), cluster.hosts))
+    results, _ = on_every_host(cluster.hosts, lambda h: check_host(h, port), lambda h: h.name)
+    return [results[h.name] for h in cluster.hosts]

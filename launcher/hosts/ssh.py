@@ -18,8 +18,8 @@ import fabric
 import paramiko
 from invoke.exceptions import CommandTimedOut
 
-from .errors import RunError
-from .spec import Host
+from ..errors import RunError
+from ..spec import Host
 
 
 class _AcceptNew(paramiko.MissingHostKeyPolicy):
@@ -99,3 +99,20 @@ def open_command(conn: fabric.Connection, argv: Sequence[str]) -> paramiko.Chann
     except _TRANSPORT_ERRORS as exc:
         raise RunError(f"{conn.host}: SSH failed: {exc or type(exc).__name__}") from None
     return channel
+
+
+def pipe_into(conn: fabric.Connection, argv: Sequence[str], data: bytes, timeout: float = 600) -> tuple[int, str]:
+    """Run a command with `data` as its standard input (never on its command line); its exit code
+    and merged output."""
+    channel = open_command(conn, argv)
+    try:
+        channel.settimeout(timeout)
+        channel.sendall(data)
+        channel.shutdown_write()
+        output = channel.makefile("rb").read().decode(errors="replace")
+        return channel.recv_exit_status(), output
+    except _TRANSPORT_ERRORS as exc:
+        raise RunError(f"{conn.host}: SSH failed: {exc or type(exc).__name__}") from None
+    finally:
+        channel.close()
+

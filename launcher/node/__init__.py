@@ -1,0 +1,6 @@
+"""What runs on every node beside the ranks, and exactly what ships into job images and onto hosts:
+the launcher<->rank contract, the rank wrapper, the node supervisor and the metrics writer.
+
+Standard library only, and free of imports here: `python -m launcher.node.rankexec` starts once per
+rank and must start fast.
+"""

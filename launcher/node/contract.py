@@ -1,0 +1,112 @@
+"""What the launcher and every node and rank agree on: variable names, file names, line formats.
+
+Standard library only, and imported by both sides: the launcher (planning, the run directory,
+reading what nodes left) and the code that ships with the ranks (the rank wrapper, the node
+supervisor, the metrics writer). Nothing else spells these names.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+# ---- environment variables the launcher sets for every rank (a job's `env` cannot set them)
+RESERVED_PREFIX = "LAUNCH_"
+RUN_ID = "LAUNCH_RUN_ID"
+HOST = "LAUNCH_HOST"
+BACKEND = "LAUNCH_BACKEND"
+LOG_DIR = "LAUNCH_LOG_DIR"
+METRICS_DIR = "LAUNCH_METRICS_DIR"
+CHECKPOINT_DIR = "LAUNCH_CHECKPOINT_DIR"
+SECRETS_FILE_VAR = "LAUNCH_SECRETS_FILE"  # read and removed by the rank wrapper, never seen by the rank
+# set by torchrun for every worker: 0 for the first attempt, then 1, 2, ... after each restart
+RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
+
+# ---- the layout of a run's folder: the run directory here, a node's folder on a host, the mount
+LOGS = "logs"
+METRICS = "metrics"
+SECRETS_FILE = "secrets.env"  # in a node's folder; read by the rank wrapper, never collected
+LEASE_FILE = "lease"  # in a node's folder: its mtime is renewed by an attached launcher
+AGENT_LOG = "torchrun.log"  # torchrun's own output on a host
+NODE_STATUS = "node.status.json"  # the node supervisor's state: running, then how the node ended
+NODE_OUTPUT = "node.out"  # everything the node printed, prefixed lines included (for `logs --follow`)
+
+
+def node_dirs(root: str, host: str) -> tuple[str, str]:
+    """`host`'s log folder and the metrics folder of a run rooted at `root`."""
+    return f"{root}/{LOGS}/{host}", f"{root}/{METRICS}"
+
+
+def rank_log(rank: int | str, attempt: int | None = None) -> str:
+    """A rank's log; with `attempt`, the kept log of an earlier attempt of a restarted run."""
+    return f"rank{rank}.log" if attempt is None else f"rank{rank}.attempt{attempt}.log"
+
+
+def rank_status(rank: int | str, attempt: int | None = None) -> str:
+    return f"rank{rank}.status.json" if attempt is None else f"rank{rank}.attempt{attempt}.status.json"
+
+
+def metrics_file(rank: int | str) -> str:
+    return f"rank{rank}.jsonl"
+
+
+def parse_rank_file(name: str, suffix: str) -> tuple[int, int | None] | None:
+    """(rank, attempt) of `rank<R>[.attempt<K>]<suffix>`; attempt None for the latest; else None."""
+    if not name.startswith("rank") or not name.endswith(suffix):
+        return None
+    stem = name[len("rank") : len(name) - len(suffix)]
+    rank, _, attempt = stem.partition(".attempt")
+    if not rank.isdigit() or (attempt and not attempt.isdigit()) or (_ and not attempt):
+        return None
+    return int(rank), int(attempt) if attempt else None
+
+
+# ---- lines: every rank line reaches the console as `[host/rank] text`, torchrun's as `[host] text`
+def rank_prefix(host: str, rank: int | str) -> bytes:
+    return f"[{host}/{rank}] ".encode()
+
+
+def agent_prefix(host: str) -> bytes:
+    return f"[{host}] ".encode()
+
+
+def split_rank_line(line: bytes, host: str) -> tuple[int, bytes] | None:
+    """(rank, text) of a line `[host/rank] text` from `host`; None for any other line."""
+    start = f"[{host}/".encode()
+    if not line.startswith(start):
+        return None
+    rank, sep, text = line[len(start) :].partition(b"] ")
+    return (int(rank), text) if sep and rank.isdigit() else None
+
+
+# Events: one line each, written by the rank wrapper and the supervisor into the node's output
+# stream, read by the launcher (live console, `logs --follow`) and never shown as they are.
+EVENT_MARK = b"\x1elaunch-event "
+
+
+def event_line(kind: str, **fields: Any) -> bytes:
+    return EVENT_MARK + json.dumps({"event": kind, **fields}, separators=(",", ":")).encode() + b"\n"
+
+
+def parse_event(line: bytes) -> dict[str, Any] | None:
+    if not line.startswith(EVENT_MARK):
+        return None
+    try:
+        event = json.loads(line[len(EVENT_MARK) :])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and "event" in event else None
+
+
+# ---- secrets: `NAME=value` lines, one per secret (values are one line; the spec checks that)
+def format_secrets(values: dict[str, str]) -> bytes:
+    return "".join(f"{name}={value}\n" for name, value in values.items()).encode()
+
+
+def parse_secrets(text: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep:
+            found[name] = value
+    return found

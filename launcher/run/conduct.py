@@ -1,0 +1,131 @@
+"""Conducting runs: one run of a job (plan it once, get the hosts ready, execute, summarise), and
+a sweep of runs across node counts. The command line parses arguments and calls these."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console as RichConsole
+
+from ..errors import LaunchError, SpecError
+from ..image.build import image_tag
+from ..plan import PlanOptions, make_plan
+from ..results.scaling import FILES, markdown, write_scaling
+from ..results.summary import build_summary, render
+from ..spec import ClusterSpec, JobSpec, select_hosts
+from . import rundir
+from .execute import Console, execute
+from .transport import LocalTransport, Transport
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """How the user asked for a run, beyond the job and the inventory."""
+
+    runs_dir: Path
+    nodes: int | None = None
+    nodes_label: str | None = None  # what to name in an error about `nodes` (--nodes, scaling)
+    dry_run: bool = False
+
+
+def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[int, dict | None]:
+    """One run of the job: its exit code and summary (None for a dry run)."""
+    hosts = select_hosts(job, cluster, request.nodes, request.nodes_label)
+    secrets = _secrets(job)
+    remote = any(not h.is_local for h in hosts)
+    paths = rundir.new_run_paths(request.runs_dir, job.name)
+    options = PlanOptions(
+        run_dir=str(paths.root),
+        local_python=sys.executable,
+        local_cpus=os.cpu_count() or 1,
+        image=image_tag(job) if remote and job.runtime == "docker" else None,
+        local_user=getpass.getuser(),
+    )
+    if request.dry_run:
+        print(make_plan(job, hosts, paths.run_id, options).describe())
+        return 0, None
+
+    console = Console()
+    transport: Transport
+    if remote:
+        from ..hosts.deploy import provide_image, reach  # SSH and Docker libraries: only for lab runs
+        from ..hosts.remote import SshTransport
+
+        reached = reach(hosts)
+        try:
+            plan = make_plan(job, hosts, paths.run_id, PlanOptions(**{**options.__dict__, "nics": reached.nics}))
+            if options.image:
+                built = provide_image(job, reached.conns, console.say)
+                assert built.tag == options.image, (built.tag, options.image)
+        except BaseException:
+            reached.close()
+            raise
+        transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, job.workdir, reached.conns)
+    else:
+        plan = make_plan(job, hosts, paths.run_id, options)
+        transport = LocalTransport()
+
+    try:
+        rundir.create(paths)
+        rundir.copy_input(job.path, paths.job_file)
+        rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
+        rundir.write_json(paths.plan_file, plan.to_json())
+        console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
+        outcome = execute(plan, transport, paths, secrets, console)
+    finally:
+        transport.close()
+    summary = build_summary(plan, outcome, paths)
+    rundir.write_json(paths.summary_file, summary)
+    render(summary, RichConsole(highlight=False, soft_wrap=True))
+    return outcome.exit_code, summary
+
+
+def _secrets(job: JobSpec) -> dict[str, str]:
+    """The job's secrets from the launcher's environment; SpecError when one is missing or unusable."""
+    missing = [name for name in job.secrets if name not in os.environ]
+    if missing:
+        raise SpecError(f"{job.path}: secrets: {missing[0]} is not set in the launcher's environment")
+    secrets = {name: os.environ[name] for name in job.secrets}
+    multiline = [name for name, value in secrets.items() if "\n" in value]
+    if multiline:
+        raise SpecError(f"{job.path}: secrets: the value of {multiline[0]} has a line break; secrets must be one line")
+    return secrets
+
+
+def _local_inventory_text(cluster: ClusterSpec) -> str:
+    host = cluster.hosts[0]
+    return f"# --local: this machine\nhosts:\n  - name: {host.name}\n    address: local\n    gpus: {host.gpus}\n    slots: {host.slots}\n"
+
+
+def sweep(job: JobSpec, cluster: ClusterSpec, runs_dir: Path, dry_run: bool) -> int:
+    """The job at every node count of `scaling`, then scaling.json/.md/.png beside those runs."""
+    if not job.scaling:
+        raise SpecError(f"{job.path}: scaling: --sweep needs node counts, e.g. scaling: [1, 2, 3]")
+    label = f"{job.path}: scaling"
+    for count in job.scaling:
+        select_hosts(job, cluster, count, label)
+    sweep_dir = runs_dir.resolve() / rundir.new_run_id(f"{job.name}-sweep")
+    summaries: dict[str, dict] = {}
+    code = 0
+    for count in job.scaling:
+        if not dry_run:
+            print(f"launch: sweep {sweep_dir.name}: {count} node(s)", flush=True)
+        try:
+            code, summary = run_once(job, cluster, RunRequest(sweep_dir, count, label, dry_run))
+        except LaunchError as exc:  # keep what the finished counts measured
+            print(f"launch: error: {exc}", file=sys.stderr)
+            code, summary = exc.exit_code, None
+        if summary is not None and code == 0:
+            summaries[str(sweep_dir / summary["run_id"])] = summary
+        if code != 0:
+            print(f"launch: sweep stopped: the run at {count} node(s) ended with exit code {code}", file=sys.stderr)
+            break
+    if summaries:
+        rows = write_scaling(sweep_dir, summaries)
+        print(markdown(rows, job.name))
+        print(f"launch: scaling results in {sweep_dir}: {', '.join(FILES)}")
+    return code
