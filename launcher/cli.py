@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import os
 import signal
 import sys
@@ -12,9 +13,7 @@ import traceback
 from pathlib import Path
 
 from .errors import EXIT_INTERRUPTED, LaunchError, SpecError
-from .node import contract
 from .results.scaling import FILES, load_summaries, markdown, write_scaling
-from .run import rundir
 from .run.conduct import RunRequest, run_once, sweep
 from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster
 
@@ -29,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
             return _report(_report_parser().parse_args(argv[1:]))
         if argv and argv[0] == "check":
             return _check(_check_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "status":
+            return _status(_status_parser().parse_args(argv[1:]))
+        if argv and argv[0] == "stop":
+            return _stop(_stop_parser().parse_args(argv[1:]))
         return run_job(_run_parser().parse_args(argv))
     except LaunchError as exc:
         if debug:
@@ -51,7 +54,8 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch",
         description="Run a distributed PyTorch job on the hosts of a cluster inventory. "
-        "Other commands: launch check CLUSTER.yaml, launch logs RUN, launch report RUN [RUN ...].",
+        "Other commands: launch check CLUSTER.yaml, launch status [RUN ...], launch logs RUN [--follow], "
+        "launch stop RUN, launch report RUN [RUN ...].",
     )
     parser.add_argument("job", type=Path, help="the job file (job.yaml)")
     parser.add_argument("--cluster", type=Path, help="the inventory to use instead of the job's `cluster`")
@@ -60,6 +64,10 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true", help="print what would run on every node, change nothing")
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run directories go (default: ./runs)")
     parser.add_argument("--sweep", action="store_true", help="run at every node count in the job's `scaling` and compare")
+    parser.add_argument("--detach", action="store_true", help="return once every node has started; the run goes on without "
+                        "this terminal (see launch status, logs --follow, stop)")
+    parser.add_argument("--resume", action="store_true", help="keep the job's checkpoint directory (LAUNCH_CHECKPOINT_DIR) "
+                        "from earlier runs instead of starting with it empty")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -86,9 +94,11 @@ def run_job(args: argparse.Namespace) -> int:
     if args.sweep:
         if args.nodes is not None:
             raise SpecError("--sweep runs every node count of the job's scaling; leave out --nodes")
+        if args.detach:
+            raise SpecError("--sweep runs one node count after the other and cannot --detach")
         return sweep(job, cluster, args.runs_dir, args.dry_run)
     label = "--nodes" if args.nodes is not None else None
-    code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run))
+    code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run, args.detach, args.resume))
     return code
 
 
@@ -134,42 +144,119 @@ def _report(args: argparse.Namespace) -> int:
 
 def _logs_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch logs", description="Print the logs of a run, prefixed [host/rank].")
-    parser.add_argument("run", type=Path, help="a run directory, or a run id under ./runs")
+    parser.add_argument("run", type=Path, help="a run directory, or a run id under --runs-dir")
     parser.add_argument("--rank", type=int, help="only this global rank")
-    parser.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run ends")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--follow", "-f", action="store_true",
+                        help="print lines as they come, from every host, until the run ends (exit 0 when it succeeded)")
+    _existing_run_flags(parser)
     return parser
 
 
-def _run_dir(given: Path) -> Path:
-    """A run directory as given, or a run id under ./runs."""
-    return given if given.is_dir() or given.is_absolute() else Path("runs") / given
+def _existing_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run ids are looked up (default: ./runs)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _run_dir(given: Path, runs_dir: Path = Path("runs")) -> Path:
+    """A run directory as given, or a run id under `runs_dir`."""
+    return given if given.is_dir() or given.is_absolute() else runs_dir / given
 
 
 def _logs(args: argparse.Namespace) -> int:
-    paths = rundir.RunPaths(_run_dir(args.run))
-    root = paths.root
-    if not paths.plan_file.is_file():
-        raise SpecError(f"{args.run}: not a run directory (no plan.json)")
-    offsets: dict[Path, int] = {}
-    while True:
-        done = not args.follow or paths.summary_file.exists()
-        logs = paths.rank_logs()
-        if args.rank is not None and args.rank not in logs and not args.follow:
-            raise SpecError(f"--rank: {args.rank} has no log in {root}; ranks: {', '.join(map(str, logs)) or 'none'}")
-        for rank, log in logs.items():
-            if args.rank is not None and rank != args.rank:
-                continue
-            with log.open("rb") as fh:
-                fh.seek(offsets.get(log, 0))
-                data = fh.read()
-            # print whole lines only, so a line being written is not split
-            end = len(data) if done else data.rfind(b"\n") + 1
-            offsets[log] = offsets.get(log, 0) + end
-            prefix = contract.rank_prefix(log.parent.name, rank)
-            for line in data[:end].splitlines():
-                sys.stdout.buffer.write(prefix + line + b"\n")
-        sys.stdout.buffer.flush()
-        if done:
+    from .run import existing
+
+    run = existing.open_run(existing.find_run(args.run, args.runs_dir))
+    out = sys.stdout.buffer
+    try:
+        if run.summary is None and run.watched():  # its attached launcher is on it: its files fill here
+            if not args.follow:
+                existing.print_local_logs(run.paths, args.rank, out)
+                return 0
+            if existing.follow_watched(run, args.rank, out):
+                return existing.exit_code(run.summary or {})
+            existing.stderr_say("launch: the run's launcher stopped watching it (killed, or cut off); following its hosts")
+        if run.summary is None:
+            if args.follow:
+                return existing.exit_code(existing.follow(run, args.rank, out, existing.stderr_say))
+            existing.describe(run)  # finishes a run that has ended: its logs come here
+        if run.summary is None:  # still running: what the hosts have so far
+            for node in run.plan.nodes:
+                for line in run.transport.read_output(node, 0).splitlines(keepends=True):
+                    existing._show(line, node.host, args.rank, out, lambda _text: None)
+            out.flush()
             return 0
-        time.sleep(0.5)
+        existing.print_local_logs(run.paths, args.rank, out)
+        return existing.exit_code(run.summary) if args.follow else 0
+    finally:
+        run.close()
+
+
+def _status_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch status", description="The state of runs, per host (asked of the hosts).")
+    parser.add_argument("runs", type=Path, nargs="*", help="run directories or run ids (default: every run under --runs-dir)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    _existing_run_flags(parser)
+    return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .run import existing
+
+    roots = [existing.find_run(r, args.runs_dir) for r in args.runs] or existing.list_runs(args.runs_dir)
+    rows = []
+    for root in roots:
+        run = existing.open_run(root)
+        try:
+            rows.append(existing.describe(run))
+        finally:
+            run.close()
+    if args.json:
+        for row in rows:
+            print(json.dumps(row), flush=True)
+        return 0
+    if not rows:
+        print(f"no runs in {args.runs_dir}")
+        return 0
+    table = [("run", "status", "started", "elapsed", "hosts")]
+    for row in rows:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["start_time"])) if row["start_time"] else "-"
+        elapsed = _duration(row["elapsed_s"]) if row["elapsed_s"] is not None else "-"
+        hosts = ", ".join(f"{h} {s}" for h, s in row["hosts"].items())
+        table.append((row["run_id"] + (" (detached)" if row["detached"] else ""), row["status"], started, elapsed, hosts))
+    widths = [max(len(r[i]) for r in table) for i in range(4)]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[4])
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    minutes, sec = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s" if minutes else f"{sec}s"
+
+
+def _stop_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch stop", description="Stop every host's part of a run "
+                                     "(SIGTERM, then kill after the grace period) and collect its logs.")
+    parser.add_argument("run", type=Path, help="a run directory, or a run id under --runs-dir")
+    _existing_run_flags(parser)
+    return parser
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from .run import existing
+
+    run = existing.open_run(existing.find_run(args.run, args.runs_dir))
+    try:
+        if run.summary is not None:
+            print(f"launch: run {run.plan.run_id} has ended already ({run.summary['status']})")
+            return 0
+        watched = run.watched()
+        summary = existing.stop(run) if not watched else None
+        if watched:  # its launcher collects and summarises
+            for node in run.plan.nodes:
+                run.transport.stop(node, 10.0)
+        print(f"launch: stopped run {run.plan.run_id}" + (f" ({summary['status']}); logs in {run.paths.root}" if summary else ""))
+        return 0
+    finally:
+        run.close()

@@ -18,7 +18,9 @@ from .spec import Host, JobSpec, backend_for
 SECRET_MASK = "***"
 LOCAL_MASTER_ADDR = "127.0.0.1"
 RANK_WRAPPER_MODULE = "launcher.node.rankexec"
+SUPERVISOR_MODULE = "launcher.node.supervisor"
 CONTAINER_RUN_DIR = "/launch/run"  # where a node's run directory is mounted in its container
+CONTAINER_CHECKPOINTS = "/launch/checkpoints"  # where the job's checkpoint directory is mounted
 CONTAINER_WORKDIR = "/workspace"
 CONTAINER_LIB = "/opt/launch/lib"  # the launcher's in-rank helpers in the job image (Dockerfile)
 REMOTE_WORKDIR = "work"  # runtime: host: the job's workdir, copied into the node's run directory
@@ -26,8 +28,16 @@ REMOTE_LIB = "lib"  # runtime: host: what ships with the ranks (`launcher.node`)
 RUN_LABEL = "launch.run_id"
 # runtime: host on a lab host: a process group of its own (setsid), its id in a file so that the
 # launcher can stop it, started in the job's copy of its workdir, with the inventory's python first
-# on PATH (as for local runs). $0: pid file, $1: directory, $2: that python's folder (may be empty).
-HOST_WRAPPER = 'echo $$ > "$0" && cd "$1" && { [ -z "$2" ] || export PATH="$2:$PATH"; } && shift 2 && exec "$@"'
+# on PATH (as for local runs). $0: pid file, $1: directory, $2: that python's folder (may be empty),
+# $3: a file for its output when it runs detached (empty: the SSH channel).
+HOST_WRAPPER = (
+    'echo $$ > "$0" && cd "$1" && { [ -z "$2" ] || export PATH="$2:$PATH"; } && '
+    '{ [ -z "$3" ] || exec >"$3" 2>&1 </dev/null; } && shift 3 && exec "$@"'
+)
+LEASE_S = 10.0  # an attached run's nodes stop when the launcher has not renewed their lease for this long
+PEER_TIMEOUT_S = 10.0  # a node that has not been heard from for this long is lost; the others stop
+STOP_GRACE_S = 10.0  # from SIGTERM to SIGKILL when a node stops
+DETACHED_OUTPUT = "supervisor.err"  # runtime: host, detached: what the node's first process says before its output file
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,10 @@ class PlanOptions:
     remote_runs: str = "/tmp/launch-runs"  # + "-<ssh user>": where a remote node keeps its part of a run
     local_user: str = "launch"  # the SSH user of hosts whose inventory names none
     nics: dict[str, str] = field(default_factory=dict)  # host -> interface that reaches rank 0
+    detach: bool = False  # the run goes on without the launcher: no lease, nodes started in the background
+    fresh_checkpoints: bool = True  # empty the job's checkpoint directory when the run starts (not --resume)
+    local_checkpoints: str = "checkpoints"  # this machine's checkpoint directories: + /<job>/<host>
+    remote_jobs: str = "/var/tmp/launch-jobs"  # + "-<ssh user>/<job>/<host>": a host's checkpoint directory
 
 
 class NodeKind(enum.Enum):
@@ -68,6 +82,7 @@ class NodePlan:
     log_dir: str
     metrics_dir: str
     node_dir: str  # the run's directory on the node itself (the run directory, on this machine)
+    checkpoint_dir: str = ""  # the job's checkpoint directory on the node (LAUNCH_CHECKPOINT_DIR, as ranks see it, may differ)
     container: str | None = None  # the container's name, for runtime: docker
     pid_file: str | None = None  # holds the process group id, for runtime: host on a lab host
 
@@ -92,6 +107,9 @@ class LaunchPlan:
     timeout_s: float | None
     nodes: tuple[NodePlan, ...] = field(default_factory=tuple)
     warmup_steps: int = 0
+    detached: bool = False
+    max_restarts: int = 0
+    lease_s: float | None = LEASE_S  # None for a detached run
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,6 +122,9 @@ class LaunchPlan:
             "world_size": self.world_size,
             "timeout_s": self.timeout_s,
             "warmup_steps": self.warmup_steps,
+            "detached": self.detached,
+            "max_restarts": self.max_restarts,
+            "lease_s": self.lease_s,
             "nodes": [
                 {
                     "host": n.host,
@@ -119,12 +140,33 @@ class LaunchPlan:
                     "log_dir": n.log_dir,
                     "metrics_dir": n.metrics_dir,
                     "node_dir": n.node_dir,
+                    "checkpoint_dir": n.checkpoint_dir,
                     "container": n.container,
                     "pid_file": n.pid_file,
                 }
                 for n in self.nodes
             ],
         }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "LaunchPlan":
+        """The plan a run directory's plan.json holds (secrets still masked)."""
+        nodes = tuple(
+            NodePlan(
+                host=n["host"], kind=NodeKind(n["kind"]), address=n["address"], node_rank=n["node_rank"],
+                nproc=n["nproc"], first_rank=n["first_rank"], image=n["image"], argv=tuple(n["command"]),
+                env=dict(n["env"]), secrets=tuple(k for k, v in n["env"].items() if v == SECRET_MASK), cwd=n["cwd"],
+                log_dir=n["log_dir"], metrics_dir=n["metrics_dir"], node_dir=n["node_dir"],
+                checkpoint_dir=n.get("checkpoint_dir", ""), container=n["container"], pid_file=n["pid_file"],
+            )
+            for n in data["nodes"]
+        )
+        return cls(
+            run_id=data["run_id"], job=data["job"], backend=data["backend"], master_addr=data["master_addr"],
+            master_port=data["master_port"], nnodes=data["nnodes"], world_size=data["world_size"],
+            timeout_s=data["timeout_s"], nodes=nodes, warmup_steps=data.get("warmup_steps", 0),
+            detached=data.get("detached", False), max_restarts=data.get("max_restarts", 0), lease_s=data.get("lease_s"),
+        )
 
     def describe(self) -> str:
         """The plan as `--dry-run` prints it: per node, where, the command line and its environment."""
@@ -186,6 +228,9 @@ def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanO
         timeout_s=job.timeout_s,
         nodes=tuple(nodes),
         warmup_steps=job.warmup_steps,
+        detached=options.detach,
+        max_restarts=job.max_restarts,
+        lease_s=None if options.detach else LEASE_S,
     )
 
 
@@ -202,9 +247,15 @@ def _node(
     options: PlanOptions,
 ) -> NodePlan:
     in_container = not host.is_local and job.runtime == "docker"
+    kind = NodeKind.CONTAINER if in_container else NodeKind.LOCAL if host.is_local else NodeKind.HOST_PROCESS
     user = host.ssh.user or options.local_user
     node_dir = options.run_dir if host.is_local else f"{options.remote_runs}-{user}/{run_id}/{host.name}"
     seen_dir = CONTAINER_RUN_DIR if in_container else node_dir  # the run directory as ranks see it
+    if host.is_local:
+        checkpoint_dir = f"{options.local_checkpoints}/{job.name}/{host.name}"
+    else:
+        checkpoint_dir = f"{options.remote_jobs}-{user}/{job.name}/{host.name}"
+    seen_checkpoints = CONTAINER_CHECKPOINTS if in_container else checkpoint_dir
     if in_container:
         python = "python3"
     else:
@@ -223,7 +274,19 @@ def _node(
     if not host.is_local:
         torchrun.append(f"--local-addr={host.address}")
     torchrun.append("--no-python")
-    rank_argv = torchrun + [python, "-m", RANK_WRAPPER_MODULE, *job.command]
+    supervisor = [
+        python, "-m", SUPERVISOR_MODULE,
+        "--node-dir", seen_dir, "--host", host.name, "--node-rank", str(node_rank),
+        "--peers", str(nnodes), "--grace", f"{STOP_GRACE_S:g}",
+        "--checkpoint-dir", seen_checkpoints,
+    ]
+    if nnodes > 1:
+        supervisor += ["--coordinator", f"{master_addr}:{job.rdzv_port + 1}", "--peer-timeout", f"{PEER_TIMEOUT_S:g}"]
+    if not options.detach:
+        supervisor += ["--lease", f"{LEASE_S:g}", "--echo"]
+    if options.fresh_checkpoints:
+        supervisor.append("--fresh-checkpoints")
+    rank_argv = supervisor + ["--"] + torchrun + [python, "-m", RANK_WRAPPER_MODULE, *job.command]
     env = dict(job.env)
     env.setdefault("PYTHONUNBUFFERED", "1")  # live output, and no lines lost when a rank is stopped
     env.update({
@@ -232,6 +295,7 @@ def _node(
         contract.LOG_DIR: log_dir,
         contract.HOST: host.name,
         contract.BACKEND: backend,
+        contract.CHECKPOINT_DIR: seen_checkpoints,
     })
     nic = host.nic or options.nics.get(host.name)
     if nic:
@@ -245,22 +309,22 @@ def _node(
     container = f"launch-{run_id}-{host.name}" if in_container else None
     pid_file = None
     cwd = str(job.workdir)
-    if in_container:
+    if kind is NodeKind.CONTAINER:
         cwd = CONTAINER_WORKDIR
         if "PYTHONPATH" in job.env:  # keep the image's own entry for the launcher's helpers
             env["PYTHONPATH"] = f"{CONTAINER_LIB}:{job.env['PYTHONPATH']}"
-        argv = _docker_run(job, host, run_id, container, node_dir, env, options) + rank_argv
-    elif host.is_local:
+        argv = _docker_run(job, host, run_id, container, node_dir, checkpoint_dir, env, options) + rank_argv
+    elif kind is NodeKind.LOCAL:
         argv = rank_argv
     else:  # runtime: host on a lab host: the job's files and the launcher's in-rank helpers are copied there
         cwd, pid_file = f"{node_dir}/{REMOTE_WORKDIR}", f"{node_dir}/{host.name}.pid"
         env["PYTHONPATH"] = ":".join(p for p in (f"{node_dir}/{REMOTE_LIB}", job.env.get("PYTHONPATH")) if p)
         bindir = python.rsplit("/", 1)[0] if python.startswith("/") else ""
-        argv = ["setsid", "--wait", "sh", "-c", HOST_WRAPPER, pid_file, cwd, bindir, "env"]
+        output = f"{log_dir}/{DETACHED_OUTPUT}" if options.detach else ""
+        argv = ["setsid", "-f" if options.detach else "--wait", "sh", "-c", HOST_WRAPPER, pid_file, cwd, bindir, output, "env"]
         argv += [f"{key}={value}" for key, value in sorted(env.items())] + rank_argv
     for name in job.secrets:
         env[name] = SECRET_MASK
-    kind = NodeKind.CONTAINER if in_container else NodeKind.LOCAL if host.is_local else NodeKind.HOST_PROCESS
     return NodePlan(
         host=host.name,
         kind=kind,
@@ -276,22 +340,25 @@ def _node(
         log_dir=log_dir,
         metrics_dir=metrics_dir,
         node_dir=node_dir,
+        checkpoint_dir=checkpoint_dir,
         container=container,
         pid_file=pid_file,
     )
 
 
-def _docker_run(job: JobSpec, host: Host, run_id: str, name: str, node_dir: str, env: dict[str, str], options: PlanOptions) -> list[str]:
+def _docker_run(job: JobSpec, host: Host, run_id: str, name: str, node_dir: str, checkpoint_dir: str,
+                env: dict[str, str], options: PlanOptions) -> list[str]:
     """`docker run` of one node's container: host networking and IPC, the node's run dir mounted.
 
     Environment values go on this command line, so secrets never do: rankexec reads them from a
     file in the node's run directory (`LAUNCH_SECRETS_FILE`) and hands them only to the rank.
     """
     argv = [
-        "docker", "run", "--rm", "--name", name,
+        "docker", "run", *(["--detach"] if options.detach else []), "--rm", "--name", name,
         "--label", f"{RUN_LABEL}={run_id}", "--label", f"launch.host={host.name}",
         "--network", "host", "--ipc", "host",
         "--volume", f"{node_dir}:{CONTAINER_RUN_DIR}",
+        "--volume", f"{checkpoint_dir}:{CONTAINER_CHECKPOINTS}",
         "--workdir", CONTAINER_WORKDIR,
     ]
     if host.gpus:

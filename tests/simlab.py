@@ -287,6 +287,18 @@ class Lab:
     def restore_link(self, host: str) -> None:
         sh("ip", "link", "set", self.host(host).veth, "up")
 
+    def cut_launcher(self, host: str) -> None:
+        """Only this machine (the launcher's side) loses the host; the hosts still reach each other
+        (their traffic is bridged through FORWARD, which these rules leave alone)."""
+        address = self.host(host).address
+        sh("iptables", "-I", "OUTPUT", "1", *_launcher_rule("-d", address, self.prefix))
+        sh("iptables", "-I", "INPUT", "1", *_launcher_rule("-s", address, self.prefix))
+
+    def restore_launcher(self, host: str) -> None:
+        address = self.host(host).address
+        sh("iptables", "-D", "OUTPUT", *_launcher_rule("-d", address, self.prefix), check=False)
+        sh("iptables", "-D", "INPUT", *_launcher_rule("-s", address, self.prefix), check=False)
+
     def stop_host(self, host: str) -> None:
         """Power the host off: every process of it ends (containers too) and its link goes down."""
         h = self.host(host)
@@ -314,6 +326,10 @@ def _shared_toolchain() -> list[Path]:
                     found.append(share)
                 break
     return found
+
+
+def _launcher_rule(direction: str, address: str, prefix: str) -> list[str]:
+    return [direction, address, "-j", "DROP", "-m", "comment", "--comment", f"launch-lab {prefix} launcher-cut"]
 
 
 def _forward_rule(bridge: str) -> list[str]:
@@ -391,6 +407,8 @@ def leftovers(prefix: str = "llab") -> dict[str, list[str]]:
     rules = []
     if shutil.which("iptables"):
         rules = [r for r in sh("iptables", "-S", "FORWARD").stdout.decode().splitlines() if f"launch-lab {prefix}0" in r]
+        rules += [r for chain in ("INPUT", "OUTPUT") for r in sh("iptables", "-S", chain).stdout.decode().splitlines()
+                  if f"launch-lab {prefix} launcher-cut" in r]
     procs = [str(p) for ns in netns for p in _netns_pids(ns)]
     return {"netns": netns, "links": links, "iptables": rules, "processes": procs}
 
@@ -416,6 +434,9 @@ def cleanup(prefix: str = "llab") -> None:
     if shutil.which("iptables"):
         while sh("iptables", "-D", "FORWARD", *_forward_rule(f"{prefix}0"), check=False).returncode == 0:
             pass
+        for rule in found["iptables"]:
+            if "launcher-cut" in rule:  # "-A CHAIN ...": delete it as it was written
+                sh("iptables", *shlex.split(rule.replace("-A ", "-D ", 1)), check=False)
     shutil.rmtree(lab_dir, ignore_errors=True)
 
 

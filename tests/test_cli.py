@@ -97,4 +97,4 @@ def test_check_with_a_port_out_of_range_is_bad_input(tmp_path: Path) -> None:
 def test_logs_of_something_that_is_not_a_run_is_bad_input(tmp_path: Path) -> None:
     result = launch("logs", "no-such-run", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["launch: error: no-such-run: not a run directory (no plan.json)"]
+    assert result.stderr.splitlines() == ["launch: error: no-such-run: not a run directory or a run id under runs; runs holds no runs"]

@@ -144,9 +144,10 @@ def test_gloo_on_gpu_host_pins_only_the_gloo_interface(tmp_path: Path) -> None:
     assert "NCCL_SOCKET_IFNAME" not in env
 
 
-def test_job_env_cannot_override_launch_variables(tmp_path: Path) -> None:
-    job, hosts = setup(tmp_path, LOCAL_JOB.replace('{OMP_NUM_THREADS: "1"}', "{LAUNCH_RUN_ID: mine}"), "hosts:\n  - {name: box, address: local}\n")
-    assert make_plan(job, hosts, "r-1", OPTIONS).nodes[0].env["LAUNCH_RUN_ID"] == "r-1"
+def test_job_env_cannot_set_launch_variables(tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        setup(tmp_path, LOCAL_JOB.replace('{OMP_NUM_THREADS: "1"}', "{LAUNCH_CHECKPOINT_DIR: mine}"), "hosts:\n  - {name: box, address: local}\n")
+    assert str(info.value).endswith("job.yaml: env.LAUNCH_CHECKPOINT_DIR: names starting with LAUNCH_ are set by the launcher; choose another name")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,18 +2,21 @@
 label) or, for runtime: host, as a process group of the host's own python (stopped by its id).
 
 Each node gets a directory of its own for the run (`NodePlan.node_dir`), mounted into its container;
-ranks write their logs and metrics there and `collect` brings them into the run directory.
+the node supervisor and the ranks write their logs, metrics and state there, and `collect` brings
+them into the run directory. Attached runs renew each node's lease here (`renew`).
 """
 
 from __future__ import annotations
 
 import io
+import json
+import socket
 import stat
 import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import fabric
 import paramiko
@@ -23,8 +26,11 @@ from ..image.build import shipped_files, workdir_files
 from ..node import contract
 from ..plan import REMOTE_LIB, REMOTE_WORKDIR, RUN_LABEL, NodeKind, NodePlan
 from ..run.rundir import RunPaths
+from ..run.transport import EXTRA_WAIT_S
 from ..spec import Host
 from .ssh import connect, open_command, pipe_into, run
+
+RENEW_TIMEOUT_S = 5.0
 
 
 class SshProcess:
@@ -47,11 +53,7 @@ class SshProcess:
     def stop(self, grace_s: float) -> None:
         """End the node's part: its containers (by the run's label), or its process group."""
         try:
-            conn = self.transport.control(self.node.host)
-            if self.node.kind is NodeKind.HOST_PROCESS:
-                self._stop_group(conn, grace_s)
-            else:
-                self._stop_containers(conn, grace_s)
+            self.transport.stop(self.node, grace_s)
         finally:
             deadline = time.monotonic() + 10
             while self.poll() is None and time.monotonic() < deadline:
@@ -60,44 +62,18 @@ class SshProcess:
                 self.channel.close()
                 self.code = 255
 
-    def _stop_group(self, conn: fabric.Connection, grace_s: float) -> None:
-        """SIGTERM the process group the node's torchrun leads, then SIGKILL what is left of it."""
-        script = (
-            'pg=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM -"$pg" 2>/dev/null || exit 0; i=0; '
-            'while kill -0 -"$pg" 2>/dev/null && [ "$i" -lt "$1" ]; do sleep 0.2; i=$((i+1)); done; '
-            'kill -KILL -"$pg" 2>/dev/null; exit 0'
-        )
-        assert self.node.pid_file is not None
-        run(conn, ["sh", "-c", script, self.node.pid_file, str(int(grace_s * 5))], timeout=grace_s + 30)
-
-    def _stop_containers(self, conn: fabric.Connection, grace_s: float) -> None:
-        """SIGTERM the run's containers on the host, then remove them by force."""
-        ids_cmd = ["docker", "ps", "-q", "--filter", f"label={RUN_LABEL}={self.transport.run_id}"]
-        code, out = run(conn, ids_cmd, timeout=30)
-        ids = out.split() if code == 0 else []
-        if ids:
-            run(conn, ["docker", "kill", "--signal=SIGTERM", *ids], timeout=30)
-            deadline = time.monotonic() + grace_s
-            while time.monotonic() < deadline:
-                code, out = run(conn, ids_cmd, timeout=30)
-                if code == 0 and not out.split():
-                    break
-                time.sleep(0.2)
-            code, out = run(conn, ids_cmd, timeout=30)
-            if out.split():
-                run(conn, ["docker", "rm", "-f", *out.split()], timeout=60)
-
 
 class SshTransport:
     """Runs each node's planned command on its host over SSH (Fabric)."""
 
-    def __init__(self, hosts: dict[str, Host], paths: RunPaths, run_id: str, workdir: Path,
+    def __init__(self, hosts: dict[str, Host], paths: RunPaths, run_id: str, workdir: Path | None = None,
                  conns: dict[str, fabric.Connection] | None = None) -> None:
         self.hosts = hosts
-        self.workdir = workdir
+        self.workdir = workdir  # the job's files, copied to runtime: host nodes
         self.paths = paths
         self.run_id = run_id
         self.conns: dict[str, fabric.Connection] = dict(conns or {})
+        self.sftps: dict[str, paramiko.SFTPClient] = {}
         self.lock = threading.Lock()
 
     def control(self, host: str) -> fabric.Connection:
@@ -106,11 +82,27 @@ class SshTransport:
                 self.conns[host] = connect(self.hosts[host])
             return self.conns[host]
 
-    def start(self, node: NodePlan, secrets: dict[str, str]) -> SshProcess:
+    def _sftp(self, host: str) -> paramiko.SFTPClient:
+        """One SFTP session per host (for leases and reading state), with a short time-out."""
+        with self.lock:
+            client = self.sftps.get(host)
+        if client is None:
+            transport = self.control(host).client.get_transport()
+            if transport is None or not transport.is_active():
+                raise RunError(f"{host}: the SSH connection is closed")
+            client = paramiko.SFTPClient.from_transport(transport)
+            assert client is not None
+            client.get_channel().settimeout(RENEW_TIMEOUT_S)
+            with self.lock:
+                self.sftps[host] = client
+        return client
+
+    # ---- starting
+    def _prepare(self, node: NodePlan, secrets: dict[str, str]) -> fabric.Connection:
         conn = self.control(node.host)
         # umask 077: the run's folders (and the user's folder above them) are private to the SSH user
-        make = 'umask 077 && mkdir -p "$0" "$1"'
-        code, out = run(conn, ["sh", "-c", make, *contract.node_dirs(node.node_dir, node.host)])
+        make = 'umask 077 && mkdir -p "$0" "$1" "$2"'
+        code, out = run(conn, ["sh", "-c", make, *contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir])
         if code != 0:
             raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()}")
         if node.kind is NodeKind.HOST_PROCESS:
@@ -121,10 +113,22 @@ class SshTransport:
             code, _ = pipe_into(conn, ["sh", "-c", 'umask 077 && cat > "$0"', f"{node.node_dir}/{contract.SECRETS_FILE}"], data)
             if code != 0:
                 raise RunError(f"{node.host}: cannot write the secrets file in {node.node_dir}")
+        return conn
+
+    def start(self, node: NodePlan, secrets: dict[str, str]) -> SshProcess:
+        conn = self._prepare(node, secrets)
         return SshProcess(self, node, open_command(conn, node.argv))
 
+    def start_detached(self, node: NodePlan, secrets: dict[str, str]) -> None:
+        conn = self._prepare(node, secrets)
+        code, out = run(conn, node.argv, timeout=120)
+        if code != 0:
+            raise RunError(f"{node.host}: the node did not start (exit code {code}): {out.strip()[-300:]}")
+
     def _copy_job(self, conn: fabric.Connection, node: NodePlan) -> None:
-        """runtime: host: the job's workdir and the launcher's in-rank helpers, as one tar over SSH."""
+        """runtime: host: the job's workdir and what ships with the ranks, as one tar over SSH."""
+        if self.workdir is None:
+            raise RunError(f"{node.host}: no workdir to copy")
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             for path in workdir_files(self.workdir):
@@ -134,6 +138,86 @@ class SshTransport:
         code, output = pipe_into(conn, ["tar", "-xz", "-C", node.node_dir], buffer.getvalue())
         if code != 0:
             raise RunError(f"{node.host}: cannot copy the job to {node.node_dir}: {output.strip()[-300:]}")
+
+    # ---- while it runs
+    def renew(self, node: NodePlan) -> None:
+        try:
+            self._sftp(node.host).utime(f"{node.node_dir}/{contract.LEASE_FILE}", None)
+        except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
+            with self.lock:
+                self.sftps.pop(node.host, None)
+            raise RunError(f"{node.host}: {exc or type(exc).__name__}") from None
+
+    def state(self, node: NodePlan) -> dict[str, Any]:
+        log_dir, _ = contract.node_dirs(node.node_dir, node.host)
+        conn = self.control(node.host)
+        code, out = run(conn, ["cat", f"{log_dir}/{contract.NODE_STATUS}"], timeout=30)
+        try:
+            record = json.loads(out) if code == 0 else {}
+        except ValueError:
+            record = {}
+        if node.kind is NodeKind.CONTAINER:
+            code, out = run(conn, self._ps(node), timeout=30)
+            record["alive"] = code == 0 and bool(out.split())
+        else:
+            probe = 'pg=$(cat "$0" 2>/dev/null) && kill -0 -"$pg" 2>/dev/null'
+            code, _ = run(conn, ["sh", "-c", probe, node.pid_file or "/nonexistent"], timeout=30)
+            record["alive"] = code == 0
+        return record
+
+    def read_output(self, node: NodePlan, offset: int) -> bytes:
+        log_dir, _ = contract.node_dirs(node.node_dir, node.host)
+        try:
+            with self._sftp(node.host).open(f"{log_dir}/{contract.NODE_OUTPUT}", "rb") as fh:
+                fh.seek(offset)
+                return fh.read()
+        except FileNotFoundError:
+            return b""
+        except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
+            with self.lock:
+                self.sftps.pop(node.host, None)
+            raise RunError(f"{node.host}: cannot read the node's output: {exc or type(exc).__name__}") from None
+
+    # ---- stopping and collecting
+    def stop(self, node: NodePlan, grace_s: float) -> None:
+        conn = self.control(node.host)
+        if node.kind is NodeKind.HOST_PROCESS:
+            self._stop_group(conn, node, grace_s)
+        else:
+            self._stop_containers(conn, node, grace_s)
+
+    @staticmethod
+    def _ps(node: NodePlan) -> list[str]:
+        run_id = node.env[contract.RUN_ID]
+        return ["docker", "ps", "-q", "--filter", f"label={RUN_LABEL}={run_id}", "--filter", f"label=launch.host={node.host}"]
+
+    def _stop_group(self, conn: fabric.Connection, node: NodePlan, grace_s: float) -> None:
+        """SIGTERM the process group the node's supervisor leads, then SIGKILL what is left of it."""
+        script = (
+            'pg=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM -"$pg" 2>/dev/null || exit 0; i=0; '
+            'while kill -0 -"$pg" 2>/dev/null && [ "$i" -lt "$1" ]; do sleep 0.2; i=$((i+1)); done; '
+            'kill -KILL -"$pg" 2>/dev/null; exit 0'
+        )
+        assert node.pid_file is not None
+        wait = grace_s + EXTRA_WAIT_S
+        run(conn, ["sh", "-c", script, node.pid_file, str(int(wait * 5))], timeout=wait + 30)
+
+    def _stop_containers(self, conn: fabric.Connection, node: NodePlan, grace_s: float) -> None:
+        """SIGTERM the node's container (its supervisor stops the ranks), then remove it by force."""
+        code, out = run(conn, self._ps(node), timeout=30)
+        ids = out.split() if code == 0 else []
+        if not ids:
+            return
+        run(conn, ["docker", "kill", "--signal=SIGTERM", *ids], timeout=30)
+        deadline = time.monotonic() + grace_s + EXTRA_WAIT_S
+        while time.monotonic() < deadline:
+            code, out = run(conn, self._ps(node), timeout=30)
+            if code == 0 and not out.split():
+                return
+            time.sleep(0.2)
+        code, out = run(conn, self._ps(node), timeout=30)
+        if out.split():
+            run(conn, ["docker", "rm", "-f", *out.split()], timeout=60)
 
     def collect(self, node: NodePlan) -> None:
         """Copy the node's logs and metrics into the run directory, then remove its part of the run."""
@@ -147,10 +231,15 @@ class SshTransport:
             except FileNotFoundError:  # the node never got as far as making it
                 continue
             for entry in entries:
-                if stat.S_ISREG(entry.st_mode or 0):
+                if stat.S_ISREG(entry.st_mode or 0) and not entry.filename.endswith(".tmp"):
                     sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
         run(conn, ["sh", "-c", 'rm -rf "$0"; rmdir "${0%/*}" 2>/dev/null; true', node.node_dir])
 
     def close(self) -> None:
+        for client in self.sftps.values():
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a connection that may be gone already
+                pass
         for conn in self.conns.values():
             conn.close()

@@ -31,6 +31,14 @@ AGENT_LOG = "torchrun.log"  # torchrun's own output on a host
 NODE_STATUS = "node.status.json"  # the node supervisor's state: running, then how the node ended
 NODE_OUTPUT = "node.out"  # everything the node printed, prefixed lines included (for `logs --follow`)
 
+# ---- a node's states (NODE_STATUS "state"), and why a supervisor stopped its node ("cause")
+RUNNING, SUCCEEDED, FAILED, STOPPED = "running", "succeeded", "failed", "stopped"
+STOPPED_BY_SIGNAL = "signal"  # `launch stop`, Ctrl-C in the launcher, docker kill
+STOPPED_BY_LEASE = "lease"  # the attached launcher stopped renewing the lease
+STOPPED_FOR_PEER_FAILED = "peer-failed"  # another node failed: fail-fast
+STOPPED_FOR_PEER_LOST = "peer-lost"  # another node stopped answering
+STOP_CAUSES = (STOPPED_BY_SIGNAL, STOPPED_BY_LEASE, STOPPED_FOR_PEER_FAILED, STOPPED_FOR_PEER_LOST)
+
 
 def node_dirs(root: str, host: str) -> tuple[str, str]:
     """`host`'s log folder and the metrics folder of a run rooted at `root`."""

@@ -7,6 +7,9 @@ torchrun starts `python -m launcher.node.rankexec COMMAND...` once per rank. Lik
   and `[$LAUNCH_HOST/$RANK] line` to its own stdout, one write per line so ranks never interleave;
 - forwards SIGTERM/SIGINT/SIGHUP to the command, and makes sure the command dies with it;
 - writes `$LAUNCH_LOG_DIR/rank$RANK.status.json` (exit code, times) when the command ends;
+- after a restart (torchrun's attempt K > 0), first keeps the earlier attempt's log and status as
+  `rank$RANK.attempt<K-1>.*`, so every attempt's output is kept;
+- says when the rank starts and ends as event lines (`contract.event_line`) for the launcher;
 - exits with the command's exit code (128 + N when signal N ended it).
 """
 
@@ -53,6 +56,11 @@ def main(argv: list[str]) -> int:
         os.makedirs(log_dir, exist_ok=True)
     if os.environ.get(contract.METRICS_DIR):
         os.makedirs(os.environ[contract.METRICS_DIR], exist_ok=True)
+    attempt = int(os.environ.get(contract.RESTART_COUNT, "0") or 0)
+    if log_dir:
+        if attempt > 0:
+            _keep_attempt(log_dir, rank, attempt - 1)
+        _write_line(sys.stdout.buffer, contract.event_line("rank-start", host=host, rank=int(rank), attempt=attempt))
 
     parent = os.getppid()
     _die_with_parent(signal.SIGTERM)
@@ -76,7 +84,7 @@ def main(argv: list[str]) -> int:
             with open(os.path.join(log_dir, contract.rank_log(rank)), "ab") as log:
                 log.write(message)
         _write_line(sys.stdout.buffer, contract.rank_prefix(host, rank) + message)
-        _write_status(log_dir, rank, host, 127, None, started, False)
+        _write_status(log_dir, rank, host, 127, None, started, False, attempt)
         return 127
 
     def forward(signum, _frame):
@@ -103,8 +111,21 @@ def main(argv: list[str]) -> int:
     code = child.wait()
     signum = -code if code < 0 else None
     exit_code = 128 + signum if signum else code
-    _write_status(log_dir, rank, host, exit_code, signum, started, bool(stopped_by))
+    _write_status(log_dir, rank, host, exit_code, signum, started, bool(stopped_by), attempt)
+    if log_dir:
+        _write_line(out, contract.event_line("rank-end", host=host, rank=int(rank), attempt=attempt,
+                                             exit_code=exit_code, stopped=bool(stopped_by)))
     return exit_code
+
+
+def _keep_attempt(log_dir: str, rank: str, attempt: int) -> None:
+    """Move the last attempt's log and status aside (a restart must not overwrite them)."""
+    for latest, kept in ((contract.rank_log(rank), contract.rank_log(rank, attempt)),
+                         (contract.rank_status(rank), contract.rank_status(rank, attempt))):
+        try:
+            os.replace(os.path.join(log_dir, latest), os.path.join(log_dir, kept))
+        except FileNotFoundError:
+            pass
 
 
 def _child_environment() -> dict[str, str]:
@@ -120,7 +141,8 @@ def _child_environment() -> dict[str, str]:
     return env
 
 
-def _write_status(log_dir: str | None, rank: str, host: str, exit_code: int, signum: int | None, started: float, stopped: bool) -> None:
+def _write_status(log_dir: str | None, rank: str, host: str, exit_code: int, signum: int | None, started: float,
+                  stopped: bool, attempt: int) -> None:
     if not log_dir:
         return
     ended = time.time()
@@ -131,6 +153,7 @@ def _write_status(log_dir: str | None, rank: str, host: str, exit_code: int, sig
         "exit_code": exit_code,
         "signal": signum,
         "stopped": stopped,  # ended by a signal sent to it (the run was being stopped)
+        "attempt": attempt,  # 0, or the number of restarts before this attempt
         "start_time": started,
         "end_time": ended,
         "wall_time_s": round(ended - started, 6),

@@ -62,6 +62,7 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
         "job": plan.job,
         "status": outcome.status,
         "exit_code": outcome.exit_code,
+        "restarts": max((int(s.get("attempt") or 0) for s in statuses.values()), default=0),
         "nodes": plan.nnodes,
         "hosts": [n.host for n in plan.nodes],
         "world_size": plan.world_size if plan.world_size is not None else len(ranks),
@@ -82,6 +83,8 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
         summary["reason"] = outcome.reason
     if outcome.collect_errors:
         summary["collect_errors"] = outcome.collect_errors
+    if outcome.lost_host:
+        summary["lost_host"] = outcome.lost_host
     if outcome.status == "failed":
         summary["failure"] = first_failure(outcome, statuses, paths)
     return summary
@@ -90,7 +93,7 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
 def first_failure(outcome: RunOutcome, statuses: dict[int, dict[str, Any]], paths: RunPaths) -> dict[str, Any]:
     """The root cause: the earliest rank that ended with an error on its own (not stopped by us)."""
     failed = [s for s in statuses.values() if s.get("exit_code") not in (0, None) and not s.get("stopped")]
-    if failed:
+    if failed and not outcome.lost_host:
         first = min(failed, key=lambda s: s.get("end_time", 0.0))
         log = paths.rank_log(first["host"], first["rank"])
         return {
@@ -134,6 +137,8 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
     line = f"{summary['nodes']} node(s), world size {summary['world_size']}, {summary['backend']}, wall time {summary['wall_time_s']:.2f} s"
     if throughput is not None:
         line += f", throughput {throughput:.1f} samples/s"
+    if summary.get("restarts"):
+        line += f", {summary['restarts']} restart(s) (earlier attempts' logs: rank<R>.attempt<K>.log)"
     console.print(line, highlight=False)
     if summary["throughput_samples_per_s"] is not None:
         console.print(f"step times leave out each rank's first {summary['warmup_steps']} step(s) (warm-up)", highlight=False)

@@ -18,7 +18,7 @@ from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, select_hosts
 from . import rundir
-from .execute import Console, execute
+from .execute import Console, execute, start_detached
 from .transport import LocalTransport, Transport
 
 
@@ -30,6 +30,8 @@ class RunRequest:
     nodes: int | None = None
     nodes_label: str | None = None  # what to name in an error about `nodes` (--nodes, scaling)
     dry_run: bool = False
+    detach: bool = False  # start every node in the background and return
+    resume: bool = False  # keep the job's checkpoint directory from earlier runs
 
 
 def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[int, dict | None]:
@@ -44,6 +46,9 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         local_cpus=os.cpu_count() or 1,
         image=image_tag(job) if remote and job.runtime == "docker" else None,
         local_user=getpass.getuser(),
+        detach=request.detach,
+        fresh_checkpoints=not (request.resume or job.resume),
+        local_checkpoints=str(request.runs_dir.resolve() / "checkpoints"),
     )
     if request.dry_run:
         print(make_plan(job, hosts, paths.run_id, options).describe())
@@ -74,6 +79,12 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         rundir.copy_input(job.path, paths.job_file)
         rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
         rundir.write_json(paths.plan_file, plan.to_json())
+        if request.detach:
+            start_detached(plan, transport, secrets, console)
+            print(f"launch: run {plan.run_id} started on {plan.nnodes} node(s), detached; run directory {paths.root}\n"
+                  f"  launch status {plan.run_id}   launch logs {plan.run_id} --follow   launch stop {plan.run_id}"
+                  + (f"   (add --runs-dir {request.runs_dir})" if request.runs_dir != Path("runs") else ""), flush=True)
+            return 0, None
         console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
         outcome = execute(plan, transport, paths, secrets, console)
     finally:

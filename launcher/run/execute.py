@@ -16,11 +16,14 @@ from typing import BinaryIO, Iterator
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
 from ..node import contract
 from ..plan import LaunchPlan, NodePlan
+from . import rundir
 from .rundir import RunPaths
 from .transport import NodeProcess, Transport
 
 POLL_S = 0.05
 STOP_GRACE_S = 10.0
+RENEW_EVERY_S = 2.0  # leases are renewed this often: LEASE_S (plan) is several renewals
+LOST_AFTER_S = 10.0  # a host that has not answered a renewal for this long is lost
 
 
 @dataclass
@@ -32,6 +35,7 @@ class RunOutcome:
     failed_node: str | None = None  # the first node seen ending with an error
     reason: str | None = None  # why the launcher ended the run, when it did
     collect_errors: dict[str, str] = field(default_factory=dict)  # host -> why its files are missing
+    lost_host: str | None = None  # a host that stopped answering, when that ended the run
 
 
 class Console:
@@ -77,27 +81,105 @@ class _Interrupt:
                 signal.signal(sig, handler)
 
 
-def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console) -> None:
-    """Rank lines (already prefixed by rankexec) go to the terminal; torchrun's own to its log too.
+class Attempts:
+    """What the nodes' event lines say: restarts (and why), and hosts the nodes found lost."""
 
-    For a lab host, rank lines also go to the rank's log here as they come, so `launch logs
-    --follow` shows them live; the complete log collected at the end replaces that copy.
-    """
-    agent_prefix = contract.agent_prefix(node.host)
-    log_path = paths.agent_log(node.host)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, max_restarts: int, console: Console) -> None:
+        self.max_restarts = max_restarts
+        self.console = console
+        self.lock = threading.Lock()
+        self.current = 0
+        self.last_failure: str | None = None
+        self.lost: dict[str, str] = {}  # host -> the reason a node gave
+        self.stopping = False  # set by the executor once it stops the run itself
+
+    def on_event(self, event: dict) -> None:
+        kind = event.get("event")
+        with self.lock:
+            if kind == "rank-end" and event.get("exit_code") not in (0, None) and not event.get("stopped"):
+                if self.last_failure is None:
+                    self.last_failure = f"rank {event.get('rank')} on {event.get('host')} exited with code {event.get('exit_code')}"
+            elif kind == "rank-start" and int(event.get("attempt") or 0) > self.current:
+                self.current = int(event.get("attempt") or 0)
+                why = self.last_failure or "a node left the group"
+                self.last_failure = None
+                self.console.say(f"launch: attempt {self.current + 1} of {self.max_restarts + 1} "
+                                 f"(restart {self.current}): the last attempt ended because {why}")
+            elif kind == "stopping":
+                if event.get("lost") and event["lost"] not in self.lost:
+                    self.lost[event["lost"]] = f"{event.get('host')} says: {event.get('reason')}"
+                if not self.stopping:
+                    self.console.say(f"launch: {event.get('host')} is stopping: {event.get('reason')}")
+
+
+class Heartbeat:
+    """Renews every node's lease while an attached run goes on, and the run directory's own (so that
+    `launch logs --follow` elsewhere can tell the run is watched); tells which hosts stopped answering."""
+
+    def __init__(self, nodes: tuple[NodePlan, ...], transport: Transport, paths: RunPaths) -> None:
+        self.transport = transport
+        self.paths = paths
+        now = time.monotonic()
+        self.last_ok = {n.host: now for n in nodes}
+        self.errors: dict[str, str] = {}
+        self.done = threading.Event()
+        self.threads = [threading.Thread(target=self._renew, args=(n,), daemon=True) for n in nodes]
+        self.threads.append(threading.Thread(target=self._watched, daemon=True))
+        for thread in self.threads:
+            thread.start()
+
+    def _renew(self, node: NodePlan) -> None:
+        while not self.done.is_set():
+            try:
+                self.transport.renew(node)
+                self.last_ok[node.host] = time.monotonic()
+            except Exception as exc:  # noqa: BLE001 - kept as the host's last error
+                self.errors[node.host] = str(exc)
+            self.done.wait(RENEW_EVERY_S)
+
+    def _watched(self) -> None:
+        while not self.done.is_set():
+            try:
+                rundir.touch(self.paths.lease_file)
+            except OSError:
+                pass
+            self.done.wait(RENEW_EVERY_S)
+
+    def silent_for(self, host: str) -> float:
+        return time.monotonic() - self.last_ok[host]
+
+    def lost(self) -> dict[str, str]:
+        """Hosts that have not answered for LOST_AFTER_S, and why."""
+        return {
+            host: f"no answer over SSH for {self.silent_for(host):.0f} s ({self.errors.get(host) or 'no reply'})"
+            for host in self.last_ok if self.silent_for(host) > LOST_AFTER_S
+        }
+
+    def reachable(self, host: str) -> bool:
+        return self.silent_for(host) < 2 * RENEW_EVERY_S + 6
+
+    def stop(self) -> None:
+        self.done.set()
+
+
+def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, attempts: Attempts) -> None:
+    """Rank lines go to the terminal (and, for a lab host, to the rank's log here as they come, so
+    `launch logs --follow` shows them live; the complete log collected at the end replaces that
+    copy); torchrun's own lines to the terminal; event lines to `attempts`."""
     live: dict[int, BinaryIO] = {}
     try:
-        with log_path.open("ab", buffering=0) as agent_log:
-            for line in proc.lines():
-                rank_line = contract.split_rank_line(line, node.host)
-                if rank_line:
-                    if not node.is_local:
-                        _live_copy(*rank_line, node.host, paths, live)
-                    console.write_line(line)
-                else:
-                    agent_log.write(line)
-                    console.write_line(agent_prefix + line)
+        for line in proc.lines():
+            event = contract.parse_event(line)
+            if event is not None:
+                attempts.on_event(event)
+                continue
+            rank_line = contract.split_rank_line(line, node.host)
+            if rank_line and not node.is_local:
+                _live_copy(*rank_line, node.host, paths, live)
+            if rank_line or line.startswith(contract.agent_prefix(node.host)):
+                console.write_line(line)
+            else:  # what came before the node's supervisor (docker, ssh, the shell)
+                console.write_line(contract.agent_prefix(node.host) + line)
     finally:
         for fh in live.values():
             fh.close()
@@ -121,22 +203,33 @@ def execute(
 
     A node that cannot be started fails the run like a failing rank: the others are stopped, and
     whatever every node left is still collected (which also removes the run's files from hosts).
+    A host that stops answering is lost: the others are stopped, and its files stay on it.
     """
     started = time.monotonic()
     procs: dict[str, NodeProcess] = {}
     readers: list[threading.Thread] = []
     interrupt = _Interrupt()
+    attempts = Attempts(plan.max_restarts, console)
+    heartbeat = Heartbeat(plan.nodes, transport, paths)
+    unreachable: set[str] = set()
     with interrupt.installed():
         try:
-            outcome = _start_all(plan, transport, secrets, procs, readers, paths, console)
+            outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts)
             if outcome is None:
-                outcome = _watch(plan, procs, interrupt, started)
+                outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts)
         finally:
-            _stop_all(procs, grace_s, console)
+            attempts.stopping = True
+            unreachable = {h for h in procs if not heartbeat.reachable(h)}
+            _stop_all({h: p for h, p in procs.items() if h not in unreachable}, grace_s, console)
+            heartbeat.stop()
         for reader in readers:
             reader.join(timeout=grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
         for node in plan.nodes:
+            if node.host in unreachable:
+                outcome.collect_errors[node.host] = f"unreachable; its logs stay on it ({node.node_dir})"
+                console.say(f"launch: could not collect the logs of {node.host}: {outcome.collect_errors[node.host]}")
+                continue
             try:
                 transport.collect(node)
             except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
@@ -146,26 +239,52 @@ def execute(
     return outcome
 
 
-def _start_all(plan, transport, secrets, procs, readers, paths, console) -> RunOutcome | None:
+def start_detached(plan: LaunchPlan, transport: Transport, secrets: dict[str, str], console: Console,
+                   grace_s: float = STOP_GRACE_S) -> None:
+    """Start every node in the background; when one cannot start, stop and clean up the others."""
+    started: list[NodePlan] = []
+    for node in plan.nodes:
+        try:
+            transport.start_detached(node, secrets)
+            started.append(node)
+        except LaunchError as exc:
+            for other in started:
+                try:
+                    transport.stop(other, grace_s)
+                    transport.collect(other)
+                except Exception as err:  # noqa: BLE001 - said, and the other nodes go on stopping
+                    console.say(f"launch: could not stop node {other.host}: {err}")
+            raise LaunchError(f"could not start node {node.host}: {exc}; stopped the {len(started)} node(s) started before it") from None
+
+
+def _start_all(plan, transport, secrets, procs, readers, paths, console, attempts) -> RunOutcome | None:
     """Start every node with a reader for its output; a failed start ends the run as failed."""
     for node in plan.nodes:
         try:
             procs[node.host] = transport.start(node, secrets)
         except LaunchError as exc:
             return RunOutcome("failed", EXIT_FAILED, 0.0, failed_node=node.host, reason=f"could not start node {node.host}: {exc}")
-        reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console), daemon=True)
+        reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console, attempts), daemon=True)
         reader.start()
         readers.append(reader)
     return None
 
 
-def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrupt, started: float) -> RunOutcome:
+def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrupt, started: float,
+           heartbeat: Heartbeat, attempts: Attempts) -> RunOutcome:
     while True:
         if interrupt.signum is not None:
             name = signal.Signals(interrupt.signum).name
             return RunOutcome("interrupted", EXIT_INTERRUPTED, 0.0, reason=f"{name} received; stopped every node")
         if plan.timeout_s is not None and time.monotonic() - started > plan.timeout_s:
             return RunOutcome("failed", EXIT_FAILED, 0.0, reason=f"timed out after {plan.timeout_s:g} s; stopped every node")
+        lost = heartbeat.lost()
+        with attempts.lock:
+            lost.update({h: why for h, why in attempts.lost.items() if h in procs and h not in lost})
+        if lost:
+            host, why = next(iter(lost.items()))
+            return RunOutcome("failed", EXIT_FAILED, 0.0, failed_node=host, lost_host=host,
+                              reason=f"host {host} was lost: {why}; stopped every other node")
         codes = {host: proc.poll() for host, proc in procs.items()}
         failed = [host for host, code in codes.items() if code not in (None, 0)]
         if failed:
@@ -185,8 +304,8 @@ def _stop_all(procs: dict[str, NodeProcess], grace_s: float, console: Console) -
             console.say(f"launch: could not stop node {host}: {exc}")
 
     running = [(host, proc) for host, proc in procs.items() if proc.poll() is None]
-    threads = [threading.Thread(target=stop, args=item) for item in running]
+    threads = [threading.Thread(target=stop, args=item, daemon=True) for item in running]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=grace_s + 60)

@@ -48,6 +48,11 @@ class RunPaths:
         return self.root / "summary.json"
 
     @property
+    def lease_file(self) -> Path:
+        """Renewed by the launcher that watches the run (and, for a one-box run, the node's lease)."""
+        return self.root / contract.LEASE_FILE
+
+    @property
     def logs_dir(self) -> Path:
         return self.root / contract.LOGS
 
@@ -68,6 +73,10 @@ class RunPaths:
     def agent_log(self, host: str) -> Path:
         """torchrun's own output on that host (everything that is not a rank's line)."""
         return self.host_logs_dir(host) / contract.AGENT_LOG
+
+    def node_status(self, host: str) -> Path:
+        """The node supervisor's record of how the host's part went."""
+        return self.host_logs_dir(host) / contract.NODE_STATUS
 
     def metrics_file(self, rank: int) -> Path:
         return self.metrics_dir / contract.metrics_file(rank)
@@ -111,6 +120,11 @@ def create(paths: RunPaths) -> None:
         raise RunError(f"cannot create the run directory {paths.root}: {exc.strerror}") from None
     paths.logs_dir.mkdir()
     paths.metrics_dir.mkdir()
+
+
+def touch(path: Path) -> None:
+    path.touch()
+    os.utime(path, None)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -1,19 +1,26 @@
-"""How a node's part of a run is started, watched and stopped.
+"""How a node's part of a run is started, watched, stopped and read back.
 
-A `Transport` starts one node's planned command and hands back a `NodeProcess`; the executor
-does not know whether that node is this machine (subprocess, here) or a lab host (SSH, remote.py).
+A `Transport` starts one node's planned command (the node supervisor, `launcher.node.supervisor`,
+with torchrun under it) and hands back a `NodeProcess` for an attached run, or leaves it running in
+the background for a detached one. The executor and the commands on existing runs (`status`,
+`logs`, `stop`) do not know whether a node is this machine (subprocess, here) or a lab host (SSH,
+`launcher.hosts.remote`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
-from typing import IO, Iterator, Protocol
+from typing import IO, Any, Iterator, Protocol
 
 from ..errors import RunError
-from ..plan import NodePlan
+from ..node import contract
+from ..plan import DETACHED_OUTPUT, SUPERVISOR_MODULE, NodePlan
+
+EXTRA_WAIT_S = 5.0  # beyond the grace period, for the node's supervisor to finish its own stop
 
 
 class NodeProcess(Protocol):
@@ -31,11 +38,27 @@ class Transport(Protocol):
     def start(self, node: NodePlan, secrets: dict[str, str]) -> NodeProcess:
         """Start `node.argv` with `node.env`, secret values taken from `secrets`, never from the plan."""
 
+    def start_detached(self, node: NodePlan, secrets: dict[str, str]) -> None:
+        """Start the node's part in the background; return once it runs."""
+
+    def renew(self, node: NodePlan) -> None:
+        """Renew the node's lease (an attached run); raise when the node cannot be reached."""
+
+    def stop(self, node: NodePlan, grace_s: float) -> None:
+        """Stop the node's part, whether this launcher started it or not."""
+
+    def state(self, node: NodePlan) -> dict[str, Any]:
+        """The node's status record (`contract.NODE_STATUS`, {} before it wrote one) plus `alive`:
+        whether any process of the node's part still runs."""
+
+    def read_output(self, node: NodePlan, offset: int) -> bytes:
+        """The node's output file (`contract.NODE_OUTPUT`) from `offset` on."""
+
     def collect(self, node: NodePlan) -> None:
-        """Bring the node's logs and metrics into the run directory."""
+        """Bring the node's logs and metrics into the run directory, then remove its files there."""
 
     def close(self) -> None:
-        """Let go of connections; the run is over."""
+        """Let go of connections."""
 
 
 def node_environment(node: NodePlan, secrets: dict[str, str], base: dict[str, str]) -> dict[str, str]:
@@ -45,8 +68,25 @@ def node_environment(node: NodePlan, secrets: dict[str, str], base: dict[str, st
     return env
 
 
+def stop_group(pgid: int, grace_s: float, alive) -> None:
+    """SIGTERM a process group, wait up to `grace_s` (+ the supervisor's own time), then SIGKILL it."""
+    _signal(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s + EXTRA_WAIT_S
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive():
+        _signal(pgid, signal.SIGKILL)
+
+
+def _signal(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class LocalProcess:
-    """torchrun on this machine, in a session of its own so that only the launcher gets Ctrl-C."""
+    """The node supervisor on this machine, in a session of its own so that only the launcher gets Ctrl-C."""
 
     def __init__(self, popen: subprocess.Popen) -> None:
         self.popen = popen
@@ -60,48 +100,83 @@ class LocalProcess:
         return self.popen.poll()
 
     def stop(self, grace_s: float) -> None:
-        # torchrun passes SIGTERM on to every worker's process group (rankexec and the command),
-        # and rankexec dies with its parent, so a forced kill of torchrun still ends the ranks.
-        self._signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while self.popen.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.popen.poll() is None:
-            self._signal(signal.SIGKILL)
-            self.popen.wait()
-
-    def _signal(self, sig: int) -> None:
-        try:
-            os.killpg(self.popen.pid, sig)
-        except ProcessLookupError:
-            pass
+        # the supervisor stops torchrun and, after its grace period, kills whatever is left of the node
+        stop_group(self.popen.pid, grace_s, lambda: self.popen.poll() is None)
+        self.popen.wait()
 
 
 class LocalTransport:
     """Runs a node's command on this machine with subprocess."""
 
-    def start(self, node: NodePlan, secrets: dict[str, str]) -> LocalProcess:
+    def _popen(self, node: NodePlan, secrets: dict[str, str], stdout) -> subprocess.Popen:
         env = node_environment(node, secrets, dict(os.environ))
         # `python` in the job's command means the launcher's environment, as torchrun's own does.
         if os.path.isabs(node.argv[0]):
             env["PATH"] = os.path.dirname(node.argv[0]) + os.pathsep + env.get("PATH", "")
         env.setdefault("PYTHONUNBUFFERED", "1")
+        os.makedirs(contract.node_dirs(node.node_dir, node.host)[0], exist_ok=True)
         try:
-            popen = subprocess.Popen(
-                list(node.argv),
-                cwd=node.cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+            return subprocess.Popen(
+                list(node.argv), cwd=node.cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+                stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:
             raise RunError(f"{node.host}: cannot start {node.argv[0]}: {exc.strerror or exc}") from None
-        return LocalProcess(popen)
+
+    def start(self, node: NodePlan, secrets: dict[str, str]) -> LocalProcess:
+        return LocalProcess(self._popen(node, secrets, subprocess.PIPE))
+
+    def start_detached(self, node: NodePlan, secrets: dict[str, str]) -> None:
+        log_dir, _ = contract.node_dirs(node.node_dir, node.host)
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, DETACHED_OUTPUT), "ab") as out:
+            self._popen(node, secrets, out)  # not waited for: it outlives the launcher
+
+    def renew(self, node: NodePlan) -> None:
+        path = os.path.join(node.node_dir, contract.LEASE_FILE)
+        with open(path, "a"):
+            pass
+        os.utime(path, None)
+
+    def state(self, node: NodePlan) -> dict[str, Any]:
+        log_dir, _ = contract.node_dirs(node.node_dir, node.host)
+        try:
+            with open(os.path.join(log_dir, contract.NODE_STATUS)) as fh:
+                record = json.load(fh)
+        except (OSError, ValueError):
+            record = {}
+        pid = record.get("pid")
+        record["alive"] = isinstance(pid, int) and record.get("state") == "running" and _is_supervisor(pid)
+        return record
+
+    def stop(self, node: NodePlan, grace_s: float) -> None:
+        pid = self.state(node).get("pid")
+        if isinstance(pid, int) and _is_supervisor(pid):
+            stop_group(pid, grace_s, lambda: _is_supervisor(pid))
+
+    def read_output(self, node: NodePlan, offset: int) -> bytes:
+        log_dir, _ = contract.node_dirs(node.node_dir, node.host)
+        try:
+            with open(os.path.join(log_dir, contract.NODE_OUTPUT), "rb") as fh:
+                fh.seek(offset)
+                return fh.read()
+        except OSError:
+            return b""
 
     def collect(self, node: NodePlan) -> None:
         """Local ranks write straight into the run directory: nothing to bring back."""
 
     def close(self) -> None:
         pass
+
+
+def _is_supervisor(pid: int) -> bool:
+    """Whether `pid` is a live node supervisor (and not another process that got its number)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            argv = fh.read().split(b"\0")
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            zombie = fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except OSError:
+        return False
+    return not zombie and SUPERVISOR_MODULE.encode() in argv

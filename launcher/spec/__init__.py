@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecError
+from ..node import contract
 from .fields import Section
 from .yamlfile import load_mapping
 
@@ -80,6 +81,7 @@ class JobSpec:
     timeout_s: float | None = None
     scaling: tuple[int, ...] = ()
     warmup_steps: int = DEFAULT_WARMUP_STEPS  # steps per rank left out of throughput and step times
+    resume: bool = False  # keep the job's checkpoint directory from earlier runs (as --resume does)
 
 
 def load_cluster(path: Path) -> ClusterSpec:
@@ -154,7 +156,7 @@ def load_job(path: Path) -> JobSpec:
     top = Section(label, load_mapping(path, label))
     top.check_keys(
         ["name", "cluster", "nodes", "nproc_per_node", "backend", "workdir", "command", "env", "secrets",
-         "image", "runtime", "rdzv_port", "max_restarts", "timeout", "scaling", "warmup_steps"],
+         "image", "runtime", "rdzv_port", "max_restarts", "timeout", "scaling", "warmup_steps", "resume"],
         required=["command"],
     )
     folder = path.parent
@@ -188,6 +190,7 @@ def load_job(path: Path) -> JobSpec:
         timeout_s=top.duration("timeout", None),
         scaling=_scaling(top),
         warmup_steps=top.integer("warmup_steps", DEFAULT_WARMUP_STEPS, minimum=0),
+        resume=top.boolean("resume", False),
     )
 
 
@@ -204,6 +207,8 @@ def _env(top: Section) -> dict[str, str]:
     for key, value in env.items():
         if not isinstance(key, str) or not re.fullmatch(_ENV_NAME, key):
             raise top.expected("env", "variable names of letters, digits and '_'", key)
+        if key.startswith(contract.RESERVED_PREFIX):
+            raise top.fail(f"env.{key}", f"names starting with {contract.RESERVED_PREFIX} are set by the launcher; choose another name")
         out[key] = top.argv_item(f"env.{key}", value)
     return out
 

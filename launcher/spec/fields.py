@@ -114,6 +114,12 @@ class Section:
             raise self.expected(name, what, value)
         return value
 
+    def boolean(self, name: str, default: Any = _MISSING) -> Any:
+        value = self.get(name, default)
+        if not isinstance(value, bool):
+            raise self.expected(name, "true or false", value)
+        return value
+
     def choice(self, name: str, choices: list[str], default: Any = _MISSING) -> Any:
         value = self.get(name, default)
         if value not in choices:

@@ -1,0 +1,352 @@
+"""Runs no launcher is watching: detached runs, and attached runs whose launcher is gone.
+
+`launch status`, `launch logs` and `launch stop` ask each node how its part is going (the node
+supervisor's state file, and whether its container or process group still runs), follow the
+nodes' output, stop them, and, once a run has ended, bring every node's logs and metrics into the
+run directory and write its summary, exactly as an attached run leaves them.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from ..errors import EXIT_FAILED, EXIT_OK, LaunchError, SpecError
+from ..hosts.parallel import on_every_host
+from ..node import contract
+from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
+from ..results.summary import build_summary
+from . import rundir
+from .execute import RunOutcome
+from .rundir import RunPaths
+from .transport import LocalTransport, Transport
+
+WATCHED_SLACK_S = 5.0  # an attached run's lease file may be this much older than its lease
+
+
+class RunState(str, enum.Enum):
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM to an attached launcher
+    LOST = "lost"  # its launcher or a host went away and took the run down with it
+
+
+@dataclass
+class HostState:
+    state: str  # a contract node state, or "lost"
+    detail: str = ""
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExistingRun:
+    paths: RunPaths
+    plan: LaunchPlan
+    _transport: Transport | None = None
+
+    @property
+    def transport(self) -> Transport:
+        if self._transport is None:
+            self._transport = transport_for(self.paths, self.plan)
+        return self._transport
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    @property
+    def summary(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.paths.summary_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def watched(self) -> bool:
+        """Whether an attached launcher is watching the run now (it renews the run's lease file)."""
+        if self.plan.detached or self.plan.lease_s is None:
+            return False
+        try:
+            age = time.time() - self.paths.lease_file.stat().st_mtime
+        except OSError:
+            return False
+        return age < self.plan.lease_s + WATCHED_SLACK_S
+
+
+def find_run(given: Path, runs_dir: Path) -> Path:
+    """A run directory as given, or a run id under `runs_dir`; SpecError listing recent runs if neither."""
+    for candidate in (given, runs_dir / given):
+        if (candidate / "plan.json").is_file():
+            return candidate
+    recent = [p.name for p in list_runs(runs_dir)[-5:]]
+    hint = f"; recent runs in {runs_dir}: {', '.join(recent)}" if recent else f"; {runs_dir} holds no runs"
+    raise SpecError(f"{given}: not a run directory or a run id under {runs_dir}{hint}")
+
+
+def list_runs(runs_dir: Path) -> list[Path]:
+    """Run directories under `runs_dir` (also inside sweep folders), oldest first."""
+    found = [p.parent for p in runs_dir.glob("*/plan.json")] + [p.parent for p in runs_dir.glob("*/*/plan.json")]
+    return sorted(found, key=lambda p: (p.stat().st_mtime, p.name))
+
+
+def open_run(root: Path) -> ExistingRun:
+    paths = RunPaths(root.resolve())
+    try:
+        plan = LaunchPlan.from_json(json.loads(paths.plan_file.read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SpecError(f"{paths.plan_file}: cannot be read as a run's plan ({exc})") from None
+    return ExistingRun(paths, plan)
+
+
+def transport_for(paths: RunPaths, plan: LaunchPlan) -> Transport:
+    if all(node.is_local for node in plan.nodes):
+        return LocalTransport()
+    from ..hosts.remote import SshTransport  # the SSH library only for lab runs
+    from ..spec import load_cluster
+
+    cluster = load_cluster(paths.cluster_file)
+    hosts = {h.name: h for h in cluster.hosts}
+    missing = [n.host for n in plan.nodes if n.host not in hosts]
+    if missing:
+        raise SpecError(f"{paths.cluster_file}: has no host '{missing[0]}', which the run used")
+    return SshTransport(hosts, paths, plan.run_id)
+
+
+# ---- states
+def host_states(run: ExistingRun) -> dict[str, HostState]:
+    """How each node's part is going, asked of every host at once; a host that cannot be asked is lost."""
+
+    def ask(node: NodePlan) -> HostState:
+        record = run.transport.state(node)
+        state = record.get("state")
+        if record.get("alive"):
+            return HostState(contract.RUNNING, "", record)
+        if state in (contract.SUCCEEDED, contract.FAILED, contract.STOPPED):
+            return HostState(state, record.get("reason") or "", record)
+        local = _local_record(run.paths, node.host)  # collected already
+        if local.get("state") in (contract.SUCCEEDED, contract.FAILED, contract.STOPPED):
+            return HostState(local["state"], local.get("reason") or "", local)
+        return HostState("lost", "its processes are gone and it left no final state", record)
+
+    states, errors = on_every_host(run.plan.nodes, ask, lambda n: n.host)
+    for host, exc in errors.items():
+        states[host] = HostState("lost", f"unreachable: {exc}")
+    return {n.host: states[n.host] for n in run.plan.nodes}
+
+
+def _local_record(paths: RunPaths, host: str) -> dict[str, Any]:
+    try:
+        return json.loads(paths.node_status(host).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def run_state(hosts: dict[str, HostState]) -> RunState:
+    states = [h.state for h in hosts.values()]
+    causes = [h.record.get("cause") for h in hosts.values()]
+    if contract.RUNNING in states:
+        return RunState.RUNNING
+    if contract.FAILED in states or contract.STOPPED_FOR_PEER_FAILED in causes:
+        return RunState.FAILED
+    if "lost" in states or contract.STOPPED_BY_LEASE in causes or contract.STOPPED_FOR_PEER_LOST in causes:
+        return RunState.LOST
+    if contract.STOPPED in states:
+        return RunState.STOPPED
+    return RunState.SUCCEEDED
+
+
+def describe(run: ExistingRun) -> dict[str, Any]:
+    """One run's state for `launch status`: finished runs from their summary, others from their hosts
+    (and a run found ended is finished: its files collected and its summary written)."""
+    summary = run.summary
+    if summary is None:
+        hosts = host_states(run)
+        state = run_state(hosts)
+        if state is not RunState.RUNNING and not run.watched():
+            summary = finish(run, hosts, state)
+    if summary is not None:
+        host_map = {n.host: _local_record(run.paths, n.host).get("state") or summary["status"] for n in run.plan.nodes}
+        start, end = _times(run, {})
+        return _row(run, summary["status"], host_map, start, summary.get("wall_time_s"))
+    start, _ = _times(run, hosts)
+    elapsed = time.time() - start if start else None
+    return _row(run, state.value, {h: s.state for h, s in hosts.items()}, start, elapsed)
+
+
+def _row(run: ExistingRun, status: str, hosts: dict[str, str], start: float | None, elapsed: float | None) -> dict[str, Any]:
+    return {
+        "run_id": run.plan.run_id,
+        "status": status,
+        "detached": run.plan.detached,
+        "hosts": hosts,
+        "start_time": start,
+        "elapsed_s": round(elapsed, 1) if elapsed is not None else None,
+        "run_dir": str(run.paths.root),
+    }
+
+
+def _times(run: ExistingRun, hosts: dict[str, HostState]) -> tuple[float | None, float | None]:
+    records = [h.record for h in hosts.values()] or [_local_record(run.paths, n.host) for n in run.plan.nodes]
+    starts = [r["start_time"] for r in records if isinstance(r.get("start_time"), (int, float))]
+    ends = [r["end_time"] for r in records if isinstance(r.get("end_time"), (int, float))]
+    start = min(starts) if starts else run.paths.plan_file.stat().st_mtime
+    return start, (max(ends) if ends else None)
+
+
+# ---- finishing, stopping, following
+def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> dict[str, Any]:
+    """Collect every reachable node's files, then write and return the run's summary."""
+    outcome = RunOutcome(state.value, EXIT_OK if state is RunState.SUCCEEDED else EXIT_FAILED, 0.0)
+    for node in run.plan.nodes:
+        host = hosts[node.host]
+        outcome.node_exit_codes[node.host] = host.record.get("exit_code")
+        if host.state == "lost" and host.detail.startswith("unreachable"):
+            outcome.collect_errors[node.host] = f"{host.detail}; its logs stay on it ({node.node_dir})"
+            continue
+        try:
+            run.transport.collect(node)
+        except LaunchError as exc:
+            outcome.collect_errors[node.host] = str(exc)
+    failed = [h for h, s in hosts.items() if s.state == contract.FAILED]
+    lost = [h for h, s in hosts.items() if s.state == "lost"] or [s.record["lost"] for s in hosts.values() if s.record.get("lost")]
+    if failed:
+        outcome.failed_node = failed[0]
+    elif lost and state is RunState.LOST:
+        outcome.failed_node = outcome.lost_host = lost[0]
+    reasons = [f"{h}: {s.detail}" for h, s in hosts.items() if s.detail]
+    if reasons and state is not RunState.SUCCEEDED:
+        outcome.reason = "; ".join(reasons)
+    start, end = _times(run, {h: HostState(s.state, s.detail, _local_record(run.paths, h) or s.record) for h, s in hosts.items()})
+    outcome.wall_time_s = (end - start) if start and end else 0.0
+    summary = build_summary(run.plan, outcome, run.paths)
+    rundir.write_json(run.paths.summary_file, summary)
+    return summary
+
+
+def stop(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Any]:
+    """Stop every node's part (SIGTERM, then kill after the grace period), then finish the run."""
+    _, errors = on_every_host(run.plan.nodes, lambda n: run.transport.stop(n, grace_s), lambda n: n.host)
+    hosts = host_states(run)
+    for host, exc in errors.items():
+        hosts[host] = HostState("lost", f"unreachable: could not stop it: {exc}")
+    state = run_state(hosts)
+    if state is RunState.RUNNING:
+        raise LaunchError(f"run {run.plan.run_id}: still running on "
+                          f"{', '.join(h for h, s in hosts.items() if s.state == contract.RUNNING)} after the stop")
+    if state is RunState.SUCCEEDED and any(s.record.get("cause") == contract.STOPPED_BY_SIGNAL for s in hosts.values()):
+        state = RunState.STOPPED
+    if all(s.state == contract.STOPPED for s in hosts.values()):
+        state = RunState.STOPPED
+    return finish(run, hosts, state)
+
+
+def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str], None]) -> dict[str, Any]:
+    """Print every node's output from its host as it comes, until every node has ended; then finish
+    the run and return its summary."""
+    offsets = {n.host: 0 for n in run.plan.nodes}
+    partial = {n.host: b"" for n in run.plan.nodes}
+    ended: set[str] = set()
+    last_check = 0.0
+    while True:
+        for node in run.plan.nodes:
+            if node.host in ended:
+                continue
+            try:
+                data = run.transport.read_output(node, offsets[node.host])
+            except LaunchError:
+                continue  # a host that does not answer: its state says so below
+            offsets[node.host] += len(data)
+            lines = (partial[node.host] + data).split(b"\n")
+            partial[node.host] = lines.pop()
+            for line in lines:
+                if _show(line + b"\n", node.host, rank, out, say):
+                    ended.add(node.host)
+        out.flush()
+        if len(ended) == len(run.plan.nodes):
+            break
+        if time.monotonic() - last_check > 3:
+            last_check = time.monotonic()
+            hosts = host_states(run)
+            if run_state(hosts) is not RunState.RUNNING and not run.watched():
+                gone = [h for h, s in hosts.items() if s.state != contract.RUNNING]
+                if len(gone) == len(hosts):
+                    break
+        time.sleep(0.5)
+    hosts = host_states(run)
+    return finish(run, hosts, run_state(hosts))
+
+
+def _show(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None]) -> bool:
+    """Print one line of a node's output; True when it is the node's last (its end event)."""
+    event = contract.parse_event(line)
+    if event is not None:
+        if event.get("event") == "rank-start" and int(event.get("attempt") or 0) > 0 and (rank is None or event.get("rank") == rank):
+            say(f"launch: {host}: rank {event.get('rank')} starts attempt {int(event['attempt']) + 1} (restart {event['attempt']})")
+        elif event.get("event") == "stopping":
+            say(f"launch: {host} is stopping: {event.get('reason')}")
+        return event.get("event") == "node-end"
+    split = contract.split_rank_line(line, host)
+    if split is None:
+        if rank is None:
+            out.write(line)
+        return False
+    if rank is None or split[0] == rank:
+        out.write(line)
+    return False
+
+
+def print_local_logs(paths: RunPaths, rank: int | None, out: BinaryIO) -> None:
+    """Every collected rank log of the run, prefixed `[host/rank]`."""
+    logs = paths.rank_logs()
+    if rank is not None and rank not in logs:
+        raise SpecError(f"--rank: {rank} has no log in {paths.root}; ranks: {', '.join(map(str, logs)) or 'none'}")
+    for r, log in logs.items():
+        if rank is not None and r != rank:
+            continue
+        prefix = contract.rank_prefix(log.parent.name, r)
+        with log.open("rb") as fh:
+            for line in fh:
+                out.write(prefix + line.rstrip(b"\n") + b"\n")
+    out.flush()
+
+
+def follow_watched(run: ExistingRun, rank: int | None, out: BinaryIO) -> bool:
+    """Follow the local rank logs of a run its attached launcher is watching; True when the run ended
+    with a summary, False when its launcher stopped watching it without one."""
+    offsets: dict[Path, int] = {}
+    while True:
+        done = run.paths.summary_file.exists()
+        gone = not done and not run.watched()
+        for r, log in run.paths.rank_logs().items():
+            if rank is not None and r != rank:
+                continue
+            with log.open("rb") as fh:
+                fh.seek(offsets.get(log, 0))
+                data = fh.read()
+            # whole lines only, so a line being written is not split
+            end = len(data) if done else data.rfind(b"\n") + 1
+            offsets[log] = offsets.get(log, 0) + end
+            prefix = contract.rank_prefix(log.parent.name, r)
+            for line in data[:end].splitlines():
+                out.write(prefix + line + b"\n")
+        out.flush()
+        if done:
+            return True
+        if gone:
+            return False
+        time.sleep(0.5)
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    return EXIT_OK if summary.get("status") == RunState.SUCCEEDED.value else EXIT_FAILED
+
+
+def stderr_say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
