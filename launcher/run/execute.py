@@ -167,6 +167,7 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, 
     `launch logs --follow` shows them live; the complete log collected at the end replaces that
     copy); torchrun's own lines to the terminal; event lines to `attempts`."""
     live: dict[int, BinaryIO] = {}
+    paths.host_logs_dir(node.host).mkdir(parents=True, exist_ok=True)
     try:
         for line in proc.lines():
             event = contract.parse_event(line)

@@ -1,0 +1,175 @@
+"""Long runs on one box: a killed launcher leaves nothing, detached runs, restarts, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import launch, processes_of_run, run_id_of
+
+pytestmark = pytest.mark.integration
+
+LONG = ["--steps", "600", "--sleep", "0.1"]
+
+
+def start_launcher(job: Path, cwd: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "launcher", str(job), *extra], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(proc: subprocess.Popen, done, limit_s: float = 120) -> list[str]:
+    """The launcher's lines until `done(lines)` holds."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + limit_s
+    for line in proc.stdout:
+        seen.append(line)
+        if done(seen) or time.monotonic() > deadline:
+            break
+    return seen
+
+
+def wait_gone(run_id: str, limit_s: float) -> float:
+    """Seconds until no process of the run is left; fails after `limit_s`."""
+    started = time.monotonic()
+    while processes_of_run(run_id):
+        assert time.monotonic() - started < limit_s, f"still running after {limit_s} s: {processes_of_run(run_id)}"
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
+def status(run: str, cwd: Path) -> dict:
+    result = launch("status", run, "--json", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_a_killed_launcher_leaves_no_rank_and_its_logs_come_back(probe_job, tmp_path: Path) -> None:
+    job = probe_job(LONG)
+    proc = start_launcher(job, tmp_path)
+    seen = read_until(proc, lambda lines: sum("] step 3" in line for line in lines) == 2)
+    run_id = run_id_of("".join(seen))
+    assert processes_of_run(run_id), "the run is going"
+    proc.kill()
+    proc.wait()
+    assert wait_gone(run_id, 20) < 20
+    record = json.loads((tmp_path / "runs" / run_id / "logs/box/node.status.json").read_text())
+    assert (record["state"], record["cause"]) == ("stopped", "lease")
+    deadline = time.monotonic() + 30
+    while status(run_id, tmp_path)["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(1)
+    # the lease file ages out, then status says what happened and writes the summary
+    while not (tmp_path / "runs" / run_id / "summary.json").exists() and time.monotonic() < deadline:
+        time.sleep(1)
+        row = status(run_id, tmp_path)
+    assert row["status"] == "lost" and row["hosts"] == {"box": "stopped"}
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert summary["status"] == "lost" and "stopped renewing its lease" in summary["reason"]
+    follow = launch("logs", run_id, "--follow", cwd=tmp_path, timeout=30)
+    assert follow.returncode == 1 and "[box/1] step 3" in follow.stdout.splitlines()
+
+
+def test_logs_follow_ends_when_the_attached_launcher_is_killed(probe_job, tmp_path: Path) -> None:
+    job = probe_job(LONG)
+    proc = start_launcher(job, tmp_path)
+    seen = read_until(proc, lambda lines: any("] step 2" in line for line in lines))
+    run_id = run_id_of("".join(seen))
+    follower = subprocess.Popen([sys.executable, "-m", "launcher", "logs", run_id, "--follow"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2)
+    assert follower.poll() is None, "it follows while the launcher watches the run"
+    proc.kill()
+    proc.wait()
+    out, err = follower.communicate(timeout=60)
+    assert follower.returncode == 1, out[-500:] + err
+    assert "launcher stopped watching it" in err and "[box/0] step 2" in out.splitlines()
+
+
+def test_detached_run_status_follow_and_summary(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "25", "--sleep", "0.2"])
+    started = time.monotonic()
+    result = launch(str(job), "--detach", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert time.monotonic() - started < 15
+    run_id = result.stdout.split()[2]
+    assert f"run directory {tmp_path / 'runs' / run_id}" in result.stdout
+    assert status(run_id, tmp_path) | {"elapsed_s": 0, "start_time": 0} == {
+        "run_id": run_id, "status": "running", "detached": True, "hosts": {"box": "running"},
+        "start_time": 0, "elapsed_s": 0, "run_dir": str(tmp_path / "runs" / run_id)}
+    follow = launch("logs", run_id, "--follow", cwd=tmp_path, timeout=120)
+    assert follow.returncode == 0, follow.stdout[-1000:] + follow.stderr
+    lines = follow.stdout.splitlines()
+    assert "[box/0] step 24" in lines and "[box/1] step 24" in lines
+    assert not any("launch-event" in line for line in lines)
+    run = tmp_path / "runs" / run_id
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and [r["steps"] for r in summary["ranks"]] == [22, 22]
+    assert "step 24" in (run / "logs/box/rank1.log").read_text()
+    assert status(run_id, tmp_path)["status"] == "succeeded"
+    assert processes_of_run(run_id) == []
+
+
+def test_detached_run_with_a_failing_rank_ends_by_itself(probe_job, tmp_path: Path) -> None:
+    job = probe_job(LONG + ["--fail-rank", "1", "--fail-step", "5", "--fail-code", "4"])
+    result = launch(str(job), "--detach", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = result.stdout.split()[2]
+    wait_gone(run_id, 60)
+    row = status(run_id, tmp_path)
+    assert row["status"] == "failed" and row["hosts"] == {"box": "failed"}
+    failure = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())["failure"]
+    assert (failure["rank"], failure["exit_code"]) == (1, 4)
+
+
+def test_stop_of_a_detached_run_leaves_nothing(probe_job, tmp_path: Path) -> None:
+    job = probe_job(LONG)
+    result = launch(str(job), "--detach", cwd=tmp_path)
+    run_id = result.stdout.split()[2]
+    deadline = time.monotonic() + 60
+    log = tmp_path / "runs" / run_id / "logs/box/rank0.log"
+    while not (log.exists() and "step 2" in log.read_text()):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    stopped = launch("stop", run_id, cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    assert processes_of_run(run_id) == []
+    assert status(run_id, tmp_path)["status"] == "stopped"
+    assert json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())["status"] == "stopped"
+    assert launch("stop", run_id, cwd=tmp_path).stdout.startswith(f"launch: run {run_id} has ended already (stopped)")
+
+
+def test_a_rank_that_fails_once_restarts_keeps_both_attempts_and_resumes(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "12", "--sleep", "0.05", "--fail-rank", "1", "--fail-step", "6", "--fail-once",
+                     "--checkpoint"], extra="max_restarts: 1\n")
+    result = launch(str(job), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "launch: attempt 2 of 2 (restart 1): the last attempt ended because rank 1 on box exited with code 3" in result.stdout
+    assert "[box/1] resumed from step 6" in result.stdout.splitlines()
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and summary["restarts"] == 1
+    first = (run / "logs/box/rank1.attempt0.log").read_text()
+    assert "rank 1 failing on purpose" in first and "resumed" not in first
+    assert "resumed from step 6" in (run / "logs/box/rank1.log").read_text()
+    assert json.loads((run / "logs/box/rank1.attempt0.status.json").read_text())["exit_code"] == 3
+
+
+def test_checkpoint_dir_is_kept_with_resume_and_emptied_otherwise(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "4", "--checkpoint"], nproc=1)
+    first = launch(str(job), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout + first.stderr
+    plan = json.loads((tmp_path / "runs" / run_id_of(first.stdout) / "plan.json").read_text())
+    checkpoints = Path(plan["nodes"][0]["env"]["LAUNCH_CHECKPOINT_DIR"])
+    assert checkpoints == tmp_path / "runs/checkpoints/probe/box" and (checkpoints / "rank0.step").read_text() == "4"
+    job.write_text(job.read_text().replace('"4"', '"6"'))
+    resumed = launch(str(job), "--resume", cwd=tmp_path)
+    assert "[box/0] resumed from step 4" in resumed.stdout.splitlines() and "[box/0] step 5" in resumed.stdout
+    fresh = launch(str(job), cwd=tmp_path)
+    assert "resumed" not in fresh.stdout and "[box/0] step 0" in fresh.stdout.splitlines()
