@@ -70,6 +70,25 @@ def probe_job(tmp_path: Path):
     return make
 
 
+def lab_job(tmp_path: Path, lab, base_image: str, script: Path, args: list[str], extra: str = "") -> Path:
+    """A docker job for the lab's three hosts, one process each, running `script` with `args`."""
+    workdir = tmp_path / "job"
+    workdir.mkdir(exist_ok=True)
+    shutil.copy(script, workdir / script.name)
+    command = json.dumps(["python", script.name, *args])
+    (workdir / "job.yaml").write_text(
+        f"name: lab-{script.stem}\ncluster: {lab.cluster_file}\nnproc_per_node: 1\nbackend: gloo\n"
+        f"command: {command}\nenv: {{OMP_NUM_THREADS: '1'}}\nimage: {{base: '{base_image}'}}\n"
+        f"runtime: docker\ntimeout: 4m\n{extra}"
+    )
+    return workdir / "job.yaml"
+
+
+def containers(lab) -> dict[str, list[str]]:
+    """Each host's containers of any run, asked of its engine directly (not over SSH, which a fault may cut)."""
+    return {h.name: lab.docker(h.name, "ps", "-aq", "--filter", "label=launch.run_id").stdout.decode().split() for h in lab.hosts}
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under CI nothing may be skipped: a skip there hides a missing piece of the set-up."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,27 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROBE, ROOT, assert_secret_nowhere, launch, run_id_of
+from conftest import PROBE, ROOT, assert_secret_nowhere, containers, lab_job, launch, run_id_of
 
 pytestmark = pytest.mark.integration
-
-
-def lab_job(tmp_path: Path, lab, base_image: str, script: Path, args: list[str], extra: str = "") -> Path:
-    """A docker job for the lab's three hosts, one process each, running `script` with `args`."""
-    workdir = tmp_path / "job"
-    workdir.mkdir(exist_ok=True)
-    shutil.copy(script, workdir / script.name)
-    command = json.dumps(["python", script.name, *args])
-    (workdir / "job.yaml").write_text(
-        f"name: lab-{script.stem}\ncluster: {lab.cluster_file}\nnproc_per_node: 1\nbackend: gloo\n"
-        f"command: {command}\nenv: {{OMP_NUM_THREADS: '1'}}\nimage: {{base: '{base_image}'}}\n"
-        f"runtime: docker\ntimeout: 4m\n{extra}"
-    )
-    return workdir / "job.yaml"
-
-
-def containers(lab) -> dict[str, list[str]]:
-    return {h.name: lab.ssh(h.name, "docker ps -aq --filter label=launch.run_id").stdout.decode().split() for h in lab.hosts}
 
 
 def test_three_hosts_allreduce_with_known_answer(tmp_path: Path, lab, base_image: str) -> None:

@@ -156,7 +156,8 @@ class Heartbeat:
         }
 
     def reachable(self, host: str) -> bool:
-        return self.silent_for(host) < 2 * RENEW_EVERY_S + 6
+        """Whether the host answered lately: a healthy host answers every RENEW_EVERY_S."""
+        return self.silent_for(host) < 2 * RENEW_EVERY_S
 
     def stop(self) -> None:
         self.done.set()
@@ -208,7 +209,7 @@ def execute(
     """
     started = time.monotonic()
     procs: dict[str, NodeProcess] = {}
-    readers: list[threading.Thread] = []
+    readers: list[tuple[str, threading.Thread]] = []
     interrupt = _Interrupt()
     attempts = Attempts(plan.max_restarts, console)
     heartbeat = Heartbeat(plan.nodes, transport, paths)
@@ -223,8 +224,8 @@ def execute(
             unreachable = {h for h in procs if not heartbeat.reachable(h)}
             _stop_all({h: p for h, p in procs.items() if h not in unreachable}, grace_s, console)
             heartbeat.stop()
-        for reader in readers:
-            reader.join(timeout=grace_s)
+        for host, reader in readers:
+            reader.join(timeout=0 if host in unreachable else grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
         for node in plan.nodes:
             if node.host in unreachable:
@@ -267,7 +268,7 @@ def _start_all(plan, transport, secrets, procs, readers, paths, console, attempt
             return RunOutcome("failed", EXIT_FAILED, 0.0, failed_node=node.host, reason=f"could not start node {node.host}: {exc}")
         reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console, attempts), daemon=True)
         reader.start()
-        readers.append(reader)
+        readers.append((node.host, reader))
     return None
 
 

@@ -1,0 +1,190 @@
+"""Long runs on the simulated lab: the launcher killed or cut off, a host lost, detached runs,
+restarts across hosts. Real sshd and dockerd per host; faults made with the lab's own controls."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PROBE, containers, lab_job, launch, processes_of_run, run_id_of
+
+pytestmark = pytest.mark.integration
+
+LONG = ["--steps", "900", "--sleep", "0.1"]
+NOTHING = {"h1": [], "h2": [], "h3": []}
+
+
+def start(job: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(cwd / "runs")], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def until_every_rank_stepped(proc: subprocess.Popen, step: int = 3) -> str:
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if sum(f"] step {step}" in s for s in seen) == 3:
+            break
+    return "".join(seen)
+
+
+def seconds_until_nothing_left(lab, run_id: str, limit_s: float, hosts=("h1", "h2", "h3")) -> float:
+    """From now until no process of the run is left on the machine (every host shares its process
+    table) and no container of it on `hosts`."""
+    started = time.monotonic()
+    while True:
+        left = [p for p in processes_of_run(run_id) if _host_of(lab, p) in hosts]
+        boxes = {h: ids for h, ids in containers(lab).items() if h in hosts and ids}
+        if not left and not boxes:
+            return time.monotonic() - started
+        assert time.monotonic() - started < limit_s, f"after {limit_s} s: processes {left}, containers {boxes}"
+        time.sleep(0.2)
+
+
+def status_json(run_id: str, cwd: Path) -> dict:
+    result = launch("status", run_id, "--json", "--runs-dir", str(cwd / "runs"), cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_sigkill_of_the_launcher_leaves_nothing_and_the_hosts_keep_the_logs(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, LONG)
+    proc = start(job, tmp_path)
+    run_id = run_id_of(until_every_rank_stepped(proc))
+    assert all(containers(lab).values())
+    proc.kill()
+    proc.wait()
+    assert seconds_until_nothing_left(lab, run_id, 20) < 20
+    for host in ("h1", "h2", "h3"):  # each host keeps the run's logs and metrics
+        assert lab.ssh(host, f"ls /tmp/launch-runs-root/{run_id}/{host}/logs/{host}").stdout.decode().split().count("node.out") == 1
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "runs" / run_id / "summary.json").exists():
+        assert time.monotonic() < deadline
+        row = status_json(run_id, tmp_path)  # the run's lease file ages out; then status collects
+        time.sleep(1)
+    assert row["status"] == "lost" and row["hosts"] == {"h1": "stopped", "h2": "stopped", "h3": "stopped"}
+    assert json.loads((tmp_path / "runs" / run_id / "logs/h3/rank2.status.json").read_text())["stopped"] is True
+    assert lab.ssh("h2", f"test -e /tmp/launch-runs-root/{run_id}", check=False).returncode == 1
+    logs = launch("logs", run_id, "--runs-dir", str(tmp_path / "runs"), "--rank", "1", cwd=tmp_path)
+    assert "[h2/1] step 3" in logs.stdout.splitlines()
+
+
+def test_the_launcher_cut_off_from_one_host_leaves_nothing(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, LONG)
+    proc = start(job, tmp_path)
+    run_id = run_id_of(until_every_rank_stepped(proc))
+    lab.cut_launcher("h2")
+    try:
+        assert seconds_until_nothing_left(lab, run_id, 20) < 20
+        rest, _ = proc.communicate(timeout=60)
+    finally:
+        lab.restore_launcher("h2")
+    assert proc.returncode == 1, rest[-2000:]
+    assert "host h2 was lost" in rest
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert (summary["status"], summary["failure"]["host"], summary["lost_host"]) == ("failed", "h2", "h2")
+    assert containers(lab) == NOTHING
+
+
+def test_a_host_lost_mid_run_is_named_and_the_others_stop(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, LONG)
+    proc = start(job, tmp_path)
+    run_id = run_id_of(until_every_rank_stepped(proc))
+    lab.cut_link("h3")
+    cut = time.monotonic()
+    try:
+        rest, _ = proc.communicate(timeout=60)
+        seconds = time.monotonic() - cut
+        others = seconds_until_nothing_left(lab, run_id, 20, hosts=("h1", "h2"))
+    finally:
+        lab.restore_link("h3")
+    assert proc.returncode == 1, rest[-2000:]
+    assert seconds < 30, seconds
+    assert "host h3 was lost" in rest, rest[-2000:]
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert (summary["status"], summary["failure"]["host"], summary["lost_host"]) == ("failed", "h3", "h3")
+    assert others < 20
+    assert seconds_until_nothing_left(lab, run_id, 30) < 30, "h3's part stops by itself too"
+
+
+def _host_of(lab, pid: int) -> str | None:
+    """Which lab host a process lives on, by its network namespace."""
+    try:
+        inode = os.stat(f"/proc/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+    for host in lab.hosts:
+        if os.stat(f"/run/netns/{host.netns}").st_ino == inode:
+            return host.name
+    return None
+
+
+def test_a_detached_run_is_watched_followed_and_collected(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "40", "--sleep", "0.25"])
+    result = launch(str(job), "--detach", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    run_id = result.stdout.splitlines()[-2].split()[2]
+    row = status_json(run_id, tmp_path)
+    assert (row["status"], row["detached"], row["hosts"]) == ("running", True, {"h1": "running", "h2": "running", "h3": "running"})
+    follow = launch("logs", run_id, "--follow", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, timeout=180)
+    assert follow.returncode == 0, follow.stdout[-2000:] + follow.stderr
+    lines = follow.stdout.splitlines()
+    assert all(f"[{host}/{rank}] step 39" in lines for rank, host in enumerate(("h1", "h2", "h3")))
+    run = tmp_path / "runs" / run_id
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "succeeded" and [r["host"] for r in summary["ranks"]] == ["h1", "h2", "h3"]
+    for rank, host in enumerate(("h1", "h2", "h3")):
+        assert "step 39" in (run / "logs" / host / f"rank{rank}.log").read_text()
+        assert len((run / "metrics" / f"rank{rank}.jsonl").read_text().splitlines()) == 40
+    assert status_json(run_id, tmp_path)["status"] == "succeeded"
+    assert containers(lab) == NOTHING
+
+
+def test_a_detached_run_with_a_failing_rank_ends_on_every_host(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, LONG + ["--fail-rank", "1", "--fail-step", "8", "--fail-code", "6"])
+    result = launch(str(job), "--detach", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    run_id = result.stdout.splitlines()[-2].split()[2]
+    assert seconds_until_nothing_left(lab, run_id, 90) < 90
+    row = status_json(run_id, tmp_path)
+    assert row["status"] == "failed" and row["hosts"] == {"h1": "stopped", "h2": "failed", "h3": "stopped"}
+    failure = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())["failure"]
+    assert (failure["host"], failure["rank"], failure["exit_code"]) == ("h2", 1, 6)
+
+
+def test_stop_of_a_detached_run_leaves_nothing(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, LONG)
+    result = launch(str(job), "--detach", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    run_id = result.stdout.splitlines()[-2].split()[2]
+    time.sleep(3)
+    stopped = launch("stop", run_id, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, timeout=120)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert processes_of_run(run_id) == [] and containers(lab) == NOTHING
+    assert status_json(run_id, tmp_path)["status"] == "stopped"
+    for host in ("h1", "h2", "h3"):
+        assert lab.ssh(host, f"test -e /tmp/launch-runs-root/{run_id}", check=False).returncode == 1
+
+
+def test_a_crash_restarts_every_host_and_resumes_from_its_checkpoint(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "30", "--sleep", "0.1", "--fail-rank", "2",
+                                                     "--fail-step", "10", "--fail-once", "--checkpoint"],
+                  extra="max_restarts: 1\n")
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert "launch: attempt 2 of 2 (restart 1): the last attempt ended because rank 2 on h3 exited with code 3" in result.stdout
+    assert "[h3/2] resumed from step 10" in result.stdout.splitlines()
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["status"], summary["restarts"]) == ("succeeded", 1)
+    for rank, host in enumerate(("h1", "h2", "h3")):  # every host restarted, and kept both attempts
+        assert (run / "logs" / host / f"rank{rank}.attempt0.log").is_file()
+        assert "step 29" in (run / "logs" / host / f"rank{rank}.log").read_text()
+    assert "rank 2 failing on purpose" in (run / "logs/h3/rank2.attempt0.log").read_text()
+    assert containers(lab) == NOTHING
