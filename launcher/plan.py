@@ -268,7 +268,7 @@ def _node(
         f"--nproc-per-node={nproc}",
         f"--master-addr={master_addr}",
         f"--master-port={job.rdzv_port}",
-        f"--max-restarts={job.max_restarts}",
+        "--max-restarts=0",  # the node supervisors restart the whole group, on every node
         f"--rdzv-id={run_id}",
     ]
     if not host.is_local:
@@ -277,7 +277,7 @@ def _node(
     supervisor = [
         python, "-m", SUPERVISOR_MODULE,
         "--node-dir", seen_dir, "--host", host.name, "--node-rank", str(node_rank),
-        "--peers", str(nnodes), "--grace", f"{STOP_GRACE_S:g}",
+        "--peers", str(nnodes), "--grace", f"{STOP_GRACE_S:g}", "--max-restarts", str(job.max_restarts),
         "--checkpoint-dir", seen_checkpoints,
     ]
     if nnodes > 1:

@@ -19,8 +19,7 @@ LOG_DIR = "LAUNCH_LOG_DIR"
 METRICS_DIR = "LAUNCH_METRICS_DIR"
 CHECKPOINT_DIR = "LAUNCH_CHECKPOINT_DIR"
 SECRETS_FILE_VAR = "LAUNCH_SECRETS_FILE"  # read and removed by the rank wrapper, never seen by the rank
-# set by torchrun for every worker: 0 for the first attempt, then 1, 2, ... after each restart
-RESTART_COUNT = "TORCHELASTIC_RESTART_COUNT"
+ATTEMPT = "LAUNCH_ATTEMPT"  # set by the node supervisor: 0, then 1, 2, ... after each restart of the group
 
 # ---- the layout of a run's folder: the run directory here, a node's folder on a host, the mount
 LOGS = "logs"

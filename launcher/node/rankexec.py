@@ -7,7 +7,7 @@ torchrun starts `python -m launcher.node.rankexec COMMAND...` once per rank. Lik
   and `[$LAUNCH_HOST/$RANK] line` to its own stdout, one write per line so ranks never interleave;
 - forwards SIGTERM/SIGINT/SIGHUP to the command, and makes sure the command dies with it;
 - writes `$LAUNCH_LOG_DIR/rank$RANK.status.json` (exit code, times) when the command ends;
-- after a restart (torchrun's attempt K > 0), first keeps the earlier attempt's log and status as
+- after a restart of the group (attempt K > 0, `contract.ATTEMPT`), first keeps the earlier attempt's log and status as
   `rank$RANK.attempt<K-1>.*`, so every attempt's output is kept;
 - says when the rank starts and ends as event lines (`contract.event_line`) for the launcher;
 - exits with the command's exit code (128 + N when signal N ended it).
@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
         os.makedirs(log_dir, exist_ok=True)
     if os.environ.get(contract.METRICS_DIR):
         os.makedirs(os.environ[contract.METRICS_DIR], exist_ok=True)
-    attempt = int(os.environ.get(contract.RESTART_COUNT, "0") or 0)
+    attempt = int(os.environ.get(contract.ATTEMPT, "0") or 0)
     if log_dir:
         if attempt > 0:
             _keep_attempt(log_dir, rank, attempt - 1)

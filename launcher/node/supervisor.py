@@ -10,6 +10,9 @@ It makes a node's part end on its own, whatever happens to the launcher:
   `--coordinator ADDR:PORT`, the others connect to it and exchange a beat every second. When one
   node's torchrun fails, or a node stops answering for `--peer-timeout` seconds (its host lost),
   every node is stopped: fail-fast done on the nodes, with or without a launcher;
+- with `--max-restarts N`, when a node's torchrun fails, every node stops its torchrun, waits
+  until all have, and starts the next attempt (`contract.ATTEMPT` tells the ranks which), up to N
+  times: the whole group restarts on every host, with the same node ranks;
 - on SIGTERM/SIGINT/SIGHUP (`launch stop`, `docker kill`) it stops torchrun too.
 Stopping is SIGTERM to torchrun's process group, then SIGKILL to every process descended from the
 supervisor (it is their subreaper) after `--grace` seconds. Throughout, it writes every line of
@@ -44,14 +47,21 @@ class Supervisor:
         self.args = args
         self.log_dir, _ = contract.node_dirs(args.node_dir, args.host)
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # a restart was asked for, or may begin
         self.stop_reason: str | None = None
         self.cause: str | None = None  # why the node was stopped: one of contract.STOP_CAUSES
         self.lost: str | None = None  # the host whose loss stopped the node, when one did
         self.stopping = threading.Event()
         self.child: subprocess.Popen | None = None
+        self.signaled = False  # the current torchrun was told to end (a stop or a restart)
         self.started = time.time()
-        self.restarts = 0
+        self.attempt = 0
+        self.restart_to = 0  # the attempt the group is moving to (> attempt while restarting)
+        self.restart_reason = ""
+        self.go_to = 0  # the attempt every node is ready for
+        self.rank_failure: str | None = None  # the first rank that failed on its own in this attempt
         self.echo_ok = args.echo
+        self.mesh: Mesh | None = None
 
     # ---- output and state
     def emit(self, line: bytes, agent_log=None) -> None:
@@ -77,7 +87,8 @@ class Supervisor:
             "state": state,
             "pid": os.getpid(),
             "start_time": self.started,
-            "restarts": self.restarts,
+            "attempt": self.attempt,
+            "restarts": self.attempt,
             **fields,
         }
         path = os.path.join(self.log_dir, contract.NODE_STATUS)
@@ -86,7 +97,7 @@ class Supervisor:
             json.dump(record, fh)
         os.replace(tmp, path)
 
-    # ---- stopping
+    # ---- stopping, restarting
     def stop(self, cause: str, reason: str, lost: str | None = None) -> None:
         """Stop the node's part (once): SIGTERM to torchrun now, SIGKILL to what is left later."""
         with self.lock:
@@ -94,22 +105,43 @@ class Supervisor:
                 return
             self.cause, self.stop_reason, self.lost = cause, reason, lost
             self.stopping.set()
+            self.changed.notify_all()
         self.event("stopping", cause=cause, reason=reason, lost=lost)
-        if self.child is not None:
-            _signal_group(self.child.pid, signal.SIGTERM)
-            threading.Thread(target=self._kill_after_grace, daemon=True).start()
+        self._end_child()
 
-    def _kill_after_grace(self) -> None:
+    def request_restart(self, attempt: int, reason: str) -> None:
+        """The group moves to `attempt`: end this node's torchrun of the current one."""
+        with self.lock:
+            if attempt <= self.restart_to:
+                return
+            self.restart_to, self.restart_reason = attempt, reason
+            self.changed.notify_all()
+        self._end_child()
+
+    def go(self, attempt: int) -> None:
+        with self.lock:
+            self.go_to = max(self.go_to, attempt)
+            self.changed.notify_all()
+
+    def _end_child(self) -> None:
+        child = self.child
+        if child is not None and child.poll() is None:
+            self.signaled = True
+            _signal_group(child.pid, signal.SIGTERM)
+            threading.Thread(target=self._kill_after_grace, args=(child,), daemon=True).start()
+
+    def _kill_after_grace(self, child: subprocess.Popen) -> None:
         deadline = time.monotonic() + self.args.grace
         while time.monotonic() < deadline:
-            if self.child is not None and self.child.poll() is not None and not _descendants(os.getpid()):
+            if child.poll() is not None and not _descendants(os.getpid()):
                 return
             time.sleep(0.1)
-        for pid in _descendants(os.getpid()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if self.child is child or self.stopping.is_set():
+            for pid in _descendants(os.getpid()):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
     def _on_signal(self, signum: int, _frame) -> None:
         self.stop(contract.STOPPED_BY_SIGNAL, f"{signal.Signals(signum).name} received")
@@ -139,70 +171,123 @@ class Supervisor:
                 _empty(self.args.checkpoint_dir)
             os.makedirs(self.args.checkpoint_dir, exist_ok=True)
         if self.args.lease:  # the lease runs from the node's start, whatever the launcher did before
-            with open(os.path.join(self.args.node_dir, contract.LEASE_FILE), "a"):
+            lease = os.path.join(self.args.node_dir, contract.LEASE_FILE)
+            with open(lease, "a"):
                 pass
-            os.utime(os.path.join(self.args.node_dir, contract.LEASE_FILE), None)
+            os.utime(lease, None)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.output = open(os.path.join(self.log_dir, contract.NODE_OUTPUT), "ab", buffering=0)
         self.write_status(contract.RUNNING)
-        mesh = Mesh(self) if self.args.peers > 1 else None
-        if mesh:
-            mesh.start()
+        if self.args.peers > 1:
+            self.mesh = Mesh(self)
+            self.mesh.start()
         if self.args.lease:
             threading.Thread(target=self._watch_lease, daemon=True).start()
-        code = self._run_child(argv)
-        stopped = self.stopping.is_set()  # before the mesh, which stops this node when its own torchrun failed
-        if mesh:
-            mesh.finish(code)
-        if stopped:
+        code, failed_itself = self._attempts(argv)
+        if self.mesh:
+            self.mesh.finish(code)
+        if failed_itself:
+            state = contract.FAILED
+        elif self.stopping.is_set() or code != 0:
             state = contract.STOPPED
         else:
-            state = contract.SUCCEEDED if code == 0 else contract.FAILED
+            state = contract.SUCCEEDED
         self.event("node-end", state=state, exit_code=code, cause=self.cause, reason=self.stop_reason, lost=self.lost,
-                   restarts=self.restarts)
+                   restarts=self.attempt)
         self.write_status(state, exit_code=code, end_time=time.time(), cause=self.cause, reason=self.stop_reason,
                           lost=self.lost)
         self.output.close()
         return code
 
+    def _attempts(self, argv: list[str]) -> tuple[int, bool]:
+        """Run torchrun, again for every restart of the group; its last exit code, and whether that
+        attempt failed on its own (not stopped by this supervisor)."""
+        while True:
+            self.signaled, self.rank_failure = False, None
+            code = self._run_child(argv)
+            failed_itself = code != 0 and not self.signaled
+            if self.stopping.is_set():
+                return code, failed_itself
+            with self.lock:
+                restart_asked = self.restart_to > self.attempt
+            if not restart_asked:
+                if code == 0 or self.attempt >= self.args.max_restarts:
+                    return code, failed_itself
+                why = self.rank_failure or f"torchrun on {self.args.host} exited with code {code}"
+                if self.mesh is None:
+                    self.request_restart(self.attempt + 1, why)
+                else:
+                    self.mesh.failed(self.attempt, why)
+            if not self._next_attempt():
+                return code, failed_itself
+
+    def _next_attempt(self) -> bool:
+        """Wait until the group may start the attempt it moves to (every node's torchrun ended)."""
+        with self.lock:
+            while self.restart_to <= self.attempt and not self.stopping.is_set():
+                self.changed.wait()
+            target = self.restart_to
+        if self.mesh is None:
+            self.go(target)
+        else:
+            self.mesh.ready(target)
+        with self.lock:
+            while self.go_to < target and not self.stopping.is_set():
+                self.changed.wait()
+            if self.stopping.is_set():
+                return False
+            self.attempt = target
+            reason = self.restart_reason
+        self.event("attempt", attempt=target, attempts=self.args.max_restarts + 1, reason=reason)
+        self.write_status(contract.RUNNING)
+        return True
+
     def _run_child(self, argv: list[str]) -> int:
         if self.stopping.is_set():
             return 128 + signal.SIGTERM
+        env = dict(os.environ, **{contract.ATTEMPT: str(self.attempt)})
         try:
-            self.child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, start_new_session=True,
-                                          preexec_fn=_die_with_parent)
+            child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         except OSError as exc:
             self.emit(f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode())
             return 127
-        if self.stopping.is_set():  # stopped while starting
-            _signal_group(self.child.pid, signal.SIGTERM)
-            threading.Thread(target=self._kill_after_grace, daemon=True).start()
+        self.child = child
+        if self.stopping.is_set() or self.restart_to > self.attempt:  # asked to end while starting
+            self._end_child()
         with open(os.path.join(self.log_dir, contract.AGENT_LOG), "ab", buffering=0) as agent_log:
-            assert self.child.stdout is not None
-            for line in iter(self.child.stdout.readline, b""):
+            assert child.stdout is not None
+            for line in iter(child.stdout.readline, b""):
                 if not line.endswith(b"\n"):
                     line += b"\n"
                 event = contract.parse_event(line)
                 if event is not None:
-                    if event.get("event") == "rank-start":
-                        self.restarts = max(self.restarts, int(event.get("attempt") or 0))
+                    if (event.get("event") == "rank-end" and event.get("exit_code") not in (0, None)
+                            and not event.get("stopped") and self.rank_failure is None):
+                        self.rank_failure = f"rank {event.get('rank')} on {self.args.host} exited with code {event['exit_code']}"
                     self.emit(line)
                 elif contract.split_rank_line(line, self.args.host) is not None:
                     self.emit(line)
                 else:
                     self.emit(contract.agent_prefix(self.args.host) + line, agent_log)
-        code = self.child.wait()
+        code = child.wait()
         code = 128 - code if code < 0 else code
-        # what torchrun left behind (a rank that ignored SIGTERM) ends with the node
+        # what torchrun left behind (a rank that ignored SIGTERM) ends with its attempt
         if _descendants(os.getpid()):
-            self._kill_after_grace()
+            self.signaled = self.signaled or code == 0
+            self._kill_after_grace(child)
         return code
 
 
 class Mesh:
-    """The supervisors of one run in touch: node 0 coordinates, the others report to it."""
+    """The supervisors of one run in touch: node 0 coordinates, the others report to it.
+
+    One line per message. To node 0: `hello RANK HOST`, `beat`, `failed ATTEMPT REASON` (its
+    torchrun failed and restarts are left), `ready ATTEMPT` (its torchrun of the attempt before
+    ended), `end CODE` (its part is over). From node 0: `node0 HOST`, `beat`, `restart ATTEMPT
+    REASON`, `go ATTEMPT` (every node is ready), `stop CAUSE REASON`.
+    """
 
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
@@ -213,6 +298,8 @@ class Mesh:
         self.mlock = threading.Lock()
         self.conn: socket.socket | None = None
         self.ended = threading.Event()
+        self.restarting = 0  # node 0: the attempt the group is moving to
+        self.ready_for: dict[int, set[int]] = {}  # node 0: attempt -> node ranks whose torchrun ended
 
     @property
     def is_coordinator(self) -> bool:
@@ -283,6 +370,12 @@ class Mesh:
                     if code != 0:
                         self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node {rank} ({host}) failed with exit code {code}")
                     return
+                if words and words[0] in ("failed", "ready") and len(words) > 1:
+                    attempt, _, reason = words[1].strip().partition(" ")
+                    if attempt.isdigit() and words[0] == "failed":
+                        self._on_failed(int(attempt), reason)
+                    elif attempt.isdigit():
+                        self._on_ready(rank, int(attempt))
         except OSError:
             pass
         if rank is not None:
@@ -291,6 +384,44 @@ class Mesh:
             if member["ended"] is None:
                 self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"lost node {rank} ({member['host']}): its connection dropped",
                                lost=member["host"])
+
+    def _on_failed(self, attempt: int, reason: str) -> None:
+        """A node's torchrun of `attempt` failed: the whole group moves to the next attempt."""
+        with self.mlock:
+            if attempt + 1 <= self.restarting:
+                return  # that restart is under way already
+            if attempt >= self.sup.args.max_restarts or any(m["ended"] is not None for m in self.members.values()):
+                restart = False
+            else:
+                restart, self.restarting = True, attempt + 1
+        if not restart:
+            self._stop_all(contract.STOPPED_FOR_PEER_FAILED, reason)
+            return
+        self._broadcast(f"restart {attempt + 1} {reason}")
+        self.sup.request_restart(attempt + 1, reason)
+
+    def _on_ready(self, rank: int, attempt: int) -> None:
+        with self.mlock:
+            ready = self.ready_for.setdefault(attempt, set())
+            ready.add(rank)
+            everyone = len(ready) == self.sup.args.peers
+        if everyone:
+            self._broadcast(f"go {attempt}")
+            self.sup.go(attempt)
+
+    def failed(self, attempt: int, reason: str) -> None:
+        """This node's torchrun failed and restarts are left: ask node 0 to restart the group."""
+        if self.is_coordinator:
+            self._on_failed(attempt, reason)
+        elif self.conn is not None:
+            self._send(self.conn, f"failed {attempt} {reason}")
+
+    def ready(self, attempt: int) -> None:
+        """This node's torchrun of the attempt before `attempt` has ended."""
+        if self.is_coordinator:
+            self._on_ready(0, attempt)
+        elif self.conn is not None:
+            self._send(self.conn, f"ready {attempt}")
 
     def _stop_all(self, cause: str, reason: str, lost: str | None = None) -> None:
         self.sup.stop(cause, reason, lost)
@@ -332,6 +463,12 @@ class Mesh:
                 words = raw.decode(errors="replace").rstrip("\n").split(None, 1)
                 if words and words[0] == "node0" and len(words) > 1:
                     self.coordinator_host = words[1]
+                if words and words[0] in ("restart", "go") and len(words) > 1:
+                    attempt, _, reason = words[1].partition(" ")
+                    if attempt.isdigit() and words[0] == "restart":
+                        self.sup.request_restart(int(attempt), reason)
+                    elif attempt.isdigit():
+                        self.sup.go(int(attempt))
                 if words and words[0] == "stop":
                     cause, _, reason = (words[1] if len(words) > 1 else "").partition(" ")
                     self.sup.stop(cause if cause in contract.STOP_CAUSES else contract.STOPPED_FOR_PEER_FAILED,
@@ -438,6 +575,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--peer-timeout", type=float, default=10.0)
     parser.add_argument("--lease", type=float, default=0.0, help="seconds; 0: no lease (a detached run)")
     parser.add_argument("--grace", type=float, default=10.0)
+    parser.add_argument("--max-restarts", type=int, default=0, help="restarts of the whole group on every node")
     parser.add_argument("--checkpoint-dir", default="")
     parser.add_argument("--fresh-checkpoints", action="store_true")
     parser.add_argument("--echo", action="store_true", help="also write the node's output to stdout")

@@ -89,22 +89,16 @@ class Attempts:
         self.console = console
         self.lock = threading.Lock()
         self.current = 0
-        self.last_failure: str | None = None
         self.lost: dict[str, str] = {}  # host -> the reason a node gave
         self.stopping = False  # set by the executor once it stops the run itself
 
     def on_event(self, event: dict) -> None:
         kind = event.get("event")
         with self.lock:
-            if kind == "rank-end" and event.get("exit_code") not in (0, None) and not event.get("stopped"):
-                if self.last_failure is None:
-                    self.last_failure = f"rank {event.get('rank')} on {event.get('host')} exited with code {event.get('exit_code')}"
-            elif kind == "rank-start" and int(event.get("attempt") or 0) > self.current:
+            if kind == "attempt" and int(event.get("attempt") or 0) > self.current:
                 self.current = int(event.get("attempt") or 0)
-                why = self.last_failure or "a node left the group"
-                self.last_failure = None
                 self.console.say(f"launch: attempt {self.current + 1} of {self.max_restarts + 1} "
-                                 f"(restart {self.current}): the last attempt ended because {why}")
+                                 f"(restart {self.current}): the last attempt ended because {event.get('reason')}")
             elif kind == "stopping":
                 if event.get("lost") and event["lost"] not in self.lost:
                     self.lost[event["lost"]] = f"{event.get('host')} says: {event.get('reason')}"

@@ -286,8 +286,9 @@ def _show(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable
     """Print one line of a node's output; True when it is the node's last (its end event)."""
     event = contract.parse_event(line)
     if event is not None:
-        if event.get("event") == "rank-start" and int(event.get("attempt") or 0) > 0 and (rank is None or event.get("rank") == rank):
-            say(f"launch: {host}: rank {event.get('rank')} starts attempt {int(event['attempt']) + 1} (restart {event['attempt']})")
+        if event.get("event") == "attempt":
+            say(f"launch: {host}: attempt {int(event['attempt']) + 1} of {event.get('attempts')} "
+                f"(restart {event['attempt']}): the last attempt ended because {event.get('reason')}")
         elif event.get("event") == "stopping":
             say(f"launch: {host} is stopping: {event.get('reason')}")
         return event.get("event") == "node-end"
