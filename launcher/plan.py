@@ -284,6 +284,8 @@ def _node(
         supervisor += ["--coordinator", f"{master_addr}:{job.rdzv_port + 1}", "--peer-timeout", f"{PEER_TIMEOUT_S:g}"]
     if not options.detach:
         supervisor += ["--lease", f"{LEASE_S:g}", "--echo"]
+    elif job.timeout_s is not None:  # no launcher watches the clock of a detached run
+        supervisor += ["--timeout", f"{job.timeout_s:g}"]
     if options.fresh_checkpoints:
         supervisor.append("--fresh-checkpoints")
     rank_argv = supervisor + ["--"] + torchrun + [python, "-m", RANK_WRAPPER_MODULE, *job.command]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+
 ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "tests" / "jobs" / "probe.py"
 
@@ -37,21 +38,6 @@ def assert_secret_nowhere(secret: str, output: str, root: Path) -> None:
     for path in root.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
-
-
-def processes_of_run(run_id: str) -> list[int]:
-    """PIDs of live processes whose environment carries this run's LAUNCH_RUN_ID."""
-    marker = f"LAUNCH_RUN_ID={run_id}".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if marker in (entry / "environ").read_bytes().split(b"\0"):
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture
@@ -87,6 +73,16 @@ def lab_job(tmp_path: Path, lab, base_image: str, script: Path, args: list[str],
 def containers(lab) -> dict[str, list[str]]:
     """Each host's containers of any run, asked of its engine directly (not over SSH, which a fault may cut)."""
     return {h.name: lab.docker(h.name, "ps", "-aq", "--filter", "label=launch.run_id").stdout.decode().split() for h in lab.hosts}
+
+
+def host_runtime_job(tmp_path: Path, lab, script: Path, args: list[str]) -> Path:
+    """runtime: host on the lab: the hosts run this machine's Python (shared, as labs share a toolchain)."""
+    # no `nic`: the launcher finds the interface that reaches the first host
+    cluster = lab.cluster_file.read_text().replace("    nic: eth0\n", f"    python: {sys.executable}\n")
+    (tmp_path / "cluster.yaml").write_text(cluster)
+    job = lab_job(tmp_path, lab, "unused", script, args)
+    job.write_text(job.read_text().replace("runtime: docker", "runtime: host").replace(f"cluster: {lab.cluster_file}", f"cluster: {tmp_path / 'cluster.yaml'}"))
+    return job
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

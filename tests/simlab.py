@@ -311,6 +311,21 @@ class Lab:
         self.start_services(self.host(host))
 
 
+def processes_of_run(run_id: str) -> list[int]:
+    """PIDs of live processes whose environment carries this run's LAUNCH_RUN_ID."""
+    marker = f"LAUNCH_RUN_ID={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
 def _shared_toolchain() -> list[Path]:
     """What of this machine's Python lives under a per-host folder (/root, /tmp) and must be shared.
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROBE, containers, lab_job, launch, processes_of_run, run_id_of
+from conftest import PROBE, containers, host_runtime_job, lab_job, launch, run_id_of
+from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +189,21 @@ def test_a_crash_restarts_every_host_and_resumes_from_its_checkpoint(tmp_path: P
         assert "step 29" in (run / "logs" / host / f"rank{rank}.log").read_text()
     assert "rank 2 failing on purpose" in (run / "logs/h3/rank2.attempt0.log").read_text()
     assert containers(lab) == NOTHING
+
+
+def test_runtime_host_nodes_stop_with_a_killed_launcher_and_run_detached(tmp_path: Path, lab) -> None:
+    job = host_runtime_job(tmp_path, lab, PROBE, LONG)
+    proc = start(job, tmp_path)
+    run_id = run_id_of(until_every_rank_stepped(proc))
+    proc.kill()
+    proc.wait()
+    assert seconds_until_nothing_left(lab, run_id, 20) < 20
+    job.write_text(job.read_text().replace('"900"', '"20"'))
+    result = launch(str(job), "--detach", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    run_id = result.stdout.splitlines()[-2].split()[2]
+    follow = launch("logs", run_id, "--follow", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, timeout=180)
+    assert follow.returncode == 0, follow.stdout[-2000:] + follow.stderr
+    assert "[h3/2] step 19" in follow.stdout.splitlines()
+    assert json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())["status"] == "succeeded"
+    assert processes_of_run(run_id) == []

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_secret_nowhere, launch, processes_of_run, run_id_of
+from conftest import ROOT, assert_secret_nowhere, launch, run_id_of
+from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import launch, processes_of_run, run_id_of
+from conftest import launch, run_id_of
+from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
 

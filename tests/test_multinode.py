@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROBE, ROOT, assert_secret_nowhere, containers, lab_job, launch, run_id_of
+from conftest import PROBE, ROOT, assert_secret_nowhere, containers, host_runtime_job, lab_job, launch, run_id_of
 
 pytestmark = pytest.mark.integration
 
@@ -111,16 +111,6 @@ def test_relaunch_after_a_code_edit_sends_no_base_layer(tmp_path: Path, lab, bas
             for host, layers, size, unit in re.findall(r"^(h\d): sent (\d+) layer\(s\), ([\d.]+) (kB|MB)", second.stdout, re.M)}
     assert set(sent) == {"h1", "h2", "h3"}, second.stdout[:2000]
     assert all(layers == 1 and kb < 1000 for layers, kb in sent.values()), sent
-
-
-def host_runtime_job(tmp_path: Path, lab, script: Path, args: list[str]) -> Path:
-    """runtime: host on the lab: the hosts run this machine's Python (shared, as labs share a toolchain)."""
-    # no `nic`: the launcher finds the interface that reaches the first host
-    cluster = lab.cluster_file.read_text().replace("    nic: eth0\n", f"    python: {sys.executable}\n")
-    (tmp_path / "cluster.yaml").write_text(cluster)
-    job = lab_job(tmp_path, lab, "unused", script, args)
-    job.write_text(job.read_text().replace("runtime: docker", "runtime: host").replace(f"cluster: {lab.cluster_file}", f"cluster: {tmp_path / 'cluster.yaml'}"))
-    return job
 
 
 def rank_processes(lab, run_id: str) -> dict[str, str]:

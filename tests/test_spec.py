@@ -81,7 +81,7 @@ JOB_ERRORS = [
     pytest.param(JOB + "timeout: yes\n", "timeout: expected a duration such as 90s, 30m, 1h or 1h30m, got the boolean true", id="timeout-bool"),
     pytest.param(JOB + "backend: NCCL\n", "backend: expected one of auto | gloo | nccl, got 'NCCL'", id="backend-case"),
     pytest.param(JOB + "runtime: podman\n", "runtime: expected one of docker | host, got 'podman'", id="runtime"),
-    pytest.param(JOB + "rdzv_port: 70000\n", "rdzv_port: expected an integer from 1 to 65535, got 70000", id="rdzv-port-high"),
+    pytest.param(JOB + "rdzv_port: 70000\n", "rdzv_port: expected an integer from 1 to 65534, got 70000", id="rdzv-port-high"),
     pytest.param(JOB + "max_restarts: -1\n", "max_restarts: expected a non-negative integer, got -1", id="max-restarts"),
     pytest.param(
         "command: python train.py\n",

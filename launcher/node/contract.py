@@ -36,7 +36,8 @@ STOPPED_BY_SIGNAL = "signal"  # `launch stop`, Ctrl-C in the launcher, docker ki
 STOPPED_BY_LEASE = "lease"  # the attached launcher stopped renewing the lease
 STOPPED_FOR_PEER_FAILED = "peer-failed"  # another node failed: fail-fast
 STOPPED_FOR_PEER_LOST = "peer-lost"  # another node stopped answering
-STOP_CAUSES = (STOPPED_BY_SIGNAL, STOPPED_BY_LEASE, STOPPED_FOR_PEER_FAILED, STOPPED_FOR_PEER_LOST)
+STOPPED_BY_TIMEOUT = "timeout"  # a detached run went past the job's timeout
+STOP_CAUSES = (STOPPED_BY_SIGNAL, STOPPED_BY_LEASE, STOPPED_FOR_PEER_FAILED, STOPPED_FOR_PEER_LOST, STOPPED_BY_TIMEOUT)
 
 
 def node_dirs(root: str, host: str) -> tuple[str, str]:

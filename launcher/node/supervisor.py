@@ -159,6 +159,10 @@ class Supervisor:
                           "(it was killed, or cut off from this host)")
                 return
 
+    def _watch_timeout(self) -> None:
+        if not self.stopping.wait(self.args.timeout):
+            self.stop(contract.STOPPED_BY_TIMEOUT, f"timed out after {self.args.timeout:g} s")
+
     # ---- the run
     def run(self, argv: list[str]) -> int:
         os.makedirs(self.log_dir, exist_ok=True)
@@ -184,6 +188,8 @@ class Supervisor:
             self.mesh.start()
         if self.args.lease:
             threading.Thread(target=self._watch_lease, daemon=True).start()
+        if self.args.timeout:
+            threading.Thread(target=self._watch_timeout, daemon=True).start()
         code, failed_itself = self._attempts(argv)
         if self.mesh:
             self.mesh.finish(code)
@@ -275,7 +281,6 @@ class Supervisor:
         code = 128 - code if code < 0 else code
         # what torchrun left behind (a rank that ignored SIGTERM) ends with its attempt
         if _descendants(os.getpid()):
-            self.signaled = self.signaled or code == 0
             self._kill_after_grace(child)
         return code
 
@@ -413,15 +418,22 @@ class Mesh:
         """This node's torchrun failed and restarts are left: ask node 0 to restart the group."""
         if self.is_coordinator:
             self._on_failed(attempt, reason)
-        elif self.conn is not None:
-            self._send(self.conn, f"failed {attempt} {reason}")
+        else:
+            self._to_coordinator(f"failed {attempt} {reason}")
 
     def ready(self, attempt: int) -> None:
         """This node's torchrun of the attempt before `attempt` has ended."""
         if self.is_coordinator:
             self._on_ready(0, attempt)
-        elif self.conn is not None:
-            self._send(self.conn, f"ready {attempt}")
+        else:
+            self._to_coordinator(f"ready {attempt}")
+
+    def _to_coordinator(self, message: str) -> None:
+        """Send once this node has reached node 0 (it may still be connecting)."""
+        while self.conn is None and not self.ended.is_set() and not self.sup.stopping.is_set():
+            time.sleep(0.1)
+        if self.conn is not None:
+            self._send(self.conn, message)
 
     def _stop_all(self, cause: str, reason: str, lost: str | None = None) -> None:
         self.sup.stop(cause, reason, lost)
@@ -505,9 +517,9 @@ class Mesh:
                 time.sleep(0.2)
             self.ended.set()
         else:
+            self._to_coordinator(f"end {code}")
             self.ended.set()
             if self.conn is not None:
-                self._send(self.conn, f"end {code}")
                 self.conn.close()
 
 
@@ -574,6 +586,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--coordinator", default="", help="ADDR:PORT of node 0's supervisor")
     parser.add_argument("--peer-timeout", type=float, default=10.0)
     parser.add_argument("--lease", type=float, default=0.0, help="seconds; 0: no lease (a detached run)")
+    parser.add_argument("--timeout", type=float, default=0.0, help="seconds; stop the node after them (0: never)")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--max-restarts", type=int, default=0, help="restarts of the whole group on every node")
     parser.add_argument("--checkpoint-dir", default="")

@@ -11,14 +11,14 @@ from pathlib import Path
 
 from rich.console import Console as RichConsole
 
-from ..errors import LaunchError, SpecError
+from ..errors import EXIT_FAILED, LaunchError, SpecError
 from ..image.build import image_tag
 from ..plan import PlanOptions, make_plan
 from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, select_hosts
 from . import rundir
-from .execute import Console, execute, start_detached
+from .execute import Console, RunOutcome, execute, start_detached
 from .transport import LocalTransport, Transport
 
 
@@ -80,7 +80,12 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
         rundir.write_json(paths.plan_file, plan.to_json())
         if request.detach:
-            start_detached(plan, transport, secrets, console)
+            try:
+                start_detached(plan, transport, secrets, console)
+            except LaunchError as exc:
+                outcome = RunOutcome("failed", EXIT_FAILED, 0.0, reason=str(exc))
+                rundir.write_json(paths.summary_file, build_summary(plan, outcome, paths))
+                raise
             print(f"launch: run {plan.run_id} started on {plan.nnodes} node(s), detached; run directory {paths.root}\n"
                   f"  launch status {plan.run_id}   launch logs {plan.run_id} --follow   launch stop {plan.run_id}"
                   + (f"   (add --runs-dir {request.runs_dir})" if request.runs_dir != Path("runs") else ""), flush=True)

@@ -152,7 +152,7 @@ def run_state(hosts: dict[str, HostState]) -> RunState:
     causes = [h.record.get("cause") for h in hosts.values()]
     if contract.RUNNING in states:
         return RunState.RUNNING
-    if contract.FAILED in states or contract.STOPPED_FOR_PEER_FAILED in causes:
+    if contract.FAILED in states or contract.STOPPED_FOR_PEER_FAILED in causes or contract.STOPPED_BY_TIMEOUT in causes:
         return RunState.FAILED
     if "lost" in states or contract.STOPPED_BY_LEASE in causes or contract.STOPPED_FOR_PEER_LOST in causes:
         return RunState.LOST

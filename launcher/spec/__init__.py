@@ -185,7 +185,7 @@ def load_job(path: Path) -> JobSpec:
         secrets=_secrets(top),
         image=_image(top.section("image"), folder),
         runtime=top.choice("runtime", RUNTIMES, "docker"),
-        rdzv_port=top.integer("rdzv_port", 29500, minimum=1, maximum=65535),
+        rdzv_port=top.integer("rdzv_port", 29500, minimum=1, maximum=65534),  # + 1: the node supervisors
         max_restarts=top.integer("max_restarts", 0, minimum=0),
         timeout_s=top.duration("timeout", None),
         scaling=_scaling(top),
