@@ -146,7 +146,7 @@ class SshTransport:
         except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
             with self.lock:
                 self.sftps.pop(node.host, None)
-            raise RunError(f"{node.host}: {exc or type(exc).__name__}") from None
+            raise RunError(str(exc) or type(exc).__name__) from None
 
     def state(self, node: NodePlan) -> dict[str, Any]:
         log_dir, _ = contract.node_dirs(node.node_dir, node.host)
@@ -176,7 +176,7 @@ class SshTransport:
         except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
             with self.lock:
                 self.sftps.pop(node.host, None)
-            raise RunError(f"{node.host}: cannot read the node's output: {exc or type(exc).__name__}") from None
+            raise RunError(f"{node.host}: cannot read the node's output: {str(exc) or type(exc).__name__}") from None
 
     # ---- stopping and collecting
     def stop(self, node: NodePlan, grace_s: float) -> None:

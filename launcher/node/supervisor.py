@@ -508,11 +508,13 @@ class Mesh:
         if self.is_coordinator:
             if code != 0 and not self.sup.stopping.is_set():
                 self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node 0 ({self.sup.args.host}) failed with exit code {code}")
-            while True:  # every member ends, or stops answering (which the loop above notices)
+            # a run that succeeded here waits for every member to end (a member that stops answering
+            # stops the run); a stopped run has told every member to stop, and waits for none
+            while not self.sup.stopping.is_set():
                 with self.mlock:
                     open_members = [m for m in self.members.values() if m["ended"] is None]
                     joined = len(self.members)
-                if not open_members and (joined >= self.sup.args.peers - 1 or self.sup.stopping.is_set()):
+                if not open_members and joined >= self.sup.args.peers - 1:
                     break
                 time.sleep(0.2)
             self.ended.set()

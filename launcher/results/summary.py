@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console as RichConsole
 from rich.table import Table
 
-from ..run.execute import RunOutcome
+from ..run.execute import RunOutcome, RunState
 from .stats import STRAGGLER_THRESHOLD, rank_stats, read_records, stragglers
 from ..plan import LaunchPlan
 from ..run.rundir import RunPaths
@@ -85,7 +85,7 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
         summary["collect_errors"] = outcome.collect_errors
     if outcome.lost_host:
         summary["lost_host"] = outcome.lost_host
-    if outcome.status == "failed":
+    if outcome.status == RunState.FAILED.value:
         summary["failure"] = first_failure(outcome, statuses, paths)
     return summary
 
@@ -104,7 +104,7 @@ def first_failure(outcome: RunOutcome, statuses: dict[int, dict[str, Any]], path
             "last_lines": last_lines(log),
         }
     host = outcome.failed_node or next(iter(outcome.node_exit_codes), None)
-    log = paths.agent_log(host) if host else None
+    log = paths.agent_log(host) if host and paths.agent_log(host).exists() else None
     return {
         "host": host,
         "rank": None,
@@ -157,7 +157,10 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
     failure = summary.get("failure")
     if failure:
         who = f"rank {failure['rank']} on {failure['host']}" if failure["rank"] is not None else f"node {failure['host']}"
-        console.print(f"[bold red]first failure:[/] {who}, exit code {failure['exit_code']}; log: {failure['log']}", highlight=False)
+        if failure.get("log"):
+            console.print(f"[bold red]first failure:[/] {who}, exit code {failure['exit_code']}; log: {failure['log']}", highlight=False)
+        else:
+            console.print(f"[bold red]first failure:[/] {who} (no log from it here)", highlight=False)
         for text in failure["last_lines"][-10:]:
             console.print(f"  | {text}", markup=False, highlight=False)
 

@@ -18,7 +18,7 @@ from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, select_hosts
 from . import rundir
-from .execute import Console, RunOutcome, execute, start_detached
+from .execute import Console, RunOutcome, RunState, execute, start_detached
 from .transport import LocalTransport, Transport
 
 
@@ -83,7 +83,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
             try:
                 start_detached(plan, transport, secrets, console)
             except LaunchError as exc:
-                outcome = RunOutcome("failed", EXIT_FAILED, 0.0, reason=str(exc))
+                outcome = RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, reason=str(exc))
                 rundir.write_json(paths.summary_file, build_summary(plan, outcome, paths))
                 raise
             print(f"launch: run {plan.run_id} started on {plan.nnodes} node(s), detached; run directory {paths.root}\n"

@@ -5,6 +5,7 @@ The only module that decides when a run ends. It knows nodes through `Transport`
 
 from __future__ import annotations
 
+import enum
 import signal
 import sys
 import threading
@@ -15,20 +16,30 @@ from typing import BinaryIO, Iterator
 
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
 from ..node import contract
-from ..plan import LaunchPlan, NodePlan
+from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
 from . import rundir
 from .rundir import RunPaths
 from .transport import NodeProcess, Transport
 
 POLL_S = 0.05
-STOP_GRACE_S = 10.0
 RENEW_EVERY_S = 2.0  # leases are renewed this often: LEASE_S (plan) is several renewals
 LOST_AFTER_S = 10.0  # a host that has not answered a renewal for this long is lost
 
 
+class RunState(str, enum.Enum):
+    """How a run stands (summary.json's `status`, and `launch status`)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"  # by `launch stop`
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM to an attached launcher
+    LOST = "lost"  # the launcher watching it went away, and the nodes stopped on their own
+
+
 @dataclass
 class RunOutcome:
-    status: str  # succeeded | failed | interrupted
+    status: str  # a RunState's value
     exit_code: int
     wall_time_s: float
     node_exit_codes: dict[str, int | None] = field(default_factory=dict)
@@ -259,7 +270,7 @@ def _start_all(plan, transport, secrets, procs, readers, paths, console, attempt
         try:
             procs[node.host] = transport.start(node, secrets)
         except LaunchError as exc:
-            return RunOutcome("failed", EXIT_FAILED, 0.0, failed_node=node.host, reason=f"could not start node {node.host}: {exc}")
+            return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, failed_node=node.host, reason=f"could not start node {node.host}: {exc}")
         reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console, attempts), daemon=True)
         reader.start()
         readers.append((node.host, reader))
@@ -271,22 +282,22 @@ def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrup
     while True:
         if interrupt.signum is not None:
             name = signal.Signals(interrupt.signum).name
-            return RunOutcome("interrupted", EXIT_INTERRUPTED, 0.0, reason=f"{name} received; stopped every node")
+            return RunOutcome(RunState.INTERRUPTED.value, EXIT_INTERRUPTED, 0.0, reason=f"{name} received; stopped every node")
         if plan.timeout_s is not None and time.monotonic() - started > plan.timeout_s:
-            return RunOutcome("failed", EXIT_FAILED, 0.0, reason=f"timed out after {plan.timeout_s:g} s; stopped every node")
+            return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, reason=f"timed out after {plan.timeout_s:g} s; stopped every node")
         lost = heartbeat.lost()
         with attempts.lock:
             lost.update({h: why for h, why in attempts.lost.items() if h in procs and h not in lost})
         if lost:
             host, why = next(iter(lost.items()))
-            return RunOutcome("failed", EXIT_FAILED, 0.0, failed_node=host, lost_host=host,
+            return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, failed_node=host, lost_host=host,
                               reason=f"host {host} was lost: {why}; stopped every other node")
         codes = {host: proc.poll() for host, proc in procs.items()}
         failed = [host for host, code in codes.items() if code not in (None, 0)]
         if failed:
-            return RunOutcome("failed", EXIT_FAILED, 0.0, failed_node=failed[0])
+            return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, failed_node=failed[0])
         if all(code == 0 for code in codes.values()):
-            return RunOutcome("succeeded", EXIT_OK, 0.0)
+            return RunOutcome(RunState.SUCCEEDED.value, EXIT_OK, 0.0)
         time.sleep(POLL_S)
 
 

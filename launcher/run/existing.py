@@ -8,7 +8,6 @@ run directory and write its summary, exactly as an attached run leaves them.
 
 from __future__ import annotations
 
-import enum
 import json
 import sys
 import time
@@ -22,25 +21,17 @@ from ..node import contract
 from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
 from ..results.summary import build_summary
 from . import rundir
-from .execute import RunOutcome
+from .execute import RunOutcome, RunState
 from .rundir import RunPaths
 from .transport import LocalTransport, Transport
 
 WATCHED_SLACK_S = 5.0  # an attached run's lease file may be this much older than its lease
-
-
-class RunState(str, enum.Enum):
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM to an attached launcher
-    LOST = "lost"  # its launcher or a host went away and took the run down with it
+HOST_LOST = "lost"  # a host that cannot be asked, or whose part vanished without a word
 
 
 @dataclass
 class HostState:
-    state: str  # a contract node state, or "lost"
+    state: str  # a contract node state, or HOST_LOST
     detail: str = ""
     record: dict[str, Any] = field(default_factory=dict)
 
@@ -132,11 +123,11 @@ def host_states(run: ExistingRun) -> dict[str, HostState]:
         local = _local_record(run.paths, node.host)  # collected already
         if local.get("state") in (contract.SUCCEEDED, contract.FAILED, contract.STOPPED):
             return HostState(local["state"], local.get("reason") or "", local)
-        return HostState("lost", "its processes are gone and it left no final state", record)
+        return HostState(HOST_LOST, "its processes are gone and it left no final state", record)
 
     states, errors = on_every_host(run.plan.nodes, ask, lambda n: n.host)
     for host, exc in errors.items():
-        states[host] = HostState("lost", f"unreachable: {exc}")
+        states[host] = HostState(HOST_LOST, f"unreachable: {exc}")
     return {n.host: states[n.host] for n in run.plan.nodes}
 
 
@@ -154,7 +145,7 @@ def run_state(hosts: dict[str, HostState]) -> RunState:
         return RunState.RUNNING
     if contract.FAILED in states or contract.STOPPED_FOR_PEER_FAILED in causes or contract.STOPPED_BY_TIMEOUT in causes:
         return RunState.FAILED
-    if "lost" in states or contract.STOPPED_BY_LEASE in causes or contract.STOPPED_FOR_PEER_LOST in causes:
+    if HOST_LOST in states or contract.STOPPED_BY_LEASE in causes or contract.STOPPED_FOR_PEER_LOST in causes:
         return RunState.LOST
     if contract.STOPPED in states:
         return RunState.STOPPED
@@ -206,7 +197,7 @@ def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> di
     for node in run.plan.nodes:
         host = hosts[node.host]
         outcome.node_exit_codes[node.host] = host.record.get("exit_code")
-        if host.state == "lost" and host.detail.startswith("unreachable"):
+        if host.state == HOST_LOST and host.detail.startswith("unreachable"):
             outcome.collect_errors[node.host] = f"{host.detail}; its logs stay on it ({node.node_dir})"
             continue
         try:
@@ -214,7 +205,7 @@ def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> di
         except LaunchError as exc:
             outcome.collect_errors[node.host] = str(exc)
     failed = [h for h, s in hosts.items() if s.state == contract.FAILED]
-    lost = [h for h, s in hosts.items() if s.state == "lost"] or [s.record["lost"] for s in hosts.values() if s.record.get("lost")]
+    lost = [h for h, s in hosts.items() if s.state == HOST_LOST] or [s.record["lost"] for s in hosts.values() if s.record.get("lost")]
     if failed:
         outcome.failed_node = failed[0]
     elif lost and state is RunState.LOST:
@@ -234,7 +225,7 @@ def stop(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Any]:
     _, errors = on_every_host(run.plan.nodes, lambda n: run.transport.stop(n, grace_s), lambda n: n.host)
     hosts = host_states(run)
     for host, exc in errors.items():
-        hosts[host] = HostState("lost", f"unreachable: could not stop it: {exc}")
+        hosts[host] = HostState(HOST_LOST, f"unreachable: could not stop it: {exc}")
     state = run_state(hosts)
     if state is RunState.RUNNING:
         raise LaunchError(f"run {run.plan.run_id}: still running on "
