@@ -175,14 +175,13 @@ def _logs(args: argparse.Namespace) -> int:
             if existing.follow_watched(run, args.rank, out):
                 return existing.exit_code(run.summary or {})
             existing.stderr_say("launch: the run's launcher stopped watching it (killed, or cut off); following its hosts")
-        if run.summary is None:
-            if args.follow:
-                return existing.exit_code(existing.follow(run, args.rank, out, existing.stderr_say))
-            existing.describe(run)  # finishes a run that has ended: its logs come here
+        if run.summary is None and args.follow:
+            return existing.exit_code(existing.follow(run, args.rank, out, existing.stderr_say))
+        existing.describe(run)  # finishes a run that has ended, and collects what a lost host kept
         if run.summary is None:  # still running: what the hosts have so far
             for node in run.plan.nodes:
                 for line in run.transport.read_output(node, 0).splitlines(keepends=True):
-                    existing._show(line, node.host, args.rank, out, lambda _text: None)
+                    existing.show_line(line, node.host, args.rank, out, lambda _text: None)
             out.flush()
             return 0
         existing.print_local_logs(run.paths, args.rank, out)
@@ -205,7 +204,13 @@ def _status(args: argparse.Namespace) -> int:
     roots = [existing.find_run(r, args.runs_dir) for r in args.runs] or existing.list_runs(args.runs_dir)
     rows = []
     for root in roots:
-        run = existing.open_run(root)
+        try:
+            run = existing.open_run(root)
+        except SpecError as exc:
+            if args.runs:
+                raise
+            print(f"launch: skipping {root}: {exc}", file=sys.stderr)
+            continue
         try:
             rows.append(existing.describe(run))
         finally:
@@ -254,8 +259,7 @@ def _stop(args: argparse.Namespace) -> int:
         watched = run.watched()
         summary = existing.stop(run) if not watched else None
         if watched:  # its launcher collects and summarises
-            for node in run.plan.nodes:
-                run.transport.stop(node, 10.0)
+            existing.stop_nodes(run)
         print(f"launch: stopped run {run.plan.run_id}" + (f" ({summary['status']}); logs in {run.paths.root}" if summary else ""))
         return 0
     finally:

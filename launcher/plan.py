@@ -37,7 +37,7 @@ HOST_WRAPPER = (
 LEASE_S = 10.0  # an attached run's nodes stop when the launcher has not renewed their lease for this long
 PEER_TIMEOUT_S = 10.0  # a node that has not been heard from for this long is lost; the others stop
 STOP_GRACE_S = 10.0  # from SIGTERM to SIGKILL when a node stops
-DETACHED_OUTPUT = "supervisor.err"  # runtime: host, detached: what the node's first process says before its output file
+DETACHED_OUTPUT = "supervisor.log"  # a detached node's own stdout and stderr (its run's lines are in NODE_OUTPUT)
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ class LaunchPlan:
         """The plan a run directory's plan.json holds (secrets still masked)."""
         nodes = tuple(
             NodePlan(
-                host=n["host"], kind=NodeKind(n["kind"]), address=n["address"], node_rank=n["node_rank"],
+                host=n["host"], kind=_kind_of(n), address=n["address"], node_rank=n["node_rank"],
                 nproc=n["nproc"], first_rank=n["first_rank"], image=n["image"], argv=tuple(n["command"]),
                 env=dict(n["env"]), secrets=tuple(k for k, v in n["env"].items() if v == SECRET_MASK), cwd=n["cwd"],
                 log_dir=n["log_dir"], metrics_dir=n["metrics_dir"], node_dir=n["node_dir"],
@@ -183,6 +183,15 @@ class LaunchPlan:
                 lines.append(f"  {key}={shlex.quote(value)}")
             lines.append(f"  {n.command_line()}")
         return "\n".join(lines)
+
+
+def _kind_of(node: dict[str, Any]) -> NodeKind:
+    """A plan.json node's kind; plans written before kinds were recorded say it by their fields."""
+    if node.get("kind"):
+        return NodeKind(node["kind"])
+    if node.get("pid_file"):
+        return NodeKind.HOST_PROCESS
+    return NodeKind.CONTAINER if node.get("image") else NodeKind.LOCAL
 
 
 def node_nproc(job: JobSpec, host: Host, local_cpus: int) -> int | str:

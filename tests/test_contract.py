@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.node import contract
-from launcher.run.execute import RunState
+from launcher.results.outcome import RunState
 from launcher.run.existing import HOST_LOST, HostState, run_state
 
 
@@ -49,7 +49,8 @@ def host(state: str, cause: str | None = None) -> HostState:
     ([host("stopped", "peer-failed"), host("stopped", "peer-failed")], RunState.FAILED),
     ([host("stopped", "timeout"), host("stopped", "timeout")], RunState.FAILED),
     ([host("stopped", "lease"), host("stopped", "lease")], RunState.LOST),
-    ([host(HOST_LOST), host("stopped", "peer-lost")], RunState.LOST),
+    ([host(HOST_LOST), host("stopped", "peer-lost")], RunState.FAILED),
+    ([host(HOST_LOST), host("stopped", "lease")], RunState.LOST),
     ([host("stopped", "signal"), host("stopped", "signal")], RunState.STOPPED),
 ])
 def test_node_states_add_up_to_the_run_state(hosts: list[HostState], expected: RunState) -> None:

@@ -9,7 +9,7 @@ import matplotlib.image
 import pytest
 
 from launcher.errors import SpecError
-from launcher.run.execute import RunOutcome
+from launcher.results.outcome import RunOutcome
 from launcher.results.stats import StepRecord, percentile, rank_stats, read_records, stragglers
 from launcher.plan import LaunchPlan
 from launcher.run.rundir import RunPaths

@@ -90,9 +90,10 @@ class SshTransport:
             transport = self.control(host).client.get_transport()
             if transport is None or not transport.is_active():
                 raise RunError(f"{host}: the SSH connection is closed")
-            client = paramiko.SFTPClient.from_transport(transport)
-            assert client is not None
-            client.get_channel().settimeout(RENEW_TIMEOUT_S)
+            channel = transport.open_session(timeout=RENEW_TIMEOUT_S)
+            channel.settimeout(RENEW_TIMEOUT_S)
+            channel.invoke_subsystem("sftp")
+            client = paramiko.SFTPClient(channel)
             with self.lock:
                 self.sftps[host] = client
         return client
@@ -100,9 +101,11 @@ class SshTransport:
     # ---- starting
     def _prepare(self, node: NodePlan, secrets: dict[str, str]) -> fabric.Connection:
         conn = self.control(node.host)
-        # umask 077: the run's folders (and the user's folder above them) are private to the SSH user
-        make = 'umask 077 && mkdir -p "$0" "$1" "$2"'
-        code, out = run(conn, ["sh", "-c", make, *contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir])
+        # umask 077: the run's folders (and the user's folder above them) are private to the SSH user;
+        # the lease is there before the node starts, so renewing it never fails on a healthy host
+        make = 'umask 077 && mkdir -p "$0" "$1" "$2" && touch "$3"'
+        code, out = run(conn, ["sh", "-c", make, *contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir,
+                               f"{node.node_dir}/{contract.LEASE_FILE}"])
         if code != 0:
             raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()}")
         if node.kind is NodeKind.HOST_PROCESS:
@@ -141,12 +144,16 @@ class SshTransport:
 
     # ---- while it runs
     def renew(self, node: NodePlan) -> None:
+        """Touch the node's lease; an answer from the host that the file is not there (the node has
+        ended and its folder went) still counts as an answer."""
         try:
             self._sftp(node.host).utime(f"{node.node_dir}/{contract.LEASE_FILE}", None)
-        except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
+        except (EOFError, paramiko.SSHException, socket.timeout, ConnectionError) as exc:
             with self.lock:
                 self.sftps.pop(node.host, None)
             raise RunError(str(exc) or type(exc).__name__) from None
+        except OSError:  # an SFTP status from the host: it answered
+            pass
 
     def state(self, node: NodePlan) -> dict[str, Any]:
         log_dir, _ = contract.node_dirs(node.node_dir, node.host)
@@ -192,7 +199,8 @@ class SshTransport:
         return ["docker", "ps", "-q", "--filter", f"label={RUN_LABEL}={run_id}", "--filter", f"label=launch.host={node.host}"]
 
     def _stop_group(self, conn: fabric.Connection, node: NodePlan, grace_s: float) -> None:
-        """SIGTERM the process group the node's supervisor leads, then SIGKILL what is left of it."""
+        """SIGTERM the process group the node's supervisor leads (it stops torchrun and kills what is
+        below it after the grace period), then SIGKILL the group if the supervisor is still there."""
         script = (
             'pg=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM -"$pg" 2>/dev/null || exit 0; i=0; '
             'while kill -0 -"$pg" 2>/dev/null && [ "$i" -lt "$1" ]; do sleep 0.2; i=$((i+1)); done; '

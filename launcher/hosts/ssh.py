@@ -21,6 +21,8 @@ from invoke.exceptions import CommandTimedOut
 from ..errors import RunError
 from ..spec import Host
 
+CHANNEL_OPEN_TIMEOUT_S = 30.0
+
 
 class _AcceptNew(paramiko.MissingHostKeyPolicy):
     """OpenSSH's StrictHostKeyChecking=accept-new: trust and record a key seen for the first time."""
@@ -70,6 +72,9 @@ def connect(host: Host, timeout: float = 10) -> fabric.Connection:
         raise RunError(f"{where}: SSH failed: {exc}") from None
     except (OSError, socket.timeout) as exc:
         raise RunError(f"{where}: cannot connect: {exc}") from None
+    transport = conn.client.get_transport()
+    if transport is not None:  # opening a command's channel on a host that went silent fails in time
+        transport.channel_timeout = CHANNEL_OPEN_TIMEOUT_S
     return conn
 
 

@@ -15,7 +15,6 @@ torchrun starts `python -m launcher.node.rankexec COMMAND...` once per rank. Lik
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -24,16 +23,7 @@ import sys
 import time
 
 from . import contract
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent(sig: int) -> None:
-    """Ask Linux to send `sig` to this process when its parent exits (no-op elsewhere)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+from .procs import die_with_parent
 
 
 def _write_line(stream, data: bytes) -> bool:
@@ -63,7 +53,7 @@ def main(argv: list[str]) -> int:
         _write_line(sys.stdout.buffer, contract.event_line("rank-start", host=host, rank=int(rank), attempt=attempt))
 
     parent = os.getppid()
-    _die_with_parent(signal.SIGTERM)
+    die_with_parent(signal.SIGTERM)
     if os.getppid() != parent:  # the parent died before the request took effect
         return 128 + signal.SIGTERM
 
@@ -76,7 +66,7 @@ def main(argv: list[str]) -> int:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=lambda: _die_with_parent(signal.SIGKILL),
+            preexec_fn=lambda: die_with_parent(signal.SIGKILL),
         )
     except OSError as exc:
         message = f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode()

@@ -23,9 +23,9 @@ to its log, and the node's state to `contract.NODE_STATUS`. Standard library onl
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -35,10 +35,11 @@ import threading
 import time
 
 from . import contract
+from .procs import become_subreaper, descendants, die_with_parent, kill_all, signal_group
 
-_PR_SET_PDEATHSIG = 1
-_PR_SET_CHILD_SUBREAPER = 36
 BEAT_S = 1.0
+LEASE_GRACE_S = 5.0  # when the lease ran out nobody waits for the ranks: a shorter grace period
+ECHO_QUEUE = 10000  # lines waiting for stdout; more are dropped from stdout (the output file has them)
 JOIN_TIMEOUT_S = 120.0  # how long node 0 waits for every other node's supervisor to report in
 
 
@@ -46,8 +47,11 @@ class Supervisor:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.log_dir, _ = contract.node_dirs(args.node_dir, args.host)
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the node's state; never held while writing
         self.changed = threading.Condition(self.lock)  # a restart was asked for, or may begin
+        self.out_lock = threading.Lock()  # the output file and the agent log
+        self.output = None
+        self.echo: queue.Queue[bytes | None] | None = queue.Queue(ECHO_QUEUE) if args.echo else None
         self.stop_reason: str | None = None
         self.cause: str | None = None  # why the node was stopped: one of contract.STOP_CAUSES
         self.lost: str | None = None  # the host whose loss stopped the node, when one did
@@ -60,22 +64,34 @@ class Supervisor:
         self.restart_reason = ""
         self.go_to = 0  # the attempt every node is ready for
         self.rank_failure: str | None = None  # the first rank that failed on its own in this attempt
-        self.echo_ok = args.echo
         self.mesh: Mesh | None = None
 
     # ---- output and state
     def emit(self, line: bytes, agent_log=None) -> None:
-        """One line of the node's output: to the node's output file, and to stdout when echoing."""
-        with self.lock:
-            self.output.write(line)
+        """One line of the node's output: to the node's output file, and to stdout when echoing.
+
+        Stdout is written by a thread of its own, so a stalled SSH channel never holds up the
+        node (its lines wait in a bounded queue, then are dropped from stdout alone)."""
+        with self.out_lock:
+            if self.output is not None:
+                self.output.write(line)
             if agent_log is not None:
                 agent_log.write(line)
-            if self.echo_ok:
-                try:
-                    sys.stdout.buffer.write(line)
-                    sys.stdout.buffer.flush()
-                except (BrokenPipeError, OSError):
-                    self.echo_ok = False  # the launcher is gone: its lease will tell
+        if self.echo is not None:
+            try:
+                self.echo.put_nowait(line)
+            except queue.Full:
+                pass
+
+    def _echo(self) -> None:
+        assert self.echo is not None
+        while (line := self.echo.get()) is not None:
+            try:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+            except (BrokenPipeError, OSError):  # the launcher is gone: its lease will tell
+                self.echo = None
+                return
 
     def event(self, kind: str, **fields) -> None:
         self.emit(contract.event_line(kind, host=self.args.host, node_rank=self.args.node_rank, **fields))
@@ -87,7 +103,6 @@ class Supervisor:
             "state": state,
             "pid": os.getpid(),
             "start_time": self.started,
-            "attempt": self.attempt,
             "restarts": self.attempt,
             **fields,
         }
@@ -106,8 +121,8 @@ class Supervisor:
             self.cause, self.stop_reason, self.lost = cause, reason, lost
             self.stopping.set()
             self.changed.notify_all()
+        self._end_child(LEASE_GRACE_S if cause == contract.STOPPED_BY_LEASE else self.args.grace)
         self.event("stopping", cause=cause, reason=reason, lost=lost)
-        self._end_child()
 
     def request_restart(self, attempt: int, reason: str) -> None:
         """The group moves to `attempt`: end this node's torchrun of the current one."""
@@ -123,28 +138,28 @@ class Supervisor:
             self.go_to = max(self.go_to, attempt)
             self.changed.notify_all()
 
-    def _end_child(self) -> None:
+    def _end_child(self, grace: float | None = None) -> None:
         child = self.child
         if child is not None and child.poll() is None:
             self.signaled = True
-            _signal_group(child.pid, signal.SIGTERM)
-            threading.Thread(target=self._kill_after_grace, args=(child,), daemon=True).start()
+            signal_group(child.pid, signal.SIGTERM)
+            threading.Thread(target=self._kill_after_grace, args=(child, grace), daemon=True).start()
 
-    def _kill_after_grace(self, child: subprocess.Popen) -> None:
-        deadline = time.monotonic() + self.args.grace
+    def _kill_after_grace(self, child: subprocess.Popen, grace: float | None = None) -> None:
+        """After the grace period, SIGKILL every process below the supervisor (torchrun, the ranks,
+        and whatever they left: the supervisor is their subreaper)."""
+        deadline = time.monotonic() + (self.args.grace if grace is None else grace)
         while time.monotonic() < deadline:
-            if child.poll() is not None and not _descendants(os.getpid()):
+            if child.poll() is not None and not descendants(os.getpid()):
                 return
             time.sleep(0.1)
         if self.child is child or self.stopping.is_set():
-            for pid in _descendants(os.getpid()):
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_all(descendants(os.getpid()))
 
     def _on_signal(self, signum: int, _frame) -> None:
-        self.stop(contract.STOPPED_BY_SIGNAL, f"{signal.Signals(signum).name} received")
+        # not here: the main thread may hold a lock this handler interrupted
+        threading.Thread(target=self.stop, args=(contract.STOPPED_BY_SIGNAL, f"{signal.Signals(signum).name} received"),
+                         daemon=True).start()
 
     # ---- watchers
     def _watch_lease(self) -> None:
@@ -166,10 +181,7 @@ class Supervisor:
     # ---- the run
     def run(self, argv: list[str]) -> int:
         os.makedirs(self.log_dir, exist_ok=True)
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
+        become_subreaper()
         if self.args.checkpoint_dir:
             if self.args.fresh_checkpoints:
                 _empty(self.args.checkpoint_dir)
@@ -179,9 +191,12 @@ class Supervisor:
             with open(lease, "a"):
                 pass
             os.utime(lease, None)
+        self.output = open(os.path.join(self.log_dir, contract.NODE_OUTPUT), "ab", buffering=0)
+        echo = threading.Thread(target=self._echo, daemon=True) if self.echo is not None else None
+        if echo:
+            echo.start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        self.output = open(os.path.join(self.log_dir, contract.NODE_OUTPUT), "ab", buffering=0)
         self.write_status(contract.RUNNING)
         if self.args.peers > 1:
             self.mesh = Mesh(self)
@@ -203,7 +218,12 @@ class Supervisor:
                    restarts=self.attempt)
         self.write_status(state, exit_code=code, end_time=time.time(), cause=self.cause, reason=self.stop_reason,
                           lost=self.lost)
-        self.output.close()
+        if echo and self.echo is not None:
+            self.echo.put(None)  # what is queued goes out first, unless stdout is stuck
+            echo.join(timeout=5)
+        with self.out_lock:
+            self.output.close()
+            self.output = None
         return code
 
     def _attempts(self, argv: list[str]) -> tuple[int, bool]:
@@ -230,17 +250,25 @@ class Supervisor:
 
     def _next_attempt(self) -> bool:
         """Wait until the group may start the attempt it moves to (every node's torchrun ended)."""
+        limit = self.args.grace + 2 * self.args.peer_timeout + 30  # every node stops its torchrun in this time
         with self.lock:
-            while self.restart_to <= self.attempt and not self.stopping.is_set():
-                self.changed.wait()
+            deadline = time.monotonic() + limit
+            while self.restart_to <= self.attempt and not self.stopping.is_set() and time.monotonic() < deadline:
+                self.changed.wait(1.0)
             target = self.restart_to
-        if self.mesh is None:
-            self.go(target)
-        else:
-            self.mesh.ready(target)
+        if target > self.attempt:
+            if self.mesh is None:
+                self.go(target)
+            else:
+                self.mesh.ready(target)
         with self.lock:
-            while self.go_to < target and not self.stopping.is_set():
-                self.changed.wait()
+            while self.go_to < target and not self.stopping.is_set() and time.monotonic() < deadline + limit:
+                self.changed.wait(1.0)
+            ready = target > self.attempt and self.go_to >= target
+        if not ready:
+            self.stop(contract.STOPPED_FOR_PEER_FAILED, f"the group did not come together for attempt {target + 1} "
+                      f"within {limit:g} s")
+        with self.lock:
             if self.stopping.is_set():
                 return False
             self.attempt = target
@@ -255,7 +283,7 @@ class Supervisor:
         env = dict(os.environ, **{contract.ATTEMPT: str(self.attempt)})
         try:
             child = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
+                                     stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_torchrun_dies_with_supervisor)
         except OSError as exc:
             self.emit(f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode())
             return 127
@@ -280,7 +308,7 @@ class Supervisor:
         code = child.wait()
         code = 128 - code if code < 0 else code
         # what torchrun left behind (a rank that ignored SIGTERM) ends with its attempt
-        if _descendants(os.getpid()):
+        if descendants(os.getpid()):
             self._kill_after_grace(child)
         return code
 
@@ -304,7 +332,9 @@ class Mesh:
         self.conn: socket.socket | None = None
         self.ended = threading.Event()
         self.restarting = 0  # node 0: the attempt the group is moving to
+        self.said: dict[str, str] = {}  # node 0: the last `restart` and `go`, for a node that joins late
         self.ready_for: dict[int, set[int]] = {}  # node 0: attempt -> node ranks whose torchrun ended
+        self.last_beat = 0.0
 
     @property
     def is_coordinator(self) -> bool:
@@ -362,6 +392,10 @@ class Mesh:
             with self.mlock:
                 self.members[rank] = {"host": host, "conn": conn, "last": time.monotonic(), "ended": None}
             self._send(conn, f"node0 {self.sup.args.host}")
+            with self.mlock:
+                said = list(self.said.values())
+            for message in said:  # a restart under way when this node joined
+                self._send(conn, message)
             if self.sup.stopping.is_set():
                 self._send(conn, f"stop {self.sup.cause} {self.sup.stop_reason}")
             for raw in reader:
@@ -372,8 +406,11 @@ class Mesh:
                     code = int(words[1]) if len(words) > 1 and words[1].strip().lstrip("-").isdigit() else 1
                     with self.mlock:
                         self.members[rank]["ended"] = code
+                        restarting = self.restarting > self.sup.attempt
                     if code != 0:
                         self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node {rank} ({host}) failed with exit code {code}")
+                    elif restarting:  # it finished while the others restart: the group cannot come together
+                        self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node {rank} ({host}) ended while the group restarted")
                     return
                 if words and words[0] in ("failed", "ready") and len(words) > 1:
                     attempt, _, reason = words[1].strip().partition(" ")
@@ -402,7 +439,10 @@ class Mesh:
         if not restart:
             self._stop_all(contract.STOPPED_FOR_PEER_FAILED, reason)
             return
-        self._broadcast(f"restart {attempt + 1} {reason}")
+        message = f"restart {attempt + 1} {reason}"
+        with self.mlock:
+            self.said["restart"] = message
+        self._broadcast(message)
         self.sup.request_restart(attempt + 1, reason)
 
     def _on_ready(self, rank: int, attempt: int) -> None:
@@ -411,6 +451,8 @@ class Mesh:
             ready.add(rank)
             everyone = len(ready) == self.sup.args.peers
         if everyone:
+            with self.mlock:
+                self.said["go"] = f"go {attempt}"
             self._broadcast(f"go {attempt}")
             self.sup.go(attempt)
 
@@ -447,8 +489,8 @@ class Mesh:
 
     def _beat_members(self) -> None:
         now = time.monotonic()
-        if now - getattr(self, "_last_beat", 0.0) >= BEAT_S:
-            self._last_beat = now
+        if now - self.last_beat >= BEAT_S:
+            self.last_beat = now
             self._broadcast("beat")
 
     # ---- nodes 1..N-1
@@ -525,40 +567,9 @@ class Mesh:
                 self.conn.close()
 
 
-def _die_with_parent() -> None:
+def _torchrun_dies_with_supervisor() -> None:
     """torchrun gets SIGTERM if the supervisor itself is killed (SIGKILL, OOM): it stops its ranks."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _descendants(root: int) -> list[int]:
-    """Every live process below `root` (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != b"Z":
-            children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], list(children.get(root, []))
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
+    die_with_parent(signal.SIGTERM)
 
 
 def _empty(folder: str) -> None:

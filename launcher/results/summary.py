@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import deque
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 from rich.console import Console as RichConsole
 from rich.table import Table
 
-from ..run.execute import RunOutcome, RunState
+from .outcome import RunOutcome, RunState
 from .stats import STRAGGLER_THRESHOLD, rank_stats, read_records, stragglers
 from ..plan import LaunchPlan
 from ..run.rundir import RunPaths
@@ -62,7 +63,7 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
         "job": plan.job,
         "status": outcome.status,
         "exit_code": outcome.exit_code,
-        "restarts": max((int(s.get("attempt") or 0) for s in statuses.values()), default=0),
+        "restarts": _restarts(plan, statuses, paths),
         "nodes": plan.nnodes,
         "hosts": [n.host for n in plan.nodes],
         "world_size": plan.world_size if plan.world_size is not None else len(ranks),
@@ -88,6 +89,17 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
     if outcome.status == RunState.FAILED.value:
         summary["failure"] = first_failure(outcome, statuses, paths)
     return summary
+
+
+def _restarts(plan: LaunchPlan, statuses: dict[int, dict[str, Any]], paths: RunPaths) -> int:
+    """Restarts of the group: what the nodes' supervisors counted, or the ranks' last attempt."""
+    counts = [int(s.get("attempt") or 0) for s in statuses.values()]
+    for node in plan.nodes:
+        try:
+            counts.append(int(json.loads(paths.node_status(node.host).read_text()).get("restarts") or 0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            continue
+    return max(counts, default=0)
 
 
 def first_failure(outcome: RunOutcome, statuses: dict[int, dict[str, Any]], paths: RunPaths) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, select_hosts
 from . import rundir
-from .execute import Console, RunOutcome, RunState, execute, start_detached
+from ..results.outcome import RunOutcome, RunState
+from .execute import Console, execute, start_detached
 from .transport import LocalTransport, Transport
 
 

@@ -5,48 +5,24 @@ The only module that decides when a run ends. It knows nodes through `Transport`
 
 from __future__ import annotations
 
-import enum
 import signal
 import sys
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
 from ..node import contract
 from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
-from . import rundir
+from ..results.outcome import RunOutcome, RunState
 from .rundir import RunPaths
 from .transport import NodeProcess, Transport
 
 POLL_S = 0.05
 RENEW_EVERY_S = 2.0  # leases are renewed this often: LEASE_S (plan) is several renewals
+RENEW_TIMEOUT_S = 5.0  # a renewal that takes longer has failed
 LOST_AFTER_S = 10.0  # a host that has not answered a renewal for this long is lost
-
-
-class RunState(str, enum.Enum):
-    """How a run stands (summary.json's `status`, and `launch status`)."""
-
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    STOPPED = "stopped"  # by `launch stop`
-    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM to an attached launcher
-    LOST = "lost"  # the launcher watching it went away, and the nodes stopped on their own
-
-
-@dataclass
-class RunOutcome:
-    status: str  # a RunState's value
-    exit_code: int
-    wall_time_s: float
-    node_exit_codes: dict[str, int | None] = field(default_factory=dict)
-    failed_node: str | None = None  # the first node seen ending with an error
-    reason: str | None = None  # why the launcher ended the run, when it did
-    collect_errors: dict[str, str] = field(default_factory=dict)  # host -> why its files are missing
-    lost_host: str | None = None  # a host that stopped answering, when that ended the run
 
 
 class Console:
@@ -101,6 +77,7 @@ class Attempts:
         self.lock = threading.Lock()
         self.current = 0
         self.lost: dict[str, str] = {}  # host -> the reason a node gave
+        self.stopped: str | None = None  # a node was stopped from outside (`launch stop`, a signal): why
         self.stopping = False  # set by the executor once it stops the run itself
 
     def on_event(self, event: dict) -> None:
@@ -113,25 +90,29 @@ class Attempts:
             elif kind == "stopping":
                 if event.get("lost") and event["lost"] not in self.lost:
                     self.lost[event["lost"]] = f"{event.get('host')} says: {event.get('reason')}"
+                if event.get("cause") == contract.STOPPED_BY_SIGNAL and not self.stopping and self.stopped is None:
+                    self.stopped = f"{event.get('host')}: {event.get('reason')}"
                 if not self.stopping:
                     self.console.say(f"launch: {event.get('host')} is stopping: {event.get('reason')}")
 
 
 class Heartbeat:
-    """Renews every node's lease while an attached run goes on, and the run directory's own (so that
-    `launch logs --follow` elsewhere can tell the run is watched); tells which hosts stopped answering."""
+    """Renews the lease of every node that has started while an attached run goes on, and the run
+    directory's own (so that `launch logs --follow` elsewhere can tell the run is watched); tells
+    which hosts stopped answering."""
 
-    def __init__(self, nodes: tuple[NodePlan, ...], transport: Transport, paths: RunPaths) -> None:
+    def __init__(self, transport: Transport, paths: RunPaths) -> None:
         self.transport = transport
         self.paths = paths
-        now = time.monotonic()
-        self.last_ok = {n.host: now for n in nodes}
+        self.last_ok: dict[str, float] = {}
         self.errors: dict[str, str] = {}
         self.done = threading.Event()
-        self.threads = [threading.Thread(target=self._renew, args=(n,), daemon=True) for n in nodes]
-        self.threads.append(threading.Thread(target=self._watched, daemon=True))
-        for thread in self.threads:
-            thread.start()
+        threading.Thread(target=self._watched, daemon=True).start()
+
+    def add(self, node: NodePlan) -> None:
+        """Renew `node`'s lease from now on; its host counts as answering from now."""
+        self.last_ok[node.host] = time.monotonic()
+        threading.Thread(target=self._renew, args=(node,), daemon=True).start()
 
     def _renew(self, node: NodePlan) -> None:
         while not self.done.is_set():
@@ -139,30 +120,31 @@ class Heartbeat:
                 self.transport.renew(node)
                 self.last_ok[node.host] = time.monotonic()
             except Exception as exc:  # noqa: BLE001 - kept as the host's last error
-                self.errors[node.host] = str(exc)
+                self.errors[node.host] = str(exc) or type(exc).__name__
             self.done.wait(RENEW_EVERY_S)
 
     def _watched(self) -> None:
         while not self.done.is_set():
             try:
-                rundir.touch(self.paths.lease_file)
+                self.paths.lease_file.touch()
             except OSError:
                 pass
             self.done.wait(RENEW_EVERY_S)
 
     def silent_for(self, host: str) -> float:
-        return time.monotonic() - self.last_ok[host]
+        return time.monotonic() - self.last_ok.get(host, time.monotonic())
 
     def lost(self) -> dict[str, str]:
         """Hosts that have not answered for LOST_AFTER_S, and why."""
         return {
             host: f"no answer over SSH for {self.silent_for(host):.0f} s ({self.errors.get(host) or 'no reply'})"
-            for host in self.last_ok if self.silent_for(host) > LOST_AFTER_S
+            for host in list(self.last_ok) if self.silent_for(host) > LOST_AFTER_S
         }
 
     def reachable(self, host: str) -> bool:
-        """Whether the host answered lately: a healthy host answers every RENEW_EVERY_S."""
-        return self.silent_for(host) < 2 * RENEW_EVERY_S
+        """Whether the host answered lately: a healthy one answers every RENEW_EVERY_S, in at most
+        the renewal's own time-out."""
+        return self.silent_for(host) < RENEW_EVERY_S + RENEW_TIMEOUT_S + 1
 
     def stop(self) -> None:
         self.done.set()
@@ -217,11 +199,11 @@ def execute(
     readers: list[tuple[str, threading.Thread]] = []
     interrupt = _Interrupt()
     attempts = Attempts(plan.max_restarts, console)
-    heartbeat = Heartbeat(plan.nodes, transport, paths)
+    heartbeat = Heartbeat(transport, paths)
     unreachable: set[str] = set()
     with interrupt.installed():
         try:
-            outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts)
+            outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat)
             if outcome is None:
                 outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts)
         finally:
@@ -264,11 +246,13 @@ def start_detached(plan: LaunchPlan, transport: Transport, secrets: dict[str, st
             raise LaunchError(f"could not start node {node.host}: {exc}; stopped the {len(started)} node(s) started before it") from None
 
 
-def _start_all(plan, transport, secrets, procs, readers, paths, console, attempts) -> RunOutcome | None:
-    """Start every node with a reader for its output; a failed start ends the run as failed."""
+def _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat) -> RunOutcome | None:
+    """Start every node with a reader for its output and its lease renewed; a failed start ends
+    the run as failed."""
     for node in plan.nodes:
         try:
             procs[node.host] = transport.start(node, secrets)
+            heartbeat.add(node)
         except LaunchError as exc:
             return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, failed_node=node.host, reason=f"could not start node {node.host}: {exc}")
         reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console, attempts), daemon=True)
@@ -285,6 +269,9 @@ def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrup
             return RunOutcome(RunState.INTERRUPTED.value, EXIT_INTERRUPTED, 0.0, reason=f"{name} received; stopped every node")
         if plan.timeout_s is not None and time.monotonic() - started > plan.timeout_s:
             return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, reason=f"timed out after {plan.timeout_s:g} s; stopped every node")
+        if attempts.stopped:
+            return RunOutcome(RunState.STOPPED.value, EXIT_FAILED, 0.0,
+                              reason=f"stopped from outside the launcher ({attempts.stopped}: launch stop, or a signal)")
         lost = heartbeat.lost()
         with attempts.lock:
             lost.update({h: why for h, why in attempts.lost.items() if h in procs and h not in lost})

@@ -21,11 +21,12 @@ from ..node import contract
 from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
 from ..results.summary import build_summary
 from . import rundir
-from .execute import RunOutcome, RunState
+from ..results.outcome import RunOutcome, RunState
 from .rundir import RunPaths
 from .transport import LocalTransport, Transport
 
 WATCHED_SLACK_S = 5.0  # an attached run's lease file may be this much older than its lease
+STARTING_S = 120.0  # a node that has not said anything yet is starting, for this long after the plan
 HOST_LOST = "lost"  # a host that cannot be asked, or whose part vanished without a word
 
 
@@ -123,6 +124,8 @@ def host_states(run: ExistingRun) -> dict[str, HostState]:
         local = _local_record(run.paths, node.host)  # collected already
         if local.get("state") in (contract.SUCCEEDED, contract.FAILED, contract.STOPPED):
             return HostState(local["state"], local.get("reason") or "", local)
+        if not record.get("state") and time.time() - run.paths.plan_file.stat().st_mtime < STARTING_S:
+            return HostState(contract.RUNNING, "starting", record)
         return HostState(HOST_LOST, "its processes are gone and it left no final state", record)
 
     states, errors = on_every_host(run.plan.nodes, ask, lambda n: n.host)
@@ -143,10 +146,11 @@ def run_state(hosts: dict[str, HostState]) -> RunState:
     causes = [h.record.get("cause") for h in hosts.values()]
     if contract.RUNNING in states:
         return RunState.RUNNING
-    if contract.FAILED in states or contract.STOPPED_FOR_PEER_FAILED in causes or contract.STOPPED_BY_TIMEOUT in causes:
-        return RunState.FAILED
-    if HOST_LOST in states or contract.STOPPED_BY_LEASE in causes or contract.STOPPED_FOR_PEER_LOST in causes:
-        return RunState.LOST
+    failing = (contract.STOPPED_FOR_PEER_FAILED, contract.STOPPED_FOR_PEER_LOST, contract.STOPPED_BY_TIMEOUT)
+    if contract.FAILED in states or any(cause in failing for cause in causes):
+        return RunState.FAILED  # a rank failed, a host was lost, or the job's time ran out
+    if HOST_LOST in states or contract.STOPPED_BY_LEASE in causes:
+        return RunState.LOST  # the launcher watching it went away (or took the only word with it)
     if contract.STOPPED in states:
         return RunState.STOPPED
     return RunState.SUCCEEDED
@@ -161,9 +165,11 @@ def describe(run: ExistingRun) -> dict[str, Any]:
         state = run_state(hosts)
         if state is not RunState.RUNNING and not run.watched():
             summary = finish(run, hosts, state)
+    elif summary.get("collect_errors"):
+        summary = collect_missing(run)
     if summary is not None:
         host_map = {n.host: _local_record(run.paths, n.host).get("state") or summary["status"] for n in run.plan.nodes}
-        start, end = _times(run, {})
+        start, _ = _times(run, {})
         return _row(run, summary["status"], host_map, start, summary.get("wall_time_s"))
     start, _ = _times(run, hosts)
     elapsed = time.time() - start if start else None
@@ -202,13 +208,13 @@ def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> di
             continue
         try:
             run.transport.collect(node)
-        except LaunchError as exc:
-            outcome.collect_errors[node.host] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
+            outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
     failed = [h for h, s in hosts.items() if s.state == contract.FAILED]
     lost = [h for h, s in hosts.items() if s.state == HOST_LOST] or [s.record["lost"] for s in hosts.values() if s.record.get("lost")]
     if failed:
         outcome.failed_node = failed[0]
-    elif lost and state is RunState.LOST:
+    elif lost:
         outcome.failed_node = outcome.lost_host = lost[0]
     reasons = [f"{h}: {s.detail}" for h, s in hosts.items() if s.detail]
     if reasons and state is not RunState.SUCCEEDED:
@@ -220,9 +226,41 @@ def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> di
     return summary
 
 
+def collect_missing(run: ExistingRun) -> dict[str, Any] | None:
+    """A finished run whose summary names hosts it could not collect from (lost, or unreachable
+    then): try those again, and rewrite the summary when any of them came back."""
+    summary = run.summary
+    missing = (summary or {}).get("collect_errors") or {}
+    nodes = [n for n in run.plan.nodes if n.host in missing]
+    if summary is None or not nodes:
+        return summary
+
+    def collect(node: NodePlan) -> None:
+        if run.transport.state(node).get("alive"):
+            raise LaunchError("its part of the run is still going")
+        run.transport.collect(node)
+
+    collected, errors = on_every_host(nodes, collect, lambda n: n.host)
+    if not collected:
+        return summary
+    outcome = RunOutcome(summary["status"], summary["exit_code"], summary["wall_time_s"],
+                         failed_node=(summary.get("failure") or {}).get("host"), reason=summary.get("reason"),
+                         collect_errors={h: str(e) or type(e).__name__ for h, e in errors.items()},
+                         lost_host=summary.get("lost_host"))
+    summary = build_summary(run.plan, outcome, run.paths)
+    rundir.write_json(run.paths.summary_file, summary)
+    return summary
+
+
+def stop_nodes(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Exception]:
+    """Stop every node's part at once; the hosts that could not be asked."""
+    _, errors = on_every_host(run.plan.nodes, lambda n: run.transport.stop(n, grace_s), lambda n: n.host)
+    return errors
+
+
 def stop(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Any]:
     """Stop every node's part (SIGTERM, then kill after the grace period), then finish the run."""
-    _, errors = on_every_host(run.plan.nodes, lambda n: run.transport.stop(n, grace_s), lambda n: n.host)
+    errors = stop_nodes(run, grace_s)
     hosts = host_states(run)
     for host, exc in errors.items():
         hosts[host] = HostState(HOST_LOST, f"unreachable: could not stop it: {exc}")
@@ -256,7 +294,7 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
             lines = (partial[node.host] + data).split(b"\n")
             partial[node.host] = lines.pop()
             for line in lines:
-                if _show(line + b"\n", node.host, rank, out, say):
+                if show_line(line + b"\n", node.host, rank, out, say):
                     ended.add(node.host)
         out.flush()
         if len(ended) == len(run.plan.nodes):
@@ -273,7 +311,7 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
     return finish(run, hosts, run_state(hosts))
 
 
-def _show(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None]) -> bool:
+def show_line(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None]) -> bool:
     """Print one line of a node's output; True when it is the node's last (its end event)."""
     event = contract.parse_event(line)
     if event is not None:

@@ -122,11 +122,6 @@ def create(paths: RunPaths) -> None:
     paths.metrics_dir.mkdir()
 
 
-def touch(path: Path) -> None:
-    path.touch()
-    os.utime(path, None)
-
-
 def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically, so a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -18,6 +18,7 @@ from typing import IO, Any, Iterator, Protocol
 
 from ..errors import RunError
 from ..node import contract
+from ..node.procs import alive, signal_group
 from ..plan import DETACHED_OUTPUT, SUPERVISOR_MODULE, NodePlan
 
 EXTRA_WAIT_S = 5.0  # beyond the grace period, for the node's supervisor to finish its own stop
@@ -69,20 +70,15 @@ def node_environment(node: NodePlan, secrets: dict[str, str], base: dict[str, st
 
 
 def stop_group(pgid: int, grace_s: float, alive) -> None:
-    """SIGTERM a process group, wait up to `grace_s` (+ the supervisor's own time), then SIGKILL it."""
-    _signal(pgid, signal.SIGTERM)
+    """SIGTERM a node supervisor's process group (the supervisor stops torchrun and, after `grace_s`,
+    kills every process below it); SIGKILL the group if the supervisor is still there after that.
+    torchrun, in a session of its own, then gets SIGTERM from the supervisor's death."""
+    signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s + EXTRA_WAIT_S
     while alive() and time.monotonic() < deadline:
         time.sleep(0.05)
     if alive():
-        _signal(pgid, signal.SIGKILL)
-
-
-def _signal(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+        signal_group(pgid, signal.SIGKILL)
 
 
 class LocalProcess:
@@ -175,8 +171,6 @@ def _is_supervisor(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             argv = fh.read().split(b"\0")
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            zombie = fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
     except OSError:
         return False
-    return not zombie and SUPERVISOR_MODULE.encode() in argv
+    return alive(pid) and SUPERVISOR_MODULE.encode() in argv

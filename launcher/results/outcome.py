@@ -1,0 +1,29 @@
+"""How a run ended (or stands): what the executor, and the commands on existing runs, hand to the summary."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class RunState(str, enum.Enum):
+    """How a run stands (summary.json's `status`, and `launch status`)."""
+
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"  # by `launch stop`
+    INTERRUPTED = "interrupted"  # Ctrl-C or SIGTERM to an attached launcher
+    LOST = "lost"  # the launcher watching it went away, and the nodes stopped on their own
+
+
+@dataclass
+class RunOutcome:
+    status: str  # a RunState's value
+    exit_code: int
+    wall_time_s: float
+    node_exit_codes: dict[str, int | None] = field(default_factory=dict)
+    failed_node: str | None = None  # the first node seen ending with an error
+    reason: str | None = None  # why the launcher ended the run, when it did
+    collect_errors: dict[str, str] = field(default_factory=dict)  # host -> why its files are missing
+    lost_host: str | None = None  # a host that stopped answering, when that ended the run
