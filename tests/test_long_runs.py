@@ -172,3 +172,17 @@ def test_checkpoint_dir_is_kept_with_resume_and_emptied_otherwise(probe_job, tmp
     assert "[box/0] resumed from step 4" in resumed.stdout.splitlines() and "[box/0] step 5" in resumed.stdout
     fresh = launch(str(job), cwd=tmp_path)
     assert "resumed" not in fresh.stdout and "[box/0] step 0" in fresh.stdout.splitlines()
+
+
+def test_stop_of_an_attached_run_from_another_terminal(probe_job, tmp_path: Path) -> None:
+    job = probe_job(LONG)
+    proc = start_launcher(job, tmp_path)
+    seen = read_until(proc, lambda lines: any("] step 2" in line for line in lines))
+    run_id = run_id_of("".join(seen))
+    stopped = launch("stop", run_id, cwd=tmp_path)
+    assert stopped.returncode == 0, stopped.stderr
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, rest[-2000:]
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert summary["status"] == "stopped" and "stopped from outside the launcher" in summary["reason"]
+    assert processes_of_run(run_id) == []

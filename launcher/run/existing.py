@@ -198,7 +198,9 @@ def _times(run: ExistingRun, hosts: dict[str, HostState]) -> tuple[float | None,
 
 # ---- finishing, stopping, following
 def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> dict[str, Any]:
-    """Collect every reachable node's files, then write and return the run's summary."""
+    """Collect every reachable node's files, then write and return the run's summary (of a run
+    that has ended: `state` is not RUNNING)."""
+    assert state is not RunState.RUNNING
     outcome = RunOutcome(state.value, EXIT_OK if state is RunState.SUCCEEDED else EXIT_FAILED, 0.0)
     for node in run.plan.nodes:
         host = hosts[node.host]
@@ -307,8 +309,12 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
                 if len(gone) == len(hosts):
                     break
         time.sleep(0.5)
-    hosts = host_states(run)
-    return finish(run, hosts, run_state(hosts))
+    while True:  # a node says its last line a moment before its processes are gone
+        hosts = host_states(run)
+        state = run_state(hosts)
+        if state is not RunState.RUNNING:
+            return finish(run, hosts, state)
+        time.sleep(0.5)
 
 
 def show_line(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None]) -> bool:
