@@ -75,9 +75,10 @@ class SshTransport:
         self.conns: dict[str, fabric.Connection] = dict(conns or {})
         self.sftps: dict[str, paramiko.SFTPClient] = {}
         self.lock = threading.Lock()
+        self.connecting = {name: threading.Lock() for name in hosts}  # one connect at a time per host
 
     def control(self, host: str) -> fabric.Connection:
-        with self.lock:
+        with self.connecting[host]:
             if host not in self.conns:
                 self.conns[host] = connect(self.hosts[host])
             return self.conns[host]

@@ -11,11 +11,15 @@ _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
 
 
+try:  # looked up once, here: a child between fork and exec (preexec_fn) only calls it
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux: nothing to ask for
+    _PRCTL = None
+
+
 def _prctl(option: int, value: int) -> None:
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(option, value, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: nothing to ask for
-        pass
+    if _PRCTL is not None:
+        _PRCTL(option, value, 0, 0, 0)
 
 
 def die_with_parent(sig: int) -> None:
