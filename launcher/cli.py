@@ -105,7 +105,7 @@ def run_job(args: argparse.Namespace) -> int:
 def _check_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch check", description="Preflight every host of an inventory.")
     parser.add_argument("cluster", type=Path, help="the inventory (cluster.yaml)")
-    parser.add_argument("--port", type=int, default=29500, help="the rendezvous port that must be free (default 29500)")
+    parser.add_argument("--port", type=int, default=29500, help="the rendezvous port that must be free, with the next one (default 29500)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -113,8 +113,8 @@ def _check_parser() -> argparse.ArgumentParser:
 def _check(args: argparse.Namespace) -> int:
     from .hosts.check import check_cluster
 
-    if not 1 <= args.port <= 65535:
-        raise SpecError(f"--port: expected an integer from 1 to 65535, got {args.port}")
+    if not 1 <= args.port <= 65534:  # and port + 1, the node supervisors'
+        raise SpecError(f"--port: expected an integer from 1 to 65534, got {args.port}")
     cluster = load_cluster(args.cluster)
     results = check_cluster(cluster, args.port)
     for result in results:

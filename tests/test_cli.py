@@ -91,7 +91,7 @@ def test_check_with_a_port_out_of_range_is_bad_input(tmp_path: Path) -> None:
     (tmp_path / "cluster.yaml").write_text(CLUSTER)
     result = launch("check", str(tmp_path / "cluster.yaml"), "--port", "70000", cwd=tmp_path)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == ["launch: error: --port: expected an integer from 1 to 65535, got 70000"]
+    assert result.stderr.splitlines() == ["launch: error: --port: expected an integer from 1 to 65534, got 70000"]
 
 
 def test_logs_of_something_that_is_not_a_run_is_bad_input(tmp_path: Path) -> None:

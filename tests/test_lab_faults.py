@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROBE, containers, host_runtime_job, lab_job, launch, run_id_of
+from conftest import PROBE, ROOT, containers, host_runtime_job, lab_job, launch, run_id_of
 from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
@@ -207,3 +207,25 @@ def test_runtime_host_nodes_stop_with_a_killed_launcher_and_run_detached(tmp_pat
     assert "[h3/2] step 19" in follow.stdout.splitlines()
     assert json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())["status"] == "succeeded"
     assert processes_of_run(run_id) == []
+
+
+def test_a_host_lost_from_a_detached_run_in_a_collective_stops_every_rank(tmp_path: Path, lab, base_image: str) -> None:
+    """The ranks of the other hosts wait in an all-reduce for the lost one: the nodes stop them."""
+    job = lab_job(tmp_path, lab, base_image, ROOT / "jobs/allreduce/train.py", ["--steps", "100000", "--sleep", "0.05"])
+    result = launch(str(job), "--detach", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    run_id = result.stdout.splitlines()[-2].split()[2]
+    deadline = time.monotonic() + 90  # every rank has stepped (the hosts hold the metrics)
+    while not all(lab.ssh(h, f"test -s /tmp/launch-runs-root/{run_id}/{h}/metrics/rank{r}.jsonl", check=False).returncode == 0
+                  for r, h in enumerate(("h1", "h2", "h3"))):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    lab.cut_link("h3")
+    try:
+        assert seconds_until_nothing_left(lab, run_id, 30) < 30
+    finally:
+        lab.restore_link("h3")
+    row = status_json(run_id, tmp_path)
+    assert row["status"] == "failed" and row["hosts"] == {"h1": "stopped", "h2": "stopped", "h3": "stopped"}
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert (summary["lost_host"], summary["failure"]["host"]) == ("h3", "h3")

@@ -208,20 +208,24 @@ def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> N
     assert all(line.split()[:3] == [h.name, h.address, "ok"] and "docker 20.10" in line for h, line in zip(lab.hosts, lines))
 
     (tmp_path / "cluster.yaml").write_text(lab.cluster_file.read_text().replace("gpus: 0", "gpus: 2", 1))
-    listener = lab.ssh("h2", "nohup python3 -c 'import socket, time; s = socket.socket(); s.bind((\"0.0.0.0\", 29500)); "
-                             "s.listen(); time.sleep(120)' >/dev/null 2>&1 & echo $!").stdout.decode().strip()
-    deadline = time.monotonic() + 20
-    while "29500" not in lab.ssh("h2", "ss -ltnH 'sport = :29500'").stdout.decode() and time.monotonic() < deadline:
-        time.sleep(0.2)
+    listeners = {}
+    for host, port in (("h2", 29500), ("h1", 29501)):  # the rendezvous port, and the node supervisors'
+        listeners[host] = lab.ssh(host, "nohup python3 -c 'import socket, time; s = socket.socket(); "
+                                        f"s.bind((\"0.0.0.0\", {port})); s.listen(); time.sleep(120)' >/dev/null 2>&1 & echo $!").stdout.decode().strip()
+        deadline = time.monotonic() + 20
+        while str(port) not in lab.ssh(host, f"ss -ltnH 'sport = :{port}'").stdout.decode() and time.monotonic() < deadline:
+            time.sleep(0.2)
     lab.cut_link("h3")
     try:
         bad = launch("check", str(tmp_path / "cluster.yaml"), cwd=tmp_path, timeout=120)
     finally:
         lab.restore_link("h3")
-        lab.ssh("h2", f"kill {listener}", check=False)
+        for host, pid in listeners.items():
+            lab.ssh(host, f"kill {pid}", check=False)
     assert bad.returncode == 1
     by_host = {line.split()[0]: line for line in bad.stdout.splitlines()[:3]}
     assert "NOT USABLE: 0 GPU(s) visible, the inventory says 2" in by_host["h1"]
+    assert "port 29501 (the node supervisors', rendezvous port + 1) is in use" in by_host["h1"]
     assert "NOT USABLE: port 29500 is in use" in by_host["h2"]
     assert "NOT USABLE: h3 (root@10.77.7.13:22): cannot connect" in by_host["h3"]
     assert bad.stdout.splitlines()[-1] == "0 of 3 host(s) usable"

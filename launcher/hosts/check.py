@@ -23,6 +23,7 @@ printf 'docker=%s\n' "$(docker version --format '{{.Server.Version}}' 2>/dev/nul
 printf 'gpus=%s\n' "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 printf 'disk_kb=%s\n' "$(df -Pk /tmp 2>/dev/null | awk 'NR==2 {print $4}')"
 printf 'port_busy=%s\n' "$(ss -ltnH "sport = :$0" 2>/dev/null | grep -c . || true)"
+printf 'supervisor_port_busy=%s\n' "$(ss -ltnH "sport = :$(($0 + 1))" 2>/dev/null | grep -c . || true)"
 printf 'time=%s\n' "$(date +%s.%N)"
 """
 
@@ -76,6 +77,8 @@ def check_host(host: Host, port: int) -> HostCheck:
         result.problems.append(f"{gpus} GPU(s) visible, the inventory says {host.gpus}")
     if result.facts.get("port_busy", "0") not in ("0", ""):
         result.problems.append(f"port {port} is in use")
+    if result.facts.get("supervisor_port_busy", "0") not in ("0", ""):
+        result.problems.append(f"port {port + 1} (the node supervisors', rendezvous port + 1) is in use")
     try:
         result.skew_s = float(result.facts["time"]) - (sent + received) / 2
     except (KeyError, ValueError):

@@ -285,13 +285,11 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
     ended: set[str] = set()
     last_check = 0.0
     while True:
-        for node in run.plan.nodes:
-            if node.host in ended:
-                continue
-            try:
-                data = run.transport.read_output(node, offsets[node.host])
-            except LaunchError:
-                continue  # a host that does not answer: its state says so below
+        reading = [n for n in run.plan.nodes if n.host not in ended]
+        # every host at once: hosts that do not answer cost a round one time-out, not one each
+        new, _ = on_every_host(reading, lambda n: run.transport.read_output(n, offsets[n.host]), lambda n: n.host)
+        for node in reading:
+            data = new.get(node.host, b"")
             offsets[node.host] += len(data)
             lines = (partial[node.host] + data).split(b"\n")
             partial[node.host] = lines.pop()
@@ -303,11 +301,8 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
             break
         if time.monotonic() - last_check > 3:
             last_check = time.monotonic()
-            hosts = host_states(run)
-            if run_state(hosts) is not RunState.RUNNING and not run.watched():
-                gone = [h for h, s in hosts.items() if s.state != contract.RUNNING]
-                if len(gone) == len(hosts):
-                    break
+            if run_state(host_states(run)) is not RunState.RUNNING and not run.watched():
+                break
         time.sleep(0.5)
     while True:  # a node says its last line a moment before its processes are gone
         hosts = host_states(run)
