@@ -49,6 +49,7 @@ def host(state: str, cause: str | None = None) -> HostState:
     ([host("stopped", "peer-failed"), host("stopped", "peer-failed")], RunState.FAILED),
     ([host("stopped", "timeout"), host("stopped", "timeout")], RunState.FAILED),
     ([host("stopped", "lease"), host("stopped", "lease")], RunState.LOST),
+    ([host("failed"), host("stopped", "lease")], RunState.LOST),  # a rank that died of its launcher's loss
     ([host(HOST_LOST), host("stopped", "peer-lost")], RunState.FAILED),
     ([host(HOST_LOST), host("stopped", "lease")], RunState.LOST),
     ([host("stopped", "signal"), host("stopped", "signal")], RunState.STOPPED),

@@ -318,8 +318,9 @@ class Mesh:
 
     One line per message. To node 0: `hello RANK HOST`, `beat`, `failed ATTEMPT REASON` (its
     torchrun failed and restarts are left), `ready ATTEMPT` (its torchrun of the attempt before
-    ended), `end CODE` (its part is over). From node 0: `node0 HOST`, `beat`, `restart ATTEMPT
-    REASON`, `go ATTEMPT` (every node is ready), `stop CAUSE REASON`.
+    ended), `end CODE [CAUSE REASON]` (its part is over; CAUSE when it was stopped). From node 0:
+    `node0 HOST`, `beat`, `restart ATTEMPT REASON`, `go ATTEMPT` (every node is ready),
+    `stop CAUSE REASON`.
     """
 
     def __init__(self, sup: Supervisor) -> None:
@@ -403,11 +404,14 @@ class Mesh:
                 with self.mlock:
                     self.members[rank]["last"] = time.monotonic()
                 if words and words[0] == "end":
-                    code = int(words[1]) if len(words) > 1 and words[1].strip().lstrip("-").isdigit() else 1
+                    parts = words[1].split(None, 2) if len(words) > 1 else []
+                    code = int(parts[0]) if parts and parts[0].lstrip("-").isdigit() else 1
                     with self.mlock:
                         self.members[rank]["ended"] = code
                         restarting = self.restarting > self.sup.attempt
-                    if code != 0:
+                    if len(parts) > 1 and parts[1] in contract.STOP_CAUSES:  # it was stopped: the others stop alike
+                        self._stop_all(parts[1], parts[2].strip() if len(parts) > 2 else f"node {rank} ({host}) stopped")
+                    elif code != 0:
                         self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node {rank} ({host}) failed with exit code {code}")
                     elif restarting:  # it finished while the others restart: the group cannot come together
                         self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node {rank} ({host}) ended while the group restarted")
@@ -561,7 +565,8 @@ class Mesh:
                 time.sleep(0.2)
             self.ended.set()
         else:
-            self._to_coordinator(f"end {code}")
+            stopped = f" {self.sup.cause} {self.sup.stop_reason}" if self.sup.stopping.is_set() else ""
+            self._to_coordinator(f"end {code}{stopped}")
             self.ended.set()
             if self.conn is not None:
                 self.conn.close()

@@ -146,11 +146,13 @@ def run_state(hosts: dict[str, HostState]) -> RunState:
     causes = [h.record.get("cause") for h in hosts.values()]
     if contract.RUNNING in states:
         return RunState.RUNNING
+    if contract.STOPPED_BY_LEASE in causes:
+        return RunState.LOST  # the launcher watching it went away: whatever else failed came after
     failing = (contract.STOPPED_FOR_PEER_FAILED, contract.STOPPED_FOR_PEER_LOST, contract.STOPPED_BY_TIMEOUT)
     if contract.FAILED in states or any(cause in failing for cause in causes):
         return RunState.FAILED  # a rank failed, a host was lost, or the job's time ran out
-    if HOST_LOST in states or contract.STOPPED_BY_LEASE in causes:
-        return RunState.LOST  # the launcher watching it went away (or took the only word with it)
+    if HOST_LOST in states:
+        return RunState.LOST  # a host took the only word on how it ended with it
     if contract.STOPPED in states:
         return RunState.STOPPED
     return RunState.SUCCEEDED
