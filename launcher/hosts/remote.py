@@ -231,7 +231,7 @@ class SshTransport:
     def collect(self, node: NodePlan) -> None:
         """Copy the node's logs and metrics into the run directory, then remove its part of the run."""
         conn = self.control(node.host)
-        sftp = conn.sftp()
+        sftp = self._sftp(node.host)  # its reads time out: a host that goes silent now cannot hang the launcher
         remote_logs, remote_metrics = contract.node_dirs(node.node_dir, node.host)
         for remote, local in ((remote_logs, self.paths.host_logs_dir(node.host)), (remote_metrics, self.paths.metrics_dir)):
             local.mkdir(parents=True, exist_ok=True)
