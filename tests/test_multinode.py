@@ -229,3 +229,22 @@ def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> N
     assert "NOT USABLE: port 29500 is in use" in by_host["h2"]
     assert "NOT USABLE: h3 (root@10.77.7.13:22): cannot connect" in by_host["h3"]
     assert bad.stdout.splitlines()[-1] == "0 of 3 host(s) usable"
+
+
+def test_ctrl_c_during_a_remote_command_reaches_the_launcher(tmp_path: Path, lab) -> None:
+    """Every step before a run (connect, check the image, ship it) runs remote commands: Ctrl-C must
+    end the launcher there too, not be handed to the remote command and lost."""
+    script = tmp_path / "remote_sleep.py"
+    script.write_text(
+        "import sys\nfrom pathlib import Path\nfrom launcher.spec import load_cluster\n"
+        "from launcher.hosts.ssh import connect, run\n"
+        f"conn = connect(load_cluster(Path({str(lab.cluster_file)!r})).hosts[0])\n"
+        "print('ready', flush=True)\n"
+        "try:\n    run(conn, ['sleep', '60'])\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True)\n    sys.exit(130)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=15)
+    assert (proc.returncode, out.strip()) == (130, "interrupted")

@@ -16,7 +16,6 @@ from typing import Sequence
 
 import fabric
 import paramiko
-from invoke.exceptions import CommandTimedOut
 
 from ..errors import RunError
 from ..spec import Host
@@ -81,15 +80,12 @@ def connect(host: Host, timeout: float = 10) -> fabric.Connection:
 _TRANSPORT_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
 
 
-def run(conn: fabric.Connection, argv: Sequence[str], timeout: float | None = 120) -> tuple[int, str]:
-    """Run a command (an argv list, quoted here and nowhere else); its exit code and output."""
-    try:
-        result = conn.run(shlex.join(argv), hide=True, warn=True, in_stream=False, timeout=timeout)
-    except CommandTimedOut:
-        raise RunError(f"{conn.host}: `{shlex.join(argv)[:80]}` took longer than {timeout:g} s") from None
-    except _TRANSPORT_ERRORS as exc:
-        raise RunError(f"{conn.host}: SSH failed: {exc or type(exc).__name__}") from None
-    return result.exited, result.stdout + result.stderr
+def run(conn: fabric.Connection, argv: Sequence[str], timeout: float = 120) -> tuple[int, str]:
+    """Run a command (an argv list, quoted here and nowhere else); its exit code and merged output.
+
+    On a channel of our own rather than through invoke's runner, which would take a Ctrl-C for the
+    remote command and swallow it: here it reaches the launcher like anywhere else."""
+    return pipe_into(conn, argv, b"", timeout)
 
 
 def open_command(conn: fabric.Connection, argv: Sequence[str]) -> paramiko.Channel:
@@ -108,16 +104,20 @@ def open_command(conn: fabric.Connection, argv: Sequence[str]) -> paramiko.Chann
 
 def pipe_into(conn: fabric.Connection, argv: Sequence[str], data: bytes, timeout: float = 600) -> tuple[int, str]:
     """Run a command with `data` as its standard input (never on its command line); its exit code
-    and merged output."""
+    and merged output. RunError when the host says nothing for `timeout` seconds."""
     channel = open_command(conn, argv)
     try:
         channel.settimeout(timeout)
-        channel.sendall(data)
+        if data:
+            channel.sendall(data)
         channel.shutdown_write()
         output = channel.makefile("rb").read().decode(errors="replace")
+        if not channel.status_event.wait(timeout):
+            raise socket.timeout()
         return channel.recv_exit_status(), output
+    except socket.timeout:
+        raise RunError(f"{conn.host}: `{shlex.join(argv)[:80]}` took longer than {timeout:g} s") from None
     except _TRANSPORT_ERRORS as exc:
-        raise RunError(f"{conn.host}: SSH failed: {exc or type(exc).__name__}") from None
+        raise RunError(f"{conn.host}: SSH failed: {str(exc) or type(exc).__name__}") from None
     finally:
         channel.close()
-
