@@ -157,9 +157,9 @@ def _existing_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def _run_dir(given: Path, runs_dir: Path = Path("runs")) -> Path:
-    """A run directory as given, or a run id under `runs_dir`."""
-    return given if given.is_dir() or given.is_absolute() else runs_dir / given
+def _run_dir(given: Path) -> Path:
+    """For `report`: a run directory as given, or a run id under ./runs."""
+    return given if given.is_dir() or given.is_absolute() else Path("runs") / given
 
 
 def _logs(args: argparse.Namespace) -> int:
