@@ -43,6 +43,13 @@ class MetricsWriter:
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def record(self, **fields: Any) -> None:
+        """Appends a record that is not a step (an evaluation, say): kept in the file, left out of step statistics."""
+        if self.path is None:
+            return
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(fields) + "\n")
+
     def step(self, samples: float, **extra: Any) -> "_StepTimer":
         return _StepTimer(self, samples, extra)
 
