@@ -15,14 +15,17 @@ import json
 import os
 import pickle
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import ROOT, launch, run_id_of
+from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
 
@@ -94,8 +97,32 @@ def test_a_stopped_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_o
     assert re.search(r"checkpoints: resumed from \S+ckpt-000000003\.pt: epoch 0, 3 of 4 steps into it, step 3 in all", second)
     steps = [json.loads(line) for line in (run_dir / "metrics" / "rank0.jsonl").read_text().splitlines()]
     assert [s["epoch"] for s in steps if "step_time_s" in s] == [0, 1, 1], "the resumed run does only the missing steps"
-    difference = max_difference(final_parameters(tmp_path / "whole", "resnet"), final_parameters(tmp_path / "parts", "resnet"))
-    assert difference < 1e-5, difference
+    whole = final_parameters(tmp_path / "whole", "resnet")
+    assert max_difference(whole, final_parameters(tmp_path / "parts", "resnet")) < 1e-5
+
+    # A rank killed after its third step: the group restarts (max_restarts: 1) and resumes from step 2.
+    killed = tmp_path / "killed"
+    job = book_job(killed, "resnet", "resnet18_cifar10.py", [*args, "--max-steps", "6", "--checkpoint-every", "2"], nproc=2)
+    job.write_text(job.read_text() + "max_restarts: 1\n")
+    process = subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--local", "--runs-dir", str(killed / "runs")],
+                               cwd=killed, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        run_id = run_id_of(process.stdout.readline())
+        metrics = killed / "runs" / run_id / "metrics" / "rank1.jsonl"
+        deadline = time.monotonic() + 300
+        while not (metrics.exists() and sum('"step_time_s"' in line for line in metrics.read_text().splitlines()) >= 3):
+            assert time.monotonic() < deadline and process.poll() is None, "the run never made 3 steps"
+            time.sleep(0.1)
+        (rank1,) = [pid for pid in processes_of_run(run_id)
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[1:2] == [b"resnet18_cifar10.py"]
+                    and b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]
+        os.kill(rank1, signal.SIGKILL)
+        output = process.communicate(timeout=300)[0]
+    finally:
+        process.kill()
+    assert process.returncode == 0, output[-4000:]
+    assert re.search(r"checkpoints: resumed from \S+ckpt-00000000[24]\.pt", output), output[-4000:]
+    assert max_difference(whole, final_parameters(killed, "resnet")) < 1e-5
 
 
 def test_the_default_synthetic_data_is_learned(tmp_path: Path) -> None:
