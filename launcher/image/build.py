@@ -42,8 +42,9 @@ class BuiltImage:
 
 def shipped_files() -> list[tuple[Path, str]]:
     """What goes into every image and onto every host beside the ranks: `launcher.node` (standard
-    library only) and the package's import-free `__init__`, as (file, path under the lib folder)."""
-    files = [PACKAGE / "__init__.py", *sorted((PACKAGE / "node").glob("*.py"))]
+    library only, with its `startup/` folder) and the package's import-free `__init__`, as (file,
+    path under the lib folder)."""
+    files = [PACKAGE / "__init__.py", *sorted((PACKAGE / "node").rglob("*.py"))]
     return [(path, str(path.relative_to(PACKAGE.parent))) for path in files]
 
 

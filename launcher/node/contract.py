@@ -2,13 +2,15 @@
 
 Standard library only, and imported by both sides: the launcher (planning, the run directory,
 reading what nodes left) and the code that ships with the ranks (the rank wrapper, the node
-supervisor, the metrics writer). Nothing else spells these names.
+supervisor, the metrics writer, the startup hook). Nothing else spells these names. It imports
+nothing at load time: the startup hook loads it into every Python process of a rank.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 # ---- environment variables the launcher sets for every rank (a job's `env` cannot set them)
 RESERVED_PREFIX = "LAUNCH_"
@@ -55,7 +57,13 @@ def rank_status(rank: int | str, attempt: int | None = None) -> str:
 
 
 def metrics_file(rank: int | str) -> str:
+    """Step records the job writes itself (README "Metrics")."""
     return f"rank{rank}.jsonl"
+
+
+def auto_metrics_file(rank: int | str) -> str:
+    """Step records launch measures in the rank's Python (optimizer steps, DataLoader batches)."""
+    return f"rank{rank}.auto.jsonl"
 
 
 def parse_rank_file(name: str, suffix: str) -> tuple[int, int | None] | None:
@@ -93,12 +101,16 @@ EVENT_MARK = b"\x1elaunch-event "
 
 
 def event_line(kind: str, **fields: Any) -> bytes:
+    import json
+
     return EVENT_MARK + json.dumps({"event": kind, **fields}, separators=(",", ":")).encode() + b"\n"
 
 
 def parse_event(line: bytes) -> dict[str, Any] | None:
     if not line.startswith(EVENT_MARK):
         return None
+    import json
+
     try:
         event = json.loads(line[len(EVENT_MARK) :])
     except ValueError:

@@ -10,6 +10,8 @@ torchrun starts `python -m launcher.node.rankexec COMMAND...` once per rank. Lik
 - after a restart of the group (attempt K > 0, `contract.ATTEMPT`), first keeps the earlier attempt's log and status as
   `rank$RANK.attempt<K-1>.*`, so every attempt's output is kept;
 - says when the rank starts and ends as event lines (`contract.event_line`) for the launcher;
+- puts `startup/` first on the command's PYTHONPATH, so that every Python process of the rank
+  measures its optimizer steps into `rank$RANK.auto.jsonl` (`stepmetrics`) for jobs that write no metrics;
 - exits with the command's exit code (128 + N when signal N ended it).
 """
 
@@ -24,6 +26,8 @@ import time
 
 from . import contract
 from .procs import die_with_parent
+
+STARTUP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "startup")  # holds a sitecustomize.py
 
 
 def _write_line(stream, data: bytes) -> bool:
@@ -119,7 +123,8 @@ def _keep_attempt(log_dir: str, rank: str, attempt: int) -> None:
 
 
 def _child_environment() -> dict[str, str]:
-    """This process's environment plus the secrets in $LAUNCH_SECRETS_FILE.
+    """This process's environment plus the secrets in $LAUNCH_SECRETS_FILE, and, under a launch
+    ($LAUNCH_METRICS_DIR set), `STARTUP_DIR` first on PYTHONPATH.
 
     Secrets reach the rank this way so that they are in no command line and no container's config.
     """
@@ -128,6 +133,8 @@ def _child_environment() -> dict[str, str]:
     if path:
         with open(path, encoding="utf-8") as fh:
             env.update(contract.parse_secrets(fh.read()))
+    if env.get(contract.METRICS_DIR):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (STARTUP_DIR, env.get("PYTHONPATH")) if p)
     return env
 
 

@@ -1,11 +1,13 @@
-"""The metrics protocol, the launcher's side: reading `rank<R>.jsonl` files, and the numbers a
-summary shows (throughput, step-time percentiles, stragglers).
+"""The metrics protocol, the launcher's side: reading step records (`rank<R>.jsonl` as the job
+wrote them, or `rank<R>.auto.jsonl` as launch measured them), and the numbers a summary shows
+(throughput, step-time percentiles, stragglers).
 
 Kept out of what ships with the ranks (`launcher.node`): a threshold changed here changes no image.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import statistics
@@ -37,6 +39,24 @@ def read_records(path: Path) -> list[StepRecord]:
         if record.step_time_s > 0 and record.samples >= 0:
             records.append(record)
     return records
+
+
+class MetricsSource(str, enum.Enum):
+    """Where a run's step records come from (summary.json's per-rank `metrics_source`)."""
+
+    JOB = "job"  # the job's own rank<R>.jsonl
+    AUTO = "auto"  # measured by launch in the rank's Python (optimizer steps, DataLoader batch sizes)
+
+
+def pick_source(own: dict[int, list[StepRecord]], measured: dict[int, list[StepRecord]]) -> tuple[MetricsSource | None, dict[int, list[StepRecord]]]:
+    """The records a run's numbers come from, by rank: the job's own when any rank wrote some (ranks
+    that did not are missing), else those launch measured. One source for the whole run, because
+    ranks' samples are added up and a job's may count other things (tokens, images) than batches."""
+    if any(own.values()):
+        return MetricsSource.JOB, own
+    if any(measured.values()):
+        return MetricsSource.AUTO, measured
+    return None, {}
 
 
 STRAGGLER_THRESHOLD = 1.25  # slower than 1.25 x the median of all ranks' median step times

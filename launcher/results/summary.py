@@ -12,7 +12,7 @@ from rich.console import Console as RichConsole
 from rich.table import Table
 
 from .outcome import RunOutcome, RunState
-from .stats import STRAGGLER_THRESHOLD, rank_stats, read_records, stragglers
+from .stats import STRAGGLER_THRESHOLD, MetricsSource, pick_source, rank_stats, read_records, stragglers
 from ..plan import LaunchPlan
 from ..run.rundir import RunPaths
 
@@ -33,10 +33,13 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
     logs = paths.rank_logs()
     ranks = []
     batches = []
-    for rank in sorted(set(statuses) | set(logs)):
+    numbered = sorted(set(statuses) | set(logs))
+    source, records = pick_source({rank: read_records(paths.metrics_file(rank)) for rank in numbered},
+                                  {rank: read_records(paths.auto_metrics_file(rank)) for rank in numbered})
+    for rank in numbered:
         status = statuses.get(rank, {})
         host = status.get("host") or logs[rank].parent.name
-        stats = rank_stats(read_records(paths.metrics_file(rank)), plan.warmup_steps)
+        stats = rank_stats(records.get(rank, []), plan.warmup_steps)
         if stats:
             batches.append(stats.samples_per_step)
         ranks.append(
@@ -50,6 +53,7 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
                 "samples_per_s": round(stats.samples_per_s, 3) if stats else None,
                 "step_time_median_s": round(stats.step_time_median_s, 6) if stats else None,
                 "step_time_p95_s": round(stats.step_time_p95_s, 6) if stats else None,
+                "metrics_source": source.value if stats and source else None,
             }
         )
     reported = [r["samples_per_s"] for r in ranks if r["samples_per_s"] is not None]
@@ -154,6 +158,8 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
     console.print(line, highlight=False)
     if summary["throughput_samples_per_s"] is not None:
         console.print(f"step times leave out each rank's first {summary['warmup_steps']} step(s) (warm-up)", highlight=False)
+    if any(r.get("metrics_source") == MetricsSource.AUTO.value for r in summary["ranks"]):
+        console.print("step metrics measured by launch (optimizer steps, DataLoader batch sizes): the job wrote none", highlight=False)
     if slow or summary["stragglers"]["hosts"]:
         hosts = ", ".join(summary["stragglers"]["hosts"]) or "none"
         console.print(

@@ -79,7 +79,12 @@ class RunPaths:
         return self.host_logs_dir(host) / contract.NODE_STATUS
 
     def metrics_file(self, rank: int) -> Path:
+        """The step records the rank's job wrote itself."""
         return self.metrics_dir / contract.metrics_file(rank)
+
+    def auto_metrics_file(self, rank: int) -> Path:
+        """The step records launch measured in the rank's Python (for jobs that write none)."""
+        return self.metrics_dir / contract.auto_metrics_file(rank)
 
     def rank_logs(self) -> dict[int, Path]:
         """Every collected rank log, by global rank."""
