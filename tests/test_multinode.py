@@ -210,10 +210,24 @@ def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> N
     (tmp_path / "cluster.yaml").write_text(lab.cluster_file.read_text().replace("gpus: 0", "gpus: 2", 1))
     listeners = {}
     for host, port in (("h2", 29500), ("h1", 29501)):  # the rendezvous port, and the node supervisors'
-        listeners[host] = lab.ssh(host, "nohup python3 -c 'import socket, time; s = socket.socket(); "
-                                        f"s.bind((\"0.0.0.0\", {port})); s.listen(); time.sleep(120)' >/dev/null 2>&1 & echo $!").stdout.decode().strip()
-        deadline = time.monotonic() + 20
-        while str(port) not in lab.ssh(host, f"ss -ltnH 'sport = :{port}'").stdout.decode() and time.monotonic() < deadline:
+        # SO_REUSEADDR and retries: the previous test's nodes may still be letting go of the port
+        lab.ssh(host, "cat > /tmp/listen.py <<'EOF'\n"
+                      "import socket, sys, time\n"
+                      "s = socket.socket()\n"
+                      "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                      "for _ in range(300):\n"
+                      "    try:\n"
+                      "        s.bind(('0.0.0.0', int(sys.argv[1])))\n"
+                      "        break\n"
+                      "    except OSError:\n"
+                      "        time.sleep(0.1)\n"
+                      "s.listen()\n"
+                      "time.sleep(120)\n"
+                      "EOF")
+        listeners[host] = lab.ssh(host, f"nohup python3 /tmp/listen.py {port} >/dev/null 2>&1 & echo $!").stdout.decode().strip()
+        deadline = time.monotonic() + 40
+        while str(port) not in lab.ssh(host, f"ss -ltnH 'sport = :{port}'").stdout.decode():
+            assert time.monotonic() < deadline, f"no listener on {host}:{port}"
             time.sleep(0.2)
     lab.cut_link("h3")
     try:

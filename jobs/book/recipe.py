@@ -92,6 +92,12 @@ class Distributed:
         dist.all_reduce(tensor)
         return tensor.tolist()
 
+    def minimum(self, value: float) -> float:
+        """The smallest of every rank's `value`."""
+        tensor = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return tensor.item()
+
 
 def init_distributed() -> Distributed:
     """Join the process group torchrun describes (a single process without torchrun)."""
@@ -164,12 +170,15 @@ class Checkpoints:
                 continue
         return [path for _, path in sorted(found)]
 
-    def latest(self) -> dict[str, Any] | None:
+    def latest_step(self) -> int:
+        """The step of the newest checkpoint here; -1 when there is none."""
         paths = self.paths()
-        if not paths:
-            return None
-        state = torch.load(paths[-1], map_location="cpu", weights_only=False)
-        state["path"] = str(paths[-1])
+        return int(paths[-1].stem.split("-", 1)[1]) if paths else -1
+
+    def load(self, step: int) -> dict[str, Any]:
+        path = self.directory / f"ckpt-{step:09d}.pt"
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state["path"] = str(path)
         return state
 
     def save(self, state: dict[str, Any], step: int) -> Path | None:
@@ -243,10 +252,20 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def resume(self) -> None:
-        state = self.checkpoints.latest()
-        if state is None:
-            self.ctx.say(f"checkpoints: none in {self.checkpoints.directory}, starting from scratch")
+        """Continue from the newest checkpoint that every rank has (hosts keep their own copies, and
+        one that was lost mid-save may be a step behind the others)."""
+        mine = self.checkpoints.latest_step()
+        agreed = int(self.ctx.minimum(mine))
+        if agreed < 0:
+            where = self.checkpoints.directory
+            self.ctx.say(f"checkpoints: none in {where}, starting from scratch" if mine < 0 else
+                         f"checkpoints: not every host has one in {where}, starting from scratch")
             return
+        try:
+            state = self.checkpoints.load(agreed)
+        except FileNotFoundError:
+            raise SystemExit(f"checkpoint of step {agreed}, the newest that every rank has, is gone from "
+                             f"{self.checkpoints.directory}; start afresh without --resume") from None
         try:
             self.job.net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])

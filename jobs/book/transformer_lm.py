@@ -101,8 +101,7 @@ class ByteTransformer(nn.Module):
 
 def datasets(args: argparse.Namespace, ctx: recipe.Distributed) -> tuple[Dataset, Dataset]:
     text = stdlib_text(int(args.corpus_mb * 1_000_000))
-    (shortest,) = (-x for x in ctx.sum([-float(len(text))]))  # every rank keeps the same length
-    text = text[:int(shortest)]
+    text = text[:int(ctx.minimum(len(text)))]  # every rank keeps the same length
     data = torch.frombuffer(bytearray(text), dtype=torch.uint8)
     cut = int(len(data) * (1 - HELD_OUT))
     train, held_out = Windows(data[:cut], args.context), Windows(data[cut:], args.context)
