@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.image.prune import KEEP
+
 from conftest import PROBE, ROOT, assert_secret_nowhere, containers, host_runtime_job, lab_job, launch, run_id_of
 
 pytestmark = pytest.mark.integration
@@ -262,3 +264,44 @@ def test_ctrl_c_during_a_remote_command_reaches_the_launcher(tmp_path: Path, lab
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)
     assert (proc.returncode, out.strip()) == (130, "interrupted")
+
+
+def test_old_job_images_are_pruned_here_and_on_every_host_but_not_one_a_run_uses(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1", "--sleep", "0"])
+    repository = "launch/lab-probe"
+
+    def tags_on(host: str) -> list[str]:
+        out = lab.docker(host, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.decode()
+        return out.split()
+
+    def edit_and_launch(*extra: str) -> subprocess.CompletedProcess:
+        with (job.parent / "probe.py").open("a") as fh:
+            fh.write(f"\n# edited {time.time()}\n")
+        result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), *extra, cwd=tmp_path)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+        return result
+
+    # a detached run of an old version still runs while the job is edited and launched KEEP + 3 times
+    job.write_text(job.read_text().replace('"--sleep", "0"', '"--sleep", "600"'))
+    detached = edit_and_launch("--detach")
+    in_use = re.search(r"image (launch/lab-probe:\w+)", detached.stdout).group(1)
+    # the others on ports of their own, since the detached run holds the first ones
+    job.write_text(job.read_text().replace('"--sleep", "600"', '"--sleep", "0"') + "rdzv_port: 29600\n")
+    try:
+        for _ in range(KEEP + 3):
+            last = edit_and_launch()
+        current = re.search(r"image (launch/lab-probe:\w+)", last.stdout).group(1)
+        for host in ("h1", "h2", "h3"):
+            tags = tags_on(host)
+            assert current in tags and in_use in tags, (host, tags)
+            assert len(tags) <= KEEP + 1, (host, tags)  # the newest KEEP, and the one the detached run uses
+        import docker
+
+        here = [t for image in docker.from_env().images.list(name=repository) for t in image.tags]
+        assert current in here and len(here) <= KEEP + 1, here
+        assert "removed old images of launch/lab-probe (keeping the newest 3)" in last.stdout
+    finally:
+        run_id = re.search(r"^launch: run (\S+) started", detached.stdout, re.M).group(1)
+        stopped = launch("stop", run_id, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert stopped.returncode in (0, 1), stopped.stdout + stopped.stderr
+

@@ -8,6 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
+from launcher.image.prune import stale
 from launcher.image.ship import LayerDirs, Receiver, chain_ids, split_save
 
 LAYERS = [b"base layer " * 5000, b"deps layer " * 3000, b"code v1"]
@@ -83,3 +84,11 @@ def test_oci_layout_skips_blobs_the_host_has(tmp_path: Path) -> None:
     assert (r.sent_layers, r.skipped_layers) == (1, 2)
     assert f"blobs/sha256/{diffs[2].split(':')[1]}" in files and f"blobs/sha256/{diffs[0].split(':')[1]}" not in files
     assert "blobs/sha256/" + "c" * 64 in files and "index.json" in files
+
+
+def test_stale_images_are_all_but_the_newest_few_and_never_the_current_one() -> None:
+    newest_first = ["r:e", "r:d", "r:c", "r:b", "r:a", "r:<none>"]
+    assert stale(newest_first, current="r:e", keep=3) == ["r:b", "r:a"]
+    assert stale(newest_first, current="r:a", keep=3) == ["r:c", "r:b"]  # an old version relaunched is kept
+    assert stale(newest_first, current="r:e", keep=1) == ["r:d", "r:c", "r:b", "r:a"]
+    assert stale(["r:x"], current="r:x") == []

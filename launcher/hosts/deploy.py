@@ -12,10 +12,13 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_image
+from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.ship import ShipReport, ship_image
 from ..spec import Host, JobSpec
 from .parallel import on_every_host
 from .ssh import connect, run
+
+STREAM_TIMEOUT_S = 1800  # the Docker SDK's read timeout: a build step or a save stream may be silent this long
 
 
 @dataclass
@@ -73,7 +76,9 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say) -> Bui
     import docker
 
     try:
-        client = docker.from_env()
+        # Builds and `docker save` streams can be silent for minutes on images of several GB: the
+        # SDK's default 60 s read timeout would end them with a traceback.
+        client = docker.from_env(timeout=STREAM_TIMEOUT_S)
         client.ping()
     except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
         raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
@@ -87,7 +92,21 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say) -> Bui
             say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
                 f"{result.layers_skipped} layer(s) were there already")
     report.raise_for_failures()
+    _prune(client, image.tag, conns, say)
     return image
+
+
+def _prune(client, tag: str, conns: dict[str, fabric.Connection], say) -> None:
+    """The job's old images go, here and on every host (`image.prune`); a failure only costs disk."""
+    try:
+        here = prune_here(client, tag)
+    except Exception:  # noqa: BLE001 - pruning never fails a run
+        here = []
+    removed, _ = on_every_host(conns.items(), lambda item: prune_host(item[1], tag), lambda item: item[0])
+    counts = {host: len(tags) for host, tags in removed.items() if tags}
+    if here or counts:
+        where = ", ".join([*(["this machine"] if here else []), *counts])
+        say(f"removed old images of {repository_of(tag)} (keeping the newest {KEEP}): {where}")
 
 
 def _size(n: int) -> str:

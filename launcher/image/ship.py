@@ -287,9 +287,15 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
         receivers.append(Receiver(host, have & set(chains), senders[host].write))
     if receivers:
         known = LayerDirs(known_path)
-        if any(r.chains for r in receivers) and not set(chains[:-1]) <= set(known.dirs.values()):
-            split_save(local.save(chunk_size=CHUNK, named=True), [], known)  # learn where the layers are, send nothing
-        split_save(local.save(chunk_size=CHUNK, named=True), receivers, known, dict(zip(local.attrs["RootFS"]["Layers"], chains)))
+        try:
+            if any(r.chains for r in receivers) and not set(chains[:-1]) <= set(known.dirs.values()):
+                split_save(local.save(chunk_size=CHUNK, named=True), [], known)  # learn where the layers are, send nothing
+            split_save(local.save(chunk_size=CHUNK, named=True), receivers, known, dict(zip(local.attrs["RootFS"]["Layers"], chains)))
+        except Exception as exc:  # noqa: BLE001 - the SDK and tarfile raise several kinds; every host hears of it
+            reason = f"reading `docker save` of {tag} from this machine's Docker engine failed: {type(exc).__name__}: {exc}"
+            for r in receivers:
+                if r.failed is None:
+                    r.failed = RunError(reason)
     for r in receivers:
         channel = channels[r.host]
         error = None
