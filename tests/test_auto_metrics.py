@@ -107,6 +107,38 @@ def test_a_job_with_its_own_metrics_keeps_them(tmp_path: Path) -> None:
     assert not list((run / "metrics").glob("*.auto.jsonl")), "no optimizer stepped: launch recorded nothing"
 
 
+# imports torch and steps 3 times, then starts 2 processes of its own that step 4 times each
+SPAWNS = """\
+import torch
+import torch.multiprocessing as mp
+from torch.utils.data import DataLoader
+
+
+def train(index: int, steps: int) -> None:
+    w = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.SGD([w], lr=0.1)
+    for step, x in zip(range(steps), DataLoader(torch.ones(64, 3), batch_size=8)):
+        (w - x).pow(2).sum().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    print(f"process {index}: {steps} steps", flush=True)
+
+
+if __name__ == "__main__":
+    train(-1, 3)
+    mp.spawn(train, args=(4,), nprocs=2)
+"""
+
+
+@pytest.mark.integration
+def test_processes_a_rank_starts_itself_do_not_add_to_its_steps(tmp_path: Path) -> None:
+    script = tmp_path / "spawns.py"
+    script.write_text(SPAWNS)
+    result, run = launch_local(local_job(tmp_path, script, [], nproc=1), tmp_path)
+    assert "process 0: 4 steps" in result.stdout and "process 1: 4 steps" in result.stdout
+    assert [(x["step"], x["samples"]) for x in auto_records(run, 0)] == [(0, 8), (1, 8), (2, 8)]
+
+
 @pytest.mark.integration
 def test_a_script_without_a_data_loader_runs_as_without_launch(tmp_path: Path) -> None:
     script = tmp_path / "no_loader.py"

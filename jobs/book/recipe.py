@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,8 +187,11 @@ class Checkpoints:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"ckpt-{step:09d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(state, tmp)
+        tmp = path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")  # hosts may share a folder
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())  # on disk before the name says it is complete
         os.replace(tmp, path)
         for old in self.paths()[:-CHECKPOINTS_KEPT]:
             old.unlink(missing_ok=True)
@@ -266,13 +270,24 @@ class Trainer:
         except FileNotFoundError:
             raise SystemExit(f"checkpoint of step {agreed}, the newest that every rank has, is gone from "
                              f"{self.checkpoints.directory}; start afresh without --resume") from None
+        except Exception as exc:  # a truncated or foreign file: torch.load raises what unpickling raises
+            raise SystemExit(f"checkpoint of step {agreed} in {self.checkpoints.directory} cannot be read "
+                             f"({type(exc).__name__}); remove it to resume from the one before") from None
         try:
             self.job.net.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            self.scaler.load_state_dict(state["scaler"])
+            if state["scaler"]:  # empty when the run that saved it had no gradient scaler
+                self.scaler.load_state_dict(state["scaler"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise SystemExit(f"checkpoint {state['path']} does not fit this model or its flags "
                              f"(start afresh without --resume): {str(exc).splitlines()[0]}") from None
+        for group in self.optimizer.param_groups:  # the rate for this run's effective batch, not the saved run's
+            group["lr"] = self.lr
+        # Every host loaded its own copy: they must hold the same weights, or DDP would train apart.
+        checksum = float(sum(t.double().sum() for t in self.job.net.state_dict().values() if t.is_floating_point()))
+        if self.ctx.minimum(checksum) != -self.ctx.minimum(-checksum):
+            raise SystemExit(f"checkpoint of step {agreed}: the hosts' copies in {self.checkpoints.directory} differ "
+                             "(left by different runs?); start afresh without --resume")
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         # The position in the epoch, as a count of samples over all ranks: right at another world size too.
         samples_done = state["epoch_samples"]

@@ -41,9 +41,17 @@ SEARCH_DEPTH, SEARCH_WIDTH = 3, 8  # how far into nested batches to look for the
 FLUSH_EVERY_S = 0.5
 
 
-def start(path: str) -> "StepRecorder":
-    """Record steps into the file `path` once the job has imported torch (it is not imported here)."""
-    recorder = StepRecorder(path)
+def start(path: str, claim: str) -> "StepRecorder | None":
+    """Record steps into the file `path` once the job has imported torch (it is not imported here).
+
+    Only one process of a rank records: the first to import torch claims the rank by setting the
+    environment variable `claim` to its PID, and the Python processes it starts later (a script's own
+    `mp.spawn` children, spawned DataLoader workers) inherit the claim and record nothing.
+    """
+    claimed = os.environ.get(claim)
+    if claimed and claimed != str(os.getpid()):
+        return None
+    recorder = StepRecorder(path, claim)
     sys.meta_path.insert(0, AfterImport(TRIGGER, lambda: recorder.guard(install, recorder), recorder.turn_off))
     atexit.register(recorder.guard, recorder.flush)
     return recorder
@@ -53,8 +61,9 @@ class StepRecorder:
     """Turns counted DataLoader fetches and optimizer steps into step records, appended to a file
     opened once: whole lines, every `FLUSH_EVERY_S` at most and at exit (`flush`)."""
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, path: str, claim: str = "", clock: Callable[[], float] = time.perf_counter) -> None:
         self.path = path
+        self.claim = claim  # the environment variable naming the process that records (see `start`)
         self.on = True
         self._clock = clock
         self._fd: int | None = None
@@ -173,6 +182,7 @@ def install(recorder: StepRecorder) -> Callable[[], None]:
     def step_post_hook(optimizer, _args, _kwargs) -> None:
         recorder.guard(recorder.stepped, optimizer)
 
+    os.environ[recorder.claim] = str(os.getpid())  # this process measures the rank (see `start`)
     handle = register_optimizer_step_post_hook(step_post_hook)
     _BaseDataLoaderIter.__next__ = counted_fetch
 

@@ -57,7 +57,7 @@ def _start_step_metrics() -> None:
         directory = os.environ.get(contract.METRICS_DIR)
         if directory:
             rank = os.environ.get("RANK", "0")
-            _load("stepmetrics").start(os.path.join(directory, contract.auto_metrics_file(rank)))
+            _load("stepmetrics").start(os.path.join(directory, contract.auto_metrics_file(rank)), contract.STEP_METRICS_PID)
     except Exception as exc:  # noqa: BLE001 - the job runs on, unmeasured
         sys.stderr.write(f"launch: step metrics off in this process: {type(exc).__name__}: {exc}\n")
 
