@@ -355,6 +355,10 @@ class Trainer:
                 f"(global {args.batch_size * args.accum_steps * ctx.world}), lr {self.lr:.4g}, "
                 f"{self.steps_per_epoch} steps per epoch; " + self.describe())
         self.resume()
+        if self.epoch >= args.epochs or self.done():
+            ctx.say(f"nothing left to train: the checkpoint is at epoch {self.epoch}, step {self.global_step}, and the run "
+                    f"asks for {args.epochs} epoch(s)" + (f" or {args.max_steps} steps" if args.max_steps else "")
+                    + "; raise --epochs (or --max-steps) to train on")
         first_step = True
         while self.epoch < args.epochs and not self.done():
             per_rank_skip = self.step_in_epoch * args.batch_size * args.accum_steps
