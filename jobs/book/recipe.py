@@ -396,9 +396,9 @@ class Trainer:
                     f" | held-out loss {eval_loss:.4f}, accuracy {eval_accuracy:.3f} ({eval_count} samples)"
                     f" | {int(samples)} samples in {seconds:.1f} s")
             if ctx.main:
-                self.metrics.record(**{"epoch": self.epoch, "global_step": self.global_step,
-                                    "train_loss": round(loss_sum / max(samples, 1), 5),
-                                    "eval_loss": round(eval_loss, 5), "eval_accuracy": round(eval_accuracy, 5)})
+                self.metrics.record(epoch=self.epoch, global_step=self.global_step,
+                                    train_loss=round(loss_sum / max(samples, 1), 5),
+                                    eval_loss=round(eval_loss, 5), eval_accuracy=round(eval_accuracy, 5))
             if self.step_in_epoch >= self.steps_per_epoch:
                 self.epoch, self.step_in_epoch = self.epoch + 1, 0
             self.save()

@@ -44,13 +44,13 @@ def prune_host(conn, current: str, keep: int = KEEP) -> list[str]:
     """Remove a host's stale images of `current`'s repository (`docker image ls` lists newest first)."""
     from ..hosts.ssh import run
 
-    code, out = run(conn, ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository_of(current)])
-    if code != 0:
-        return []
-    doomed = stale(out.split(), current, keep)
+    def tags() -> list[str] | None:
+        code, out = run(conn, ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository_of(current)])
+        return out.split() if code == 0 else None
+
+    doomed = stale(tags() or [], current, keep)
     if not doomed:
         return []
     run(conn, ["docker", "image", "rm", *doomed])  # one refused (in use) does not stop the others
-    code, out = run(conn, ["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository_of(current)])
-    left = set(out.split()) if code == 0 else set(doomed)
-    return [t for t in doomed if t not in left]
+    left = tags()
+    return [t for t in doomed if left is not None and t not in left]
