@@ -3,7 +3,8 @@
 #   requirements.txt   the job's requirements (empty when it has none)
 #   launcher/          what ships with the ranks (launcher/node: contract, rank wrapper, supervisor,
 #                      metrics writer): standard library only
-#   job/               the job's workdir: the last layer, so a code edit rebuilds and ships only it
+# The job's workdir is not in the image: each host keeps copies of it by content hash and the node's
+# container mounts one read-only at /workspace (launcher/sync), so a code edit needs no new image.
 # Requirements come from a wheelhouse resolved on the launching machine and served on its loopback
 # (the build runs with host networking), so no index is needed and no wheel stays in a layer.
 ARG BASE=python:3.11-slim
@@ -17,4 +18,3 @@ RUN if grep -qv -e '^[[:space:]]*$' -e '^[[:space:]]*#' /opt/launch/requirements
 COPY launcher/ /opt/launch/lib/launcher/
 ENV PYTHONPATH=/opt/launch/lib PYTHONUNBUFFERED=1
 WORKDIR /workspace
-COPY job/ /workspace/

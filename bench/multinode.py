@@ -1,17 +1,23 @@
-"""Multi-node launch on 3 simulated hosts against doing the same by hand (ENVIRONMENT.md's baseline).
+"""Launching on 3 simulated hosts against doing the same by hand, and against the warm launch.
 
-- warm: image already on the hosts. launch vs by hand: copy the script to each host, then in
-  parallel `ssh host docker run --network host BASE torchrun --nnodes 3 --node-rank i ...`
-- cold: hosts lack every image. launch vs by hand: `docker save | ssh host docker load` to all
-  hosts in parallel, then the same run.
-- relaunch after a code edit: MB sent per host, and its time against the warm launch.
+Cases (medians of --runs runs each, --cold-runs for the cold ones):
+- warm: image and workdir already on the hosts. By hand: copy the script to each host, then in
+  parallel `ssh host docker run --network host BASE torchrun --nnodes 3 --node-rank i ...`.
+- edit: relaunch after a one-line edit of the script (the workdir also holds a 20 MB data file).
+- requirements: relaunch after the requirements change (a new small package).
+- cold probe / cold reference: hosts whose image stores are empty; the probe on the lab's base
+  (PyTorch for CPUs), the reference job (ResNet-18, jobs/book, one short epoch) on the project's CPU
+  base (PyTorch and torchvision). By hand: `docker save | ssh host docker load` to every host in
+  parallel, copy the code, and the same run.
+Per case: seconds, the job image's size, and what was sent to each host (image layers + workdir).
 Needs root and the lab's set-up (scripts/setup-lab.sh).
-    .venv/bin/python bench/multinode.py [--runs 3]
+    .venv/bin/python bench/multinode.py [--runs 5] [--cold-runs 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import statistics
@@ -21,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import docker
 from rich.console import Console
 from rich.table import Table
 
@@ -29,106 +36,164 @@ sys.path.insert(0, str(ROOT / "tests"))
 import simlab  # noqa: E402
 
 SCRIPT = ROOT / "jobs/allreduce/train.py"
+BOOK = ROOT / "jobs/book"
+REFERENCE_ARGS = ["--epochs", "1", "--synthetic-size", "384", "--eval-size", "96"]
 
 
-def timed(fn) -> float:
+def base_image(requirements: str | None = None, repo: str | None = None) -> str:
+    env = dict(os.environ, **({"REQUIREMENTS": str(ROOT / requirements), "REPO": repo} if requirements and repo else {}))
+    out = subprocess.run([str(ROOT / "images/build-cpu-base.sh")], capture_output=True, text=True, check=True, env=env)
+    return out.stdout.split()[-1]
+
+
+def timed(fn) -> tuple[float, object]:
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def sent_mb(output: str) -> dict[str, float]:
+    """Per host: MB of image layers and workdir files sent, from the launcher's lines."""
+    per: dict[str, float] = {}
+    for host, size, unit in re.findall(r"^(h\d): (?:sent \d+ layer\(s\)|workdir \w+: sent \d+ file\(s\)[^,]*), ([\d.]+) (kB|MB)", output, re.M):
+        per[host] = per.get(host, 0.0) + float(size) / (1000 if unit == "kB" else 1)
+    return per
+
+
+class Bench:
+    def __init__(self, lab: simlab.Lab, tmp: Path) -> None:
+        self.lab, self.tmp = lab, tmp
+
+    def job(self, name: str, workdir: Path, command: list[str], base: str, requirements: Path | None = None) -> Path:
+        path = self.tmp / f"{name}.yaml"
+        image = f"{{base: '{base}'" + (f", requirements: '{requirements}'" if requirements else "") + "}"
+        path.write_text(
+            f"name: {name}\ncluster: {self.lab.cluster_file}\nworkdir: {workdir}\nnproc_per_node: 1\nbackend: gloo\n"
+            f"command: {command!r}\nenv: {{OMP_NUM_THREADS: '1'}}\nimage: {image}\nruntime: docker\ntimeout: 30m\n"
+        )
+        return path
+
+    def launch(self, job: Path) -> str:
+        r = subprocess.run([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(self.tmp / "runs")],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            sys.exit(f"launch failed:\n{r.stdout[-3000:]}\n{r.stderr}")
+        return r.stdout
+
+    def by_hand_run(self, base: str, code: Path, command: list[str], port: int = 29511) -> None:
+        """Copy the code to every host (tar over ssh), then torchrun in a container on each."""
+        tar = subprocess.run(["tar", "-C", str(code), "--exclude=__pycache__", "-c", "."], capture_output=True, check=True).stdout
+        for h in self.lab.hosts:
+            self.lab.ssh(h.name, "rm -rf /tmp/byhand && mkdir -p /tmp/byhand && tar -x -C /tmp/byhand", input=tar, timeout=300)
+        procs = []
+        for i, h in enumerate(self.lab.hosts):
+            remote = ["docker", "run", "--rm", "--network", "host", "-e", "GLOO_SOCKET_IFNAME=eth0", "-e", "OMP_NUM_THREADS=1",
+                      "-v", "/tmp/byhand:/w", "-w", "/w", base, "python", "-m", "torch.distributed.run", "--nnodes=3",
+                      f"--node-rank={i}", "--nproc-per-node=1", f"--master-addr={self.lab.hosts[0].address}",
+                      f"--master-port={port}", *command[1:]]
+            procs.append(subprocess.Popen(self.lab.ssh_argv(h.name, shlex.join(remote)), stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL))
+        if any(p.wait() != 0 for p in procs):
+            sys.exit("the by-hand run failed")
+
+    def by_hand_ship(self, tag: str) -> None:
+        procs = []
+        for h in self.lab.hosts:
+            save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
+            procs.append(subprocess.Popen(self.lab.ssh_argv(h.name, "docker load -q"), stdin=save.stdout, stdout=subprocess.DEVNULL))
+            save.stdout.close()
+        if any(p.wait() != 0 for p in procs):
+            sys.exit("by-hand docker load failed")
+
+    def clear_hosts(self) -> None:
+        for h in self.lab.hosts:
+            self.lab.ssh(h.name, "docker ps -aq | xargs -r docker rm -f >/dev/null; docker images -aq | xargs -r docker rmi -f >/dev/null; "
+                                 "rm -rf /var/tmp/launch-jobs-root /tmp/byhand; true", timeout=300)
+
+
+def image_size(output: str) -> float:
+    tag = re.search(r"^image (\S+) \(", output, re.M).group(1)
+    return docker.from_env().images.get(tag).attrs["Size"] / 1e6
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--cold-only", action="store_true", help="measure only the cold case")
-    parser.add_argument("--warm-only", action="store_true", help="measure only the warm case")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--cold-runs", type=int, default=5)
+    parser.add_argument("--skip-reference", action="store_true", help="leave out the cold launch of the reference job")
     args = parser.parse_args()
-    base = subprocess.run([str(ROOT / "images/build-cpu-base.sh")], capture_output=True, text=True, check=True).stdout.split()[-1]
+    lab_base = base_image("tests/lab-base/requirements.txt", "launch-lab-base")
+    cpu_base = None if args.skip_reference else base_image()
     lab = simlab.Lab(hosts=3).up()
     tmp = Path(tempfile.mkdtemp(prefix="launch-bench-"))
+    bench = Bench(lab, tmp)
+    rows: dict[str, dict] = {}
     try:
-        job = tmp / "job"
-        job.mkdir()
-        (job / "train.py").write_text(SCRIPT.read_text())
-        (job / "job.yaml").write_text(
-            f"name: bench-allreduce\ncluster: {lab.cluster_file}\nnproc_per_node: 1\nbackend: gloo\n"
-            "command: [python, train.py, --steps, '20']\nenv: {OMP_NUM_THREADS: '1'}\n"
-            f"image: {{base: '{base}'}}\nruntime: docker\ntimeout: 5m\n"
-        )
+        work = tmp / "probe"
+        work.mkdir()
+        (work / "train.py").write_text(SCRIPT.read_text())
+        (work / "data.bin").write_bytes(os.urandom(20 * 10**6))
+        (work / "requirements.txt").write_text("# none yet\n")
+        command = ["python", "train.py", "--steps", "20"]
+        probe = bench.job("bench-probe", work, command, lab_base, work / "requirements.txt")
 
-        def launch() -> str:
-            r = subprocess.run([sys.executable, "-m", "launcher", str(job / "job.yaml"), "--runs-dir", str(tmp / "runs")],
-                               capture_output=True, text=True)
-            if r.returncode != 0:
-                sys.exit(f"launch failed:\n{r.stdout[-3000:]}\n{r.stderr}")
-            return r.stdout
+        def cold(name: str, job: Path, base: str, code: Path, cmd: list[str]) -> None:
+            launches, hands, sent, out = [], [], {}, ""
+            for _ in range(args.cold_runs):
+                bench.clear_hosts()
+                seconds, out = timed(lambda: bench.launch(job))
+                launches.append(seconds)
+                sent = sent_mb(out)
+                bench.clear_hosts()
+                hands.append(timed(lambda: (bench.by_hand_ship(base), bench.by_hand_run(base, code, cmd)))[0])
+            rows[name] = {"launch": launches, "hand": hands, "sent": sent, "size": image_size(out)}
 
-        def by_hand_run() -> None:
-            for h in lab.hosts:
-                lab.ssh(h.name, "mkdir -p /tmp/byhand && cat > /tmp/byhand/train.py", input=SCRIPT.read_bytes())
-            procs = []
-            for i, h in enumerate(lab.hosts):
-                remote = ["docker", "run", "--rm", "--network", "host", "-e", "GLOO_SOCKET_IFNAME=eth0", "-e", "OMP_NUM_THREADS=1",
-                          "-v", "/tmp/byhand:/w", "-w", "/w", base, "python", "-m", "torch.distributed.run", "--nnodes=3",
-                          f"--node-rank={i}", "--nproc-per-node=1", f"--master-addr={lab.hosts[0].address}",
-                          "--master-port=29511", "train.py", "--steps", "20"]
-                procs.append(subprocess.Popen(lab.ssh_argv(h.name, shlex.join(remote)), stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL))
-            if any(p.wait() != 0 for p in procs):
-                sys.exit("the by-hand run failed")
-
-        def by_hand_ship(tag: str) -> None:
-            procs = []
-            for h in lab.hosts:
-                save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE)
-                procs.append(subprocess.Popen(lab.ssh_argv(h.name, "docker load -q"), stdin=save.stdout, stdout=subprocess.DEVNULL))
-                save.stdout.close()
-            if any(p.wait() != 0 for p in procs):
-                sys.exit("by-hand docker load failed")
-
-        def clear_hosts() -> None:
-            for h in lab.hosts:
-                lab.ssh(h.name, "docker rmi -f $(docker images -aq) >/dev/null 2>&1; docker image prune -af >/dev/null")
-
-        cold_launch = cold_hand = float("nan")
-        if args.warm_only:
-            lab.ensure_image(base)
-            launch()  # ships the job image once
-        else:  # cold: nothing on the hosts
-            clear_hosts()
-            cold_launch = timed(launch)
-            clear_hosts()
-            cold_hand = timed(lambda: (by_hand_ship(base), by_hand_run()))
-        if args.cold_only:
-            print(f"cold: launch {cold_launch:.2f} s, by hand {cold_hand:.2f} s, ratio {cold_launch / cold_hand:.2f}")
-            return
-        # warm: the image is there
-        warm = {"launch": [], "by hand": []}
+        cold("cold probe", probe, lab_base, work, command)
+        if cpu_base:
+            reference = bench.job("bench-reference", BOOK, ["python", "resnet18_cifar10.py", *REFERENCE_ARGS], cpu_base,
+                                  BOOK / "requirements.txt")
+            cold("cold reference", reference, cpu_base, BOOK, ["python", "resnet18_cifar10.py", *REFERENCE_ARGS])
+            bench.clear_hosts()
+        lab.ensure_image(lab_base)
+        out = bench.launch(probe)  # the probe's image and workdir on every host
+        warm_l, warm_h = [], []
         for _ in range(args.runs):
-            warm["launch"].append(timed(launch))
-            warm["by hand"].append(timed(by_hand_run))
-        # relaunch after a code edit
-        with (job / "train.py").open("a") as fh:
-            fh.write(f"\n# edited {time.time()}\n")
-        out = ""
-
-        def relaunch() -> None:
-            nonlocal out
-            out = launch()
-
-        edit_time = timed(relaunch)
-        sent = [float(n) * (1000 if unit == "MB" else 1) for n, unit in re.findall(r": sent \d+ layer\(s\), ([\d.]+) (kB|MB)", out)]
+            seconds, out = timed(lambda: bench.launch(probe))
+            warm_l.append(seconds)
+            warm_h.append(timed(lambda: bench.by_hand_run(lab_base, work, command))[0])
+        rows["warm"] = {"launch": warm_l, "hand": warm_h, "sent": sent_mb(out), "size": image_size(out)}
+        edit_l, edit_h, edit_sent = [], [], {}
+        for _ in range(args.runs):
+            with (work / "train.py").open("a") as fh:
+                fh.write(f"# edited {time.time()}\n")
+            seconds, out = timed(lambda: bench.launch(probe))
+            edit_l.append(seconds)
+            edit_sent = sent_mb(out)
+            edit_h.append(timed(lambda: bench.by_hand_run(lab_base, work, command))[0])
+        rows["edit (one line)"] = {"launch": edit_l, "hand": edit_h, "sent": edit_sent, "size": image_size(out)}
+        req_l, req_sent = [], {}
+        for i in range(args.runs):
+            (work / "requirements.txt").write_text(f"# change {i} at {time.time()}\nsix\n")
+            seconds, out = timed(lambda: bench.launch(probe))
+            req_l.append(seconds)
+            req_sent = sent_mb(out)
+        rows["requirements change"] = {"launch": req_l, "hand": [], "sent": req_sent, "size": image_size(out)}
     finally:
         lab.down()
-    table = Table(title="3 simulated hosts, allreduce job (20 steps, 1 process per host)")
-    for col in ("case", "launch (s)", "by hand (s)", "ratio", "goal"):
+    warm = statistics.median(rows["warm"]["launch"])
+    table = Table(title=f"3 simulated hosts, 1 process each; medians of {args.runs} runs ({args.cold_runs} for cold ones)")
+    for col in ("case", "launch (s)", "by hand (s)", "launch / by hand", "launch / warm", "image (MB)", "sent per host (MB)"):
         table.add_column(col, justify="left" if col == "case" else "right")
-    wl, wh = statistics.median(warm["launch"]), statistics.median(warm["by hand"])
-    table.add_row(f"warm, median of {args.runs}", f"{wl:.2f}", f"{wh:.2f}", f"{wl / wh:.2f}", "<= 1.15")
-    table.add_row("cold (no image on hosts)", f"{cold_launch:.2f}", f"{cold_hand:.2f}", f"{cold_launch / cold_hand:.2f}", "<= 1.2")
-    table.add_row("relaunch after a code edit", f"{edit_time:.2f}", f"warm launch {wl:.2f}", f"{edit_time / wl:.2f}", "-")
-    Console(width=140).print(table)
-    print(f"relaunch after a code edit: kB sent per host: {', '.join(f'{kb:.1f}' for kb in sent)} (goal < 1000 kB)")
+    for name in ("warm", "edit (one line)", "requirements change", "cold probe", "cold reference"):
+        if name not in rows:
+            continue
+        row = rows[name]
+        launch_s = statistics.median(row["launch"])
+        hand = statistics.median(row["hand"]) if row["hand"] else None
+        sent = ", ".join(f"{row['sent'].get(h, 0.0):.3f}" for h in ("h1", "h2", "h3"))
+        table.add_row(name, f"{launch_s:.2f}", f"{hand:.2f}" if hand else "-", f"{launch_s / hand:.2f}" if hand else "-",
+                      f"{launch_s / warm:.2f}", f"{row['size']:.0f}", sent)
+    Console(width=160).print(table)
 
 
 if __name__ == "__main__":

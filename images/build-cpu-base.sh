@@ -1,25 +1,30 @@
 #!/usr/bin/env bash
-# Build the CPU base image (Python + PyTorch CPU build) and print its tag on the last line.
-# The tag carries a hash of every input, so an unchanged recipe is never rebuilt.
+# Build the CPU base image (Python, PyTorch and torchvision) and print its tag on the last line.
+# The tag carries a hash of every input, so an unchanged recipe is never rebuilt; the image is also
+# tagged REPO:latest, so a job.yaml can name `launch-cpu-base:latest`.
 #
 #   BASE=python:3.11-slim images/build-cpu-base.sh   # where a registry can be reached
 #   images/build-cpu-base.sh                         # default: no registry needed; Debian is made
 #                                                    # with debootstrap from this machine's apt mirror
+#   REQUIREMENTS=FILE REPO=NAME images/build-cpu-base.sh   # the same recipe with other packages
+#                                                    # (the tests' lab uses a torch-only one)
 # Wheels are resolved on this machine (pip download, with this machine's pip configuration) and
 # installed in the build without any index, so the build needs no network.
 set -euo pipefail
+[ -z "${REQUIREMENTS:-}" ] || REQUIREMENTS=$(realpath "$REQUIREMENTS")  # before the cd below
 cd "$(dirname "$0")"
 
 BASE=${BASE:-debootstrap}
 SUITE=${SUITE:-bookworm}
 REPO=${REPO:-launch-cpu-base}
+REQUIREMENTS=${REQUIREMENTS:-$PWD/cpu/requirements.txt}
 CACHE=${LAUNCH_CACHE:-/var/cache/launch}
 INCLUDE=python3,python3-venv,python3-pip
 
 log() { echo "build-cpu-base: $*" >&2; }
 
 inputs_hash() {
-    { cat build-cpu-base.sh cpu/Dockerfile cpu/requirements.txt; echo "$BASE $SUITE $INCLUDE"; } | sha256sum | cut -c1-12
+    { cat build-cpu-base.sh cpu/Dockerfile "$REQUIREMENTS"; echo "$BASE $SUITE $INCLUDE"; } | sha256sum | cut -c1-12
 }
 
 apt_mirror() {
@@ -51,6 +56,7 @@ debian_image() {
 tag="$REPO:$(inputs_hash)"
 if docker image inspect "$tag" >/dev/null 2>&1; then
     log "$tag is up to date"
+    docker tag "$tag" "$REPO:latest"
     echo "$tag"
     exit 0
 fi
@@ -59,13 +65,27 @@ base_image=$BASE
 [ "$BASE" = debootstrap ] && base_image=$(debian_image)
 
 context=$(mktemp -d "${TMPDIR:-/tmp}/launch-cpu-base.XXXXXX")
-trap 'rm -rf "$context"' EXIT
-mkdir -p "$CACHE/wheelhouse"
-log "resolving wheels into $CACHE/wheelhouse"
-python3 -m pip download --quiet -d "$CACHE/wheelhouse" -r cpu/requirements.txt 2>&1 \
-    | grep -v "is ignored: it is neither a file nor a directory" >&2 || true
-cp -r "$CACHE/wheelhouse" "$context/wheelhouse"
-cp cpu/requirements.txt "$context/requirements.txt"
+server=
+cleanup() { [ -z "$server" ] || kill "$server" 2>/dev/null || true; rm -rf "$context"; }
+trap cleanup EXIT
+wheels="$CACHE/wheelhouse-$(sha256sum "$REQUIREMENTS" | cut -c1-12)"
+if [ ! -e "$wheels/.complete" ]; then
+    log "resolving wheels into $wheels"
+    mkdir -p "$wheels"
+    if ! python3 -m pip download --quiet --only-binary=:all: -d "$wheels" -r "$REQUIREMENTS" 2>"$context/pip.log"; then
+        grep -v "is ignored: it is neither a file nor a directory" "$context/pip.log" >&2 || true
+        log "pip could not resolve $REQUIREMENTS"
+        exit 1
+    fi
+    touch "$wheels/.complete"
+fi
+cp "$REQUIREMENTS" "$context/requirements.txt"
+# The wheels are served on loopback for the build (host networking): they never enter the context or a layer.
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+python3 -m http.server --bind 127.0.0.1 --directory "$wheels" "$port" >/dev/null 2>&1 &
+server=$!
+for _ in $(seq 50); do python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:$port/')" 2>/dev/null && break; sleep 0.1; done
 log "building $tag on $base_image"
-docker build --quiet --build-arg "BASE=$base_image" -f cpu/Dockerfile -t "$tag" "$context" >&2
+docker build --quiet --network host --build-arg "BASE=$base_image" --build-arg "WHEELS_URL=http://127.0.0.1:$port/" \
+    -f cpu/Dockerfile -t "$tag" -t "$REPO:latest" "$context" >&2
 echo "$tag"

@@ -26,6 +26,7 @@ CONTAINER_LIB = "/opt/launch/lib"  # the launcher's in-rank helpers in the job i
 REMOTE_WORKDIR = "work"  # runtime: host: the job's workdir, copied into the node's run directory
 REMOTE_LIB = "lib"  # runtime: host: what ships with the ranks (`launcher.node`), in the node's run directory
 RUN_LABEL = "launch.run_id"
+WORKDIR_LABEL = "launch.workdir"  # on a container: the workdir copy it mounts, which pruning keeps
 # runtime: host on a lab host: a process group of its own (setsid), its id in a file so that the
 # launcher can stop it, started in the job's copy of its workdir, with the inventory's python first
 # on PATH (as for local runs). $0: pid file, $1: directory, $2: that python's folder (may be empty),
@@ -56,6 +57,7 @@ class PlanOptions:
     fresh_checkpoints: bool = True  # empty the job's checkpoint directory when the run starts (not --resume)
     local_checkpoints: str = "checkpoints"  # this machine's checkpoint directories: + /<job>/<host>
     remote_jobs: str = "/var/tmp/launch-jobs"  # + "-<ssh user>/<job>/<host>": a host's checkpoint directory
+    workdir_hash: str | None = None  # the workdir's copy on each remote host (`workdir_copies`) that ranks run in
 
 
 class NodeKind(enum.Enum):
@@ -85,6 +87,7 @@ class NodePlan:
     checkpoint_dir: str = ""  # the job's checkpoint directory on the node (LAUNCH_CHECKPOINT_DIR, as ranks see it, may differ)
     container: str | None = None  # the container's name, for runtime: docker
     pid_file: str | None = None  # holds the process group id, for runtime: host on a lab host
+    workdir_copy: str | None = None  # a lab host's copy of the workdir: mounted (docker) or copied from (host)
 
     @property
     def is_local(self) -> bool:
@@ -110,6 +113,8 @@ class LaunchPlan:
     detached: bool = False
     max_restarts: int = 0
     lease_s: float | None = LEASE_S  # None for a detached run
+    image_id: str | None = None  # the job image's ID, for runtime: docker on lab hosts
+    workdir_hash: str | None = None  # the content hash of the workdir the ranks run (`launcher.sync`)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -125,6 +130,8 @@ class LaunchPlan:
             "detached": self.detached,
             "max_restarts": self.max_restarts,
             "lease_s": self.lease_s,
+            "image_id": self.image_id,
+            "workdir_hash": self.workdir_hash,
             "nodes": [
                 {
                     "host": n.host,
@@ -143,6 +150,7 @@ class LaunchPlan:
                     "checkpoint_dir": n.checkpoint_dir,
                     "container": n.container,
                     "pid_file": n.pid_file,
+                    "workdir_copy": n.workdir_copy,
                 }
                 for n in self.nodes
             ],
@@ -158,6 +166,7 @@ class LaunchPlan:
                 env=dict(n["env"]), secrets=tuple(k for k, v in n["env"].items() if v == SECRET_MASK), cwd=n["cwd"],
                 log_dir=n["log_dir"], metrics_dir=n["metrics_dir"], node_dir=n["node_dir"],
                 checkpoint_dir=n.get("checkpoint_dir", ""), container=n["container"], pid_file=n["pid_file"],
+                workdir_copy=n.get("workdir_copy"),
             )
             for n in data["nodes"]
         )
@@ -166,6 +175,7 @@ class LaunchPlan:
             master_port=data["master_port"], nnodes=data["nnodes"], world_size=data["world_size"],
             timeout_s=data["timeout_s"], nodes=nodes, warmup_steps=data.get("warmup_steps", 0),
             detached=data.get("detached", False), max_restarts=data.get("max_restarts", 0), lease_s=data.get("lease_s"),
+            image_id=data.get("image_id"), workdir_hash=data.get("workdir_hash"),
         )
 
     def describe(self) -> str:
@@ -243,6 +253,11 @@ def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanO
     )
 
 
+def workdir_copies(remote_jobs: str, user: str, job: str) -> str:
+    """Where a host keeps its copies of a job's workdir, each named by its hash (`launcher.sync`)."""
+    return f"{remote_jobs}-{user}/{job}/.workdirs"
+
+
 def _node(
     job: JobSpec,
     host: Host,
@@ -318,13 +333,19 @@ def _node(
     if job.secrets and not host.is_local:
         env[contract.SECRETS_FILE_VAR] = f"{seen_dir}/{contract.SECRETS_FILE}"
     container = f"launch-{run_id}-{host.name}" if in_container else None
+    copy = None
+    if not host.is_local:
+        if not options.workdir_hash:
+            raise SpecError(f"{job.path}: a remote node needs the hash of the workdir copied to its host")
+        copy = f"{workdir_copies(options.remote_jobs, user, job.name)}/{options.workdir_hash}"
     pid_file = None
     cwd = str(job.workdir)
     if kind is NodeKind.CONTAINER:
         cwd = CONTAINER_WORKDIR
         if "PYTHONPATH" in job.env:  # keep the image's own entry for the launcher's helpers
             env["PYTHONPATH"] = f"{CONTAINER_LIB}:{job.env['PYTHONPATH']}"
-        argv = _docker_run(job, host, run_id, container, node_dir, checkpoint_dir, env, options) + rank_argv
+        assert copy is not None
+        argv = _docker_run(job, host, run_id, container, node_dir, checkpoint_dir, copy, env, options) + rank_argv
     elif kind is NodeKind.LOCAL:
         argv = rank_argv
     else:  # runtime: host on a lab host: the job's files and the launcher's in-rank helpers are copied there
@@ -354,12 +375,14 @@ def _node(
         checkpoint_dir=checkpoint_dir,
         container=container,
         pid_file=pid_file,
+        workdir_copy=copy,
     )
 
 
 def _docker_run(job: JobSpec, host: Host, run_id: str, name: str, node_dir: str, checkpoint_dir: str,
-                env: dict[str, str], options: PlanOptions) -> list[str]:
-    """`docker run` of one node's container: host networking and IPC, the node's run dir mounted.
+                copy: str, env: dict[str, str], options: PlanOptions) -> list[str]:
+    """`docker run` of one node's container: host networking and IPC, the node's run dir mounted,
+    and the host's copy of the workdir mounted read-only: the run's ranks see exactly that copy.
 
     Environment values go on this command line, so secrets never do: rankexec reads them from a
     file in the node's run directory (`LAUNCH_SECRETS_FILE`) and hands them only to the rank.
@@ -367,9 +390,11 @@ def _docker_run(job: JobSpec, host: Host, run_id: str, name: str, node_dir: str,
     argv = [
         "docker", "run", *(["--detach"] if options.detach else []), "--rm", "--name", name,
         "--label", f"{RUN_LABEL}={run_id}", "--label", f"launch.host={host.name}",
+        "--label", f"{WORKDIR_LABEL}={options.workdir_hash}",
         "--network", "host", "--ipc", "host",
         "--volume", f"{node_dir}:{CONTAINER_RUN_DIR}",
         "--volume", f"{checkpoint_dir}:{CONTAINER_CHECKPOINTS}",
+        "--volume", f"{copy}:{CONTAINER_WORKDIR}:ro",
         "--workdir", CONTAINER_WORKDIR,
     ]
     if host.gpus:

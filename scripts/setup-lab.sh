@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install and start what the simulated lab of the tests needs, when it is missing:
-# Docker engine, sshd, debootstrap, iproute2, iptables; this machine's dockerd; the CPU base image.
+# Docker engine, sshd, debootstrap, iproute2, iptables; this machine's dockerd; the base images.
 # Safe to run again. Needs root (the lab makes network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,7 +34,12 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { echo "setup-lab: dockerd did not start; see /var/log/launch-dockerd.log" >&2; exit 1; }
 fi
 
-say "the CPU base image (built once, then cached)"
+say "the lab's base image, PyTorch for CPUs (built once, then cached)"
+start=$(date +%s)
+tag=$(REQUIREMENTS=tests/lab-base/requirements.txt REPO=launch-lab-base images/build-cpu-base.sh | tail -n 1)
+echo "lab base image: $tag ($(( $(date +%s) - start )) s)"
+
+say "the project's CPU base image, PyTorch and torchvision (built once, then cached)"
 start=$(date +%s)
 tag=$(images/build-cpu-base.sh | tail -n 1)
-echo "base image: $tag ($(( $(date +%s) - start )) s)"
+echo "CPU base image: $tag ($(( $(date +%s) - start )) s)"

@@ -109,15 +109,29 @@ def lab_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
-def base_image() -> str:
-    """The CPU base image with torch (images/build-cpu-base.sh: cached, rebuilt when its inputs change)."""
+def build_base(requirements: str | None = None, repo: str | None = None) -> str:
+    """images/build-cpu-base.sh (cached, rebuilt when its inputs change); the image's tag."""
     reason = lab_missing()
     if reason:
         pytest.skip(reason)
-    result = subprocess.run([str(ROOT / "images/build-cpu-base.sh")], capture_output=True, text=True)
+    env = dict(os.environ)
+    if requirements:
+        env.update(REQUIREMENTS=str(ROOT / requirements), REPO=repo or "launch-lab-base")
+    result = subprocess.run([str(ROOT / "images/build-cpu-base.sh")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def base_image() -> str:
+    """The lab's base image: Python and PyTorch for CPUs (tests/lab-base), in every lab host."""
+    return build_base("tests/lab-base/requirements.txt", "launch-lab-base")
+
+
+@pytest.fixture(scope="session")
+def cpu_base_image() -> str:
+    """The project's CPU base image (images/cpu): PyTorch and torchvision, ~6 GB."""
+    return build_base()
 
 
 @pytest.fixture(scope="session")

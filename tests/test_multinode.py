@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,8 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
-from launcher.image.prune import KEEP
 
 from conftest import PROBE, ROOT, assert_secret_nowhere, containers, host_runtime_job, lab_job, launch, run_id_of
 
@@ -99,20 +96,6 @@ def test_arguments_and_secrets_cross_ssh_and_docker_intact(tmp_path: Path, lab, 
     digest = hashlib.sha256(secret.encode()).hexdigest()
     assert result.stdout.count(f"env API_TOKEN sha256 {digest}") == 3
     assert_secret_nowhere(secret, result.stdout + result.stderr, tmp_path / "runs")
-
-
-def test_relaunch_after_a_code_edit_sends_no_base_layer(tmp_path: Path, lab, base_image: str) -> None:
-    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1"])
-    first = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr
-    with (job.parent / "probe.py").open("a") as fh:
-        fh.write(f"\n# edited {time.time()}\n")
-    second = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr
-    sent = {host: (int(layers), float(size) * (1000 if unit == "MB" else 1))
-            for host, layers, size, unit in re.findall(r"^(h\d): sent (\d+) layer\(s\), ([\d.]+) (kB|MB)", second.stdout, re.M)}
-    assert set(sent) == {"h1", "h2", "h3"}, second.stdout[:2000]
-    assert all(layers == 1 and kb < 1000 for layers, kb in sent.values()), sent
 
 
 def rank_processes(lab, run_id: str) -> dict[str, str]:
@@ -264,44 +247,3 @@ def test_ctrl_c_during_a_remote_command_reaches_the_launcher(tmp_path: Path, lab
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)
     assert (proc.returncode, out.strip()) == (130, "interrupted")
-
-
-def test_old_job_images_are_pruned_here_and_on_every_host_but_not_one_a_run_uses(tmp_path: Path, lab, base_image: str) -> None:
-    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1", "--sleep", "0"])
-    repository = "launch/lab-probe"
-
-    def tags_on(host: str) -> list[str]:
-        out = lab.docker(host, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.decode()
-        return out.split()
-
-    def edit_and_launch(*extra: str) -> subprocess.CompletedProcess:
-        with (job.parent / "probe.py").open("a") as fh:
-            fh.write(f"\n# edited {time.time()}\n")
-        result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), *extra, cwd=tmp_path)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr
-        return result
-
-    # a detached run of an old version still runs while the job is edited and launched KEEP + 3 times
-    job.write_text(job.read_text().replace('"--sleep", "0"', '"--sleep", "600"'))
-    detached = edit_and_launch("--detach")
-    in_use = re.search(r"image (launch/lab-probe:\w+)", detached.stdout).group(1)
-    # the others on ports of their own, since the detached run holds the first ones
-    job.write_text(job.read_text().replace('"--sleep", "600"', '"--sleep", "0"') + "rdzv_port: 29600\n")
-    try:
-        for _ in range(KEEP + 3):
-            last = edit_and_launch()
-        current = re.search(r"image (launch/lab-probe:\w+)", last.stdout).group(1)
-        for host in ("h1", "h2", "h3"):
-            tags = tags_on(host)
-            assert current in tags and in_use in tags, (host, tags)
-            assert len(tags) <= KEEP + 1, (host, tags)  # the newest KEEP, and the one the detached run uses
-        import docker
-
-        here = [t for image in docker.from_env().images.list(name=repository) for t in image.tags]
-        assert current in here and len(here) <= KEEP + 1, here
-        assert "removed old images of launch/lab-probe (keeping the newest 3)" in last.stdout
-    finally:
-        run_id = re.search(r"^launch: run (\S+) started", detached.stdout, re.M).group(1)
-        stopped = launch("stop", run_id, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert stopped.returncode in (0, 1), stopped.stdout + stopped.stderr
-

@@ -20,7 +20,7 @@ from launcher.plan import LaunchPlan, PlanOptions, make_plan
 from launcher.spec import Host, JobSpec, load_cluster, load_job, select_hosts
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
-OPTIONS = PlanOptions(run_dir="/runs/RUN", local_python="/usr/bin/python3", local_cpus=4)
+OPTIONS = PlanOptions(run_dir="/runs/RUN", local_python="/usr/bin/python3", local_cpus=4, workdir_hash="feedc0ffee123456")
 SECRET_VALUE = "s3cr3t-do-not-print"
 
 

@@ -1,4 +1,5 @@
-"""Before a multi-host run: reach every host and find its NIC; build the job's image and ship it."""
+"""Before a multi-host run: reach every host and find its NIC; build the job's image and ship it;
+copy the job's workdir to every host (what changed only)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from ..image.build import CACHE, BuiltImage, build_image
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.ship import ShipReport, ship_image
 from ..spec import Host, JobSpec
+from ..sync import hosts as sync
+from ..sync.manifest import Manifest
+from ..sync.transfer import Transfer
 from .parallel import on_every_host
 from .ssh import connect, run
 
@@ -41,6 +45,35 @@ def connect_all(hosts: tuple[Host, ...]) -> dict[str, fabric.Connection]:
             conn.close()
         raise RunError("; ".join(str(errors[h.name]) for h in hosts if h.name in errors))
     return conns
+
+
+def connect_some(hosts: tuple[Host, ...]) -> tuple[dict[str, fabric.Connection], dict[str, Exception]]:
+    """Connections to the hosts that can be reached, and why the others cannot (for --dry-run)."""
+    return on_every_host(hosts, connect, lambda h: h.name)
+
+
+def image_here(tag: str, base: str) -> str:
+    """Whether this machine has the job's image or a launch would build it (for --dry-run)."""
+    import docker
+    import docker.errors
+
+    try:
+        docker.from_env().images.get(tag)
+        return "built already on this machine"
+    except docker.errors.ImageNotFound:
+        return f"would be built on {base}"
+    except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
+        return f"cannot tell: this machine's Docker engine does not answer ({exc})"
+
+
+def images_on_hosts(tag: str, conns: dict[str, fabric.Connection]) -> dict[str, str]:
+    """Whether each host has the job's image (for --dry-run)."""
+    def one(item: tuple[str, fabric.Connection]) -> str:
+        code, _ = run(item[1], ["docker", "image", "inspect", "--format", "{{.Id}}", tag], timeout=60)
+        return "has it" if code == 0 else "lacks it: would be sent the layers it does not have"
+
+    found, errors = on_every_host(conns.items(), one, lambda item: item[0])
+    return {host: found.get(host) or f"cannot tell: {errors[host]}" for host in conns}
 
 
 def reach(hosts: tuple[Host, ...]) -> Reached:
@@ -94,6 +127,53 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say) -> Bui
     report.raise_for_failures()
     _prune(client, image.tag, conns, say)
     return image
+
+
+def workdir_folders(hosts: tuple[Host, ...], job: str, remote_jobs: str, local_user: str) -> dict[str, str]:
+    """Where each host keeps the job's workdir copies (its SSH user's folder)."""
+    from ..plan import workdir_copies
+
+    return {h.name: workdir_copies(remote_jobs, h.ssh.user or local_user, job) for h in hosts}
+
+
+def plan_workdir(manifest: Manifest, folders: dict[str, str], conns: dict[str, fabric.Connection]) -> dict[str, Transfer | Exception]:
+    """What each host would be sent to hold this workdir: asks the hosts, changes nothing."""
+    cache = Path(CACHE) / "workdir-manifests"
+    found, errors = on_every_host(
+        folders.items(), lambda item: sync.plan_for(conns[item[0]], item[0], item[1], manifest, cache), lambda item: item[0]
+    )
+    return {host: found.get(host) or errors[host] for host in folders}
+
+
+def provide_workdir(workdir: Path, manifest: Manifest, folders: dict[str, str], conns: dict[str, fabric.Connection],
+                    say) -> None:
+    """Every host gets an exact copy of the workdir (from the copy it has that is nearest), then
+    loses its copies beyond the newest few; one error naming every host that failed."""
+    cache = Path(CACHE) / "workdir-manifests"
+    sync.remember(manifest, cache)
+    planned = plan_workdir(manifest, folders, conns)
+    failures = {h: t for h, t in planned.items() if isinstance(t, Exception)}
+    transfers = {h: t for h, t in planned.items() if isinstance(t, Transfer)}
+    results, errors = on_every_host(
+        transfers.items(), lambda item: sync.send(conns[item[0]], folders[item[0]], workdir, manifest, item[1]),
+        lambda item: item[0],
+    )
+    failures.update(errors)
+    for host, result in results.items():
+        t = result.transfer
+        if t.present:
+            say(f"{host}: has workdir {t.target} already")
+        else:
+            start = f" onto its copy {t.base}" if t.base else ""
+            say(f"{host}: workdir {t.target}: sent {len(t.send)} file(s){start}, {_size(result.sent_bytes)} in all")
+    if failures:
+        lines = "; ".join(str(failures[h]) if str(failures[h]).startswith(h) else f"{h}: {failures[h]}" for h in folders if h in failures)
+        raise RunError(f"the workdir could not be copied to {len(failures)} host(s): {lines}")
+    removed, _ = on_every_host(folders.items(), lambda item: sync.prune(conns[item[0]], item[1], manifest.hash, KEEP),
+                               lambda item: item[0])
+    counts = [host for host, names in removed.items() if names]
+    if counts:
+        say(f"removed old workdir copies (keeping the newest {KEEP}): {', '.join(counts)}")
 
 
 def _prune(client, tag: str, conns: dict[str, fabric.Connection], say) -> None:

@@ -22,7 +22,7 @@ import fabric
 import paramiko
 
 from ..errors import RunError
-from ..image.build import shipped_files, workdir_files
+from ..image.build import shipped_files
 from ..node import contract
 from ..plan import REMOTE_LIB, REMOTE_WORKDIR, RUN_LABEL, NodeKind, NodePlan
 from ..run.rundir import RunPaths
@@ -66,10 +66,9 @@ class SshProcess:
 class SshTransport:
     """Runs each node's planned command on its host over SSH (Fabric)."""
 
-    def __init__(self, hosts: dict[str, Host], paths: RunPaths, run_id: str, workdir: Path | None = None,
+    def __init__(self, hosts: dict[str, Host], paths: RunPaths, run_id: str,
                  conns: dict[str, fabric.Connection] | None = None) -> None:
         self.hosts = hosts
-        self.workdir = workdir  # the job's files, copied to runtime: host nodes
         self.paths = paths
         self.run_id = run_id
         self.conns: dict[str, fabric.Connection] = dict(conns or {})
@@ -130,18 +129,20 @@ class SshTransport:
             raise RunError(f"{node.host}: the node did not start (exit code {code}): {out.strip()[-300:]}")
 
     def _copy_job(self, conn: fabric.Connection, node: NodePlan) -> None:
-        """runtime: host: the job's workdir and what ships with the ranks, as one tar over SSH."""
-        if self.workdir is None:
-            raise RunError(f"{node.host}: no workdir to copy")
+        """runtime: host: a private copy of the host's copy of the workdir (ranks may write in their
+        folder; the shared copy must not change), and what ships with the ranks, as a tar over SSH."""
+        if node.workdir_copy is None:
+            raise RunError(f"{node.host}: no copy of the workdir to run in")
+        code, output = run(conn, ["cp", "-R", node.workdir_copy, f"{node.node_dir}/{REMOTE_WORKDIR}"], timeout=600)
+        if code != 0:
+            raise RunError(f"{node.host}: cannot copy the job to {node.node_dir}: {output.strip()[-300:]}")
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            for path in workdir_files(self.workdir):
-                tar.add(path, arcname=f"{REMOTE_WORKDIR}/{path.relative_to(self.workdir)}")
             for path, name in shipped_files():
                 tar.add(path, arcname=f"{REMOTE_LIB}/{name}")
         code, output = pipe_into(conn, ["tar", "-xz", "-C", node.node_dir], buffer.getvalue())
         if code != 0:
-            raise RunError(f"{node.host}: cannot copy the job to {node.node_dir}: {output.strip()[-300:]}")
+            raise RunError(f"{node.host}: cannot copy the launcher's helpers to {node.node_dir}: {output.strip()[-300:]}")
 
     # ---- while it runs
     def renew(self, node: NodePlan) -> None:

@@ -1,36 +1,31 @@
 """The job's image, built with the Docker SDK from the top-level Dockerfile.
 
-The tag is a hash of every input (base, requirements, the launcher's in-rank files, the job's
-workdir), so an unchanged job is never rebuilt. The job's code is the last layer: a code edit
-rebuilds and re-ships only that layer. Requirements are resolved into a wheelhouse on this machine
-(`pip download`, with this machine's pip configuration) and served to the build over loopback, so
-neither the build nor the hosts need the internet, and no wheel lands in a layer.
+The image holds the base, the job's requirements and the launcher's in-rank files; the job's workdir
+is not in it but copied to each host apart (`launcher.sync`), so a code edit builds and ships
+nothing. The tag is a hash of every input (base, requirements, in-rank files), so an unchanged
+image is never rebuilt. What the requirements add to the base is resolved on this machine
+(`wheels.py`) and served to the build over loopback, so neither the build nor the hosts need the
+internet, and no wheel lands in a layer.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from ..errors import RunError
 from ..spec import JobSpec
+from . import wheels
+from .wheels import base_environment, has_requirements, resolve, serve
 
 PACKAGE = Path(__file__).resolve().parent.parent  # launcher/
 DOCKERFILE = PACKAGE.parent / "Dockerfile"
-IGNORED = {".git", "__pycache__", ".pytest_cache", "runs", ".venv", ".mypy_cache"}
-WHEELS_PORT = int(os.environ.get("LAUNCH_WHEELS_PORT", "29499"))
-CACHE = Path(os.environ.get("LAUNCH_CACHE", Path.home() / ".cache" / "launch"))
+CACHE = wheels.CACHE  # the launcher's cache folder (LAUNCH_CACHE), where deploy and conduct look for it
 
 
 @dataclass(frozen=True)
@@ -48,14 +43,6 @@ def shipped_files() -> list[tuple[Path, str]]:
     return [(path, str(path.relative_to(PACKAGE.parent))) for path in files]
 
 
-def workdir_files(workdir: Path) -> list[Path]:
-    files = []
-    for root, dirs, names in os.walk(workdir):
-        dirs[:] = sorted(d for d in dirs if d not in IGNORED)
-        files += [Path(root) / n for n in sorted(names) if not n.endswith(".pyc")]
-    return files
-
-
 def image_tag(job: JobSpec) -> str:
     """`launch/<job>:<hash>`: the same inputs always give the same tag."""
     digest = hashlib.sha256()
@@ -69,9 +56,6 @@ def image_tag(job: JobSpec) -> str:
     add("requirements", job.image.requirements.read_bytes() if job.image.requirements else b"")
     for path, name in shipped_files():
         add(name, path.read_bytes())
-    for path in workdir_files(job.workdir):
-        mode = "x" if os.access(path, os.X_OK) else "-"
-        add(f"job/{path.relative_to(job.workdir)}:{mode}", path.read_bytes())
     return f"launch/{repository_name(job.name)}:{digest.hexdigest()[:16]}"
 
 
@@ -98,67 +82,12 @@ def build_image(job: JobSpec, client, say: Callable[[str], None]) -> BuiltImage:
         for path, name in shipped_files():
             (context / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, context / name)
-        for path in workdir_files(job.workdir):
-            dest = context / "job" / path.relative_to(job.workdir)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, dest)
-        (context / "job").mkdir(exist_ok=True)
-        wheels = _wheelhouse(job.image.requirements, say) if _has_requirements(requirements) else None
+        wheels = (resolve(job.image.requirements, base_environment(client, job.image.base), say)
+                  if has_requirements(requirements) else None)  # served even when empty: the install step reads it
         say(f"building {tag} on {job.image.base}")
-        with _serve(wheels) as url:
+        with serve(wheels) as url:
             _run_build(client, context, tag, {"BASE": job.image.base, **({"WHEELS_URL": url} if url else {})})
     return BuiltImage(tag, client.images.get(tag).id, built=True)
-
-
-def _has_requirements(text: str) -> bool:
-    return any(line.strip() and not line.strip().startswith("#") for line in text.splitlines())
-
-
-def _wheelhouse(requirements: Path, say: Callable[[str], None]) -> Path:
-    """Every wheel the requirements need, resolved on this machine; cached by their content."""
-    key = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
-    target = CACHE / "wheels" / key
-    if (target / ".complete").exists():
-        return target
-    say(f"resolving {requirements} into a wheelhouse on this machine")
-    target.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:", "-d", str(target), "-r", str(requirements)],
-        capture_output=True, text=True,
-    )
-    if result.returncode != 0:
-        raise RunError(f"{requirements}: pip could not resolve the requirements: {result.stderr.strip().splitlines()[-1:]}")
-    (target / ".complete").touch()
-    return target
-
-
-class _serve:
-    """Serve a wheelhouse on loopback for the length of a build (the build runs with host networking)."""
-
-    def __init__(self, directory: Path | None) -> None:
-        self.directory = directory
-        self.server: http.server.ThreadingHTTPServer | None = None
-
-    def __enter__(self) -> str | None:
-        if self.directory is None:
-            return None
-        handler = functools.partial(_QuietHandler, directory=str(self.directory))
-        try:
-            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", WHEELS_PORT), handler)
-        except OSError:  # the usual port is taken: any port works, only the build cache suffers
-            self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self.server.server_address[1]}/"
-
-    def __exit__(self, *_: object) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *_: object) -> None:
-        pass
 
 
 def _run_build(client, context: Path, tag: str, buildargs: dict[str, str]) -> None:

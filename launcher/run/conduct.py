@@ -3,6 +3,7 @@ a sweep of runs across node counts. The command line parses arguments and calls 
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import sys
@@ -12,11 +13,13 @@ from pathlib import Path
 from rich.console import Console as RichConsole
 
 from ..errors import EXIT_FAILED, LaunchError, SpecError
-from ..image.build import image_tag
+from ..image.build import CACHE, image_tag
 from ..plan import PlanOptions, make_plan
 from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
-from ..spec import ClusterSpec, JobSpec, select_hosts
+from ..spec import ClusterSpec, JobSpec, Host, select_hosts
+from ..sync.manifest import Manifest, scan, size_warning
+from ..sync.transfer import Transfer
 from . import rundir
 from ..results.outcome import RunOutcome, RunState
 from .execute import Console, execute, start_detached
@@ -41,6 +44,10 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     secrets = _secrets(job)
     remote = any(not h.is_local for h in hosts)
     paths = rundir.new_run_paths(request.runs_dir, job.name)
+    manifest = scan(job.workdir, CACHE)
+    warning = size_warning(job.workdir, manifest)
+    if warning:
+        print(f"launch: {warning}", file=sys.stderr, flush=True)
     options = PlanOptions(
         run_dir=str(paths.root),
         local_python=sys.executable,
@@ -50,15 +57,18 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         detach=request.detach,
         fresh_checkpoints=not (request.resume or job.resume),
         local_checkpoints=str(request.runs_dir.resolve() / "checkpoints"),
+        workdir_hash=manifest.hash if remote else None,
     )
     if request.dry_run:
         print(make_plan(job, hosts, paths.run_id, options).describe())
+        if remote:
+            print(_transfer_plan(job, hosts, manifest, options))
         return 0, None
 
     console = Console()
     transport: Transport
     if remote:
-        from ..hosts.deploy import provide_image, reach  # SSH and Docker libraries: only for lab runs
+        from ..hosts.deploy import provide_image, provide_workdir, reach  # SSH and Docker libraries: only for lab runs
         from ..hosts.remote import SshTransport
 
         reached = reach(hosts)
@@ -67,19 +77,23 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
             if options.image:
                 built = provide_image(job, reached.conns, console.say)
                 assert built.tag == options.image, (built.tag, options.image)
+                plan = dataclasses.replace(plan, image_id=built.id)
+            provide_workdir(job.workdir, manifest, _folders(job, hosts, options), reached.conns, console.say)
         except BaseException:
             reached.close()
             raise
-        transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, job.workdir, reached.conns)
+        transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, reached.conns)
     else:
         plan = make_plan(job, hosts, paths.run_id, options)
         transport = LocalTransport()
+    plan = dataclasses.replace(plan, workdir_hash=manifest.digest)
 
     try:
         rundir.create(paths)
         rundir.copy_input(job.path, paths.job_file)
         rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
         rundir.write_json(paths.plan_file, plan.to_json())
+        rundir.write_json(paths.workdir_file, {"workdir": str(job.workdir), **manifest.to_json()})
         if request.detach:
             try:
                 start_detached(plan, transport, secrets, console)
@@ -99,6 +113,37 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     rundir.write_json(paths.summary_file, summary)
     render(summary, RichConsole(highlight=False, soft_wrap=True))
     return outcome.exit_code, summary
+
+
+def _folders(job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions) -> dict[str, str]:
+    from ..hosts.deploy import workdir_folders
+
+    return workdir_folders(tuple(h for h in hosts if not h.is_local), job.name, options.remote_jobs, options.local_user)
+
+
+def _transfer_plan(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifest, options: PlanOptions) -> str:
+    """For --dry-run: what would be built, and sent to each host (asks the hosts, sends nothing)."""
+    from ..hosts.deploy import connect_some, image_here, images_on_hosts, plan_workdir
+
+    lines = [f"\nworkdir {job.workdir}: {len(manifest.entries)} file(s), {manifest.total_bytes} bytes, hash {manifest.hash}"]
+    if options.image:
+        lines.append(f"image {options.image}: {image_here(options.image, job.image.base)}")
+    conns, unreachable = connect_some(tuple(h for h in hosts if not h.is_local))
+    try:
+        transfers = plan_workdir(manifest, {k: v for k, v in _folders(job, hosts, options).items() if k in conns}, conns)
+        on_hosts = images_on_hosts(options.image, conns) if options.image else {}
+        for host in hosts:
+            if host.name in unreachable:
+                lines.append(f"{host.name}: cannot tell: {unreachable[host.name]}")
+                continue
+            if host.name in on_hosts:
+                lines.append(f"{host.name}: image: {on_hosts[host.name]}")
+            found = transfers.get(host.name)
+            lines.append(found.describe() if isinstance(found, Transfer) else f"{host.name}: workdir: cannot tell: {found}")
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return "\n".join(lines)
 
 
 def _secrets(job: JobSpec) -> dict[str, str]:

@@ -44,6 +44,11 @@ class RunPaths:
         return self.root / "plan.json"
 
     @property
+    def workdir_file(self) -> Path:
+        """The workdir the ranks ran: every file's path, size and content hash, and the hash of all."""
+        return self.root / "workdir.json"
+
+    @property
     def summary_file(self) -> Path:
         return self.root / "summary.json"
 

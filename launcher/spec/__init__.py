@@ -168,6 +168,10 @@ def load_job(path: Path) -> JobSpec:
     if not workdir.is_dir():
         raise top.fail("workdir", f"'{top.get('workdir', '.')}' is not a directory (resolved to {workdir})")
     workdir = workdir.resolve()
+    home = Path.home().resolve()
+    if workdir == home or workdir in home.parents:
+        what = "the root folder" if workdir == Path("/") else "your home folder" if workdir == home else f"a folder above {home}"
+        raise top.fail("workdir", f"'{top.get('workdir', '.')}' is {what}; the workdir is copied to every host, so give it the job's own folder")
     nproc = top.get("nproc_per_node", "auto")
     if nproc != "auto":
         if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:

@@ -1,0 +1,212 @@
+"""Keeping exact copies of a job's workdir on its hosts, over SSH, with sh, cp and tar there.
+
+On each host a job's copies live in one folder (`plan.workdir_copies`), each named by the
+workdir's hash, with its manifest beside it (`<hash>.json`). A new copy is put together in a hidden
+folder and renamed into place only when complete, so ranks never see half of one; copies are never
+changed after that (containers mount them read-only).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import secrets
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import fabric
+
+from ..errors import RunError
+from ..hosts.ssh import open_command, run
+from .manifest import Entry, Manifest
+from .transfer import Transfer, plan_transfer
+
+_HASH = re.compile(r"[0-9a-f]{16}")
+STALE_PARTIAL_MIN = 60  # a copy left half made by a launch that died is removed after this long
+
+# $0: the copies' folder. Prints its entries, newest first.
+_LIST = 'cd "$0" 2>/dev/null || exit 0; ls -1t'
+# $0: folder, $1: hash, $2: the copy to start from ("" for none), $3: a name for this transfer.
+# stdin: a tar of `remove` (NUL-separated paths), `manifest.json`, `files/...` (what is new), and last
+# `complete`: a stream cut short (the launcher saw a file change while sending it) makes nothing.
+_RECEIVE = r'''
+set -e
+umask 022
+mkdir -p "$0"
+cd "$0"
+s=".incoming-$3"; p=".partial-$3"
+trap 'rm -rf "$s" "$p"' EXIT
+mkdir "$s"
+tar -x -f - -C "$s"
+[ -e "$s/complete" ] || { echo "the workdir's stream ended early" >&2; exit 1; }
+if [ -n "$2" ]; then cp -al "$2" "$p"; else mkdir "$p"; fi
+(cd "$p" && xargs -0 -r rm -rf -- < "../$s/remove")
+if [ -d "$s/files" ]; then cp -al "$s/files/." "$p/"; fi
+find "$p" -mindepth 1 -depth -type d -empty -delete
+mv "$s/manifest.json" "$1.json"
+if mv -T "$p" "$1" 2>/dev/null; then :; elif [ -d "$1" ]; then :; else echo "cannot rename $p to $1" >&2; exit 1; fi
+touch -c "$1"
+'''
+# $0: folder, $1: the copy in use now, $2: how many to keep. Removes older copies that no running
+# container mounts (label launch.workdir) and the leftovers of launches that died; prints the removed.
+_PRUNE = r'''
+cd "$0" 2>/dev/null || exit 0
+touch -c "$1"
+used=" $(docker ps --format '{{.Label "launch.workdir"}}' 2>/dev/null | tr '\n' ' ') "
+n=0
+for d in $(ls -1t); do
+    case "$d" in *.json) continue ;; esac
+    [ -d "$d" ] || continue
+    n=$((n + 1))
+    [ "$d" = "$1" ] && continue
+    [ "$n" -le "$2" ] && continue
+    case "$used" in *" $d "*) continue ;; esac
+    rm -rf "$d" "$d.json" && echo "$d"
+done
+find . -maxdepth 1 \( -name '.partial-*' -o -name '.incoming-*' \) -mmin +''' + str(STALE_PARTIAL_MIN) + r''' -exec rm -rf {} + 2>/dev/null
+exit 0
+'''
+
+
+@dataclass
+class SyncResult:
+    transfer: Transfer
+    sent_bytes: int = 0  # on the wire: the tar stream, headers included
+
+
+def copies_on(conn: fabric.Connection, folder: str) -> list[str]:
+    """The workdir copies a host holds, newest first."""
+    code, out = run(conn, ["sh", "-c", _LIST, folder], timeout=60)
+    if code != 0:
+        raise RunError(f"{conn.host}: cannot list {folder}: {out.strip()[-200:]}")
+    return [name for name in out.split() if _HASH.fullmatch(name)]
+
+
+def manifest_on(conn: fabric.Connection, folder: str, name: str, cache: Path) -> Manifest | None:
+    """The manifest of a host's copy, from this machine's cache or else from the host."""
+    local = cache / f"{name}.json"
+    try:
+        return Manifest.from_json(json.loads(local.read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    code, out = run(conn, ["cat", f"{folder}/{name}.json"], timeout=60)
+    try:
+        return Manifest.from_json(json.loads(out)) if code == 0 else None
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def plan_for(conn: fabric.Connection, host: str, folder: str, manifest: Manifest, cache: Path) -> Transfer:
+    """What `host` needs to hold this workdir (asks the host; changes nothing)."""
+    copies = copies_on(conn, folder)
+    known: dict[str, Manifest] = {}
+    if manifest.hash not in copies:
+        for name in copies:
+            found = manifest_on(conn, folder, name, cache)
+            if found is not None:
+                known[name] = found
+    return plan_transfer(host, manifest, copies, known)
+
+
+def remember(manifest: Manifest, cache: Path) -> None:
+    """Keep the manifest here, so that later transfers can start from this copy without asking."""
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / f"{manifest.hash}.json"
+    if not target.exists():
+        tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
+        tmp.write_text(json.dumps(manifest.to_json()))
+        tmp.replace(target)
+
+
+class _Channel(io.RawIOBase):
+    """The write end of a remote command's stdin, counting bytes."""
+
+    def __init__(self, channel, on_bytes: Callable[[int], None]) -> None:
+        self.channel = channel
+        self.on_bytes = on_bytes
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.channel.sendall(bytes(data))
+        self.count += len(data)
+        self.on_bytes(len(data))
+        return len(data)
+
+
+class _Checked(io.RawIOBase):
+    """A file read for sending, hashed on the way, so that an edit made while sending is caught."""
+
+    def __init__(self, fh) -> None:
+        import hashlib
+
+        self.fh = fh
+        self.digest = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        n = self.fh.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+        return n or 0
+
+
+def send(conn: fabric.Connection, folder: str, workdir: Path, manifest: Manifest, transfer: Transfer,
+         on_bytes: Callable[[int], None] = lambda n: None) -> SyncResult:
+    """Make the host's copy of the workdir (`transfer` says from which copy, and what is new)."""
+    if transfer.present:
+        return SyncResult(transfer)
+    nonce = secrets.token_hex(6)
+    channel = open_command(conn, ["sh", "-c", _RECEIVE, folder, manifest.hash, transfer.base or "", nonce])
+    out = _Channel(channel, on_bytes)
+    try:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, "remove", b"".join(p.encode() + b"\0" for p in transfer.remove))
+            _add_bytes(tar, "manifest.json", json.dumps(manifest.to_json()).encode())
+            for entry in transfer.send:
+                _add_file(tar, workdir, entry)
+            _add_bytes(tar, "complete", b"")
+        channel.shutdown_write()
+        output = channel.makefile("rb").read().decode(errors="replace")
+        code = channel.recv_exit_status()
+    except RunError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SSH errors of several kinds, one line naming the host
+        raise RunError(f"{conn.host}: sending the workdir failed: {str(exc) or type(exc).__name__}") from None
+    finally:
+        channel.close()
+    if code != 0:
+        raise RunError(f"{conn.host}: cannot make the workdir's copy in {folder}: {output.strip()[-300:]}")
+    return SyncResult(transfer, out.count)
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _add_file(tar: tarfile.TarFile, workdir: Path, entry: Entry) -> None:
+    info = tarfile.TarInfo(f"files/{entry.path}")
+    info.size, info.mode = entry.size, 0o755 if entry.executable else 0o644
+    try:
+        with open(workdir / entry.path, "rb") as fh:
+            checked = _Checked(fh)
+            tar.addfile(info, io.BufferedReader(checked))
+    except (OSError, tarfile.TarError) as exc:
+        raise RunError(f"{workdir / entry.path}: changed or went while being sent ({exc}); launch again") from None
+    if checked.digest.hexdigest() != entry.sha:
+        raise RunError(f"{workdir / entry.path}: changed while being sent; launch again")
+
+
+def prune(conn: fabric.Connection, folder: str, current: str, keep: int) -> list[str]:
+    """Remove a host's older copies of the job's workdir (keeping `keep`, and any a container uses)."""
+    code, out = run(conn, ["sh", "-c", _PRUNE, folder, current, str(keep)], timeout=120)
+    return [name for name in out.split() if _HASH.fullmatch(name)] if code == 0 else []

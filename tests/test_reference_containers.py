@@ -1,0 +1,58 @@
+"""The reference job (ResNet-18, jobs/book) in containers on the simulated lab, as a new user runs it:
+on the project's CPU base image (torch and torchvision, ~6 GB), from hosts whose image stores are
+empty, so the whole image travels to each of them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import docker
+import pytest
+
+from conftest import ROOT, launch
+
+pytestmark = pytest.mark.integration
+
+
+def wipe(lab) -> None:
+    for host in lab.hosts:
+        lab.ssh(host.name, "docker ps -aq | xargs -r docker rm -f >/dev/null; docker images -aq | xargs -r docker rmi -f >/dev/null; true",
+                timeout=300)
+
+
+@pytest.mark.timeout(1800)
+def test_the_reference_job_runs_in_containers_from_empty_host_stores(tmp_path: Path, lab, base_image: str, cpu_base_image: str) -> None:
+    book = ROOT / "jobs/book"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"name: reference-in-containers\ncluster: {lab.cluster_file}\nworkdir: {book}\nnproc_per_node: 1\n"
+        "backend: gloo\ncommand: [python, resnet18_cifar10.py, --epochs, '1', --synthetic-size, '768', --eval-size, '192']\n"
+        f"env: {{OMP_NUM_THREADS: '1'}}\nimage: {{base: '{cpu_base_image}', requirements: '{book / 'requirements.txt'}'}}\n"
+        "runtime: docker\ntimeout: 20m\n"
+    )
+    wipe(lab)
+    try:
+        result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, timeout=1500)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+        sent = {host: float(size) for host, size in re.findall(r"^(h\d): sent \d+ layer\(s\), ([\d.]+) MB", result.stdout, re.M)}
+        assert set(sent) == {"h1", "h2", "h3"} and all(mb > 4000 for mb in sent.values()), result.stdout[:3000]
+        assert re.search(r"held-out loss [\d.]+, accuracy [\d.]+ \(192 samples\)", result.stdout), result.stdout[-3000:]
+
+        run_dir = tmp_path / "runs" / re.search(r"^launch: run (\S+) on", result.stdout, re.M).group(1)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "succeeded" and summary["world_size"] == 3
+        plan = json.loads((run_dir / "plan.json").read_text())
+        tag = plan["nodes"][0]["image"]
+        client = docker.from_env()
+        image, base = client.images.get(tag), client.images.get(cpu_base_image)
+        assert plan["image_id"] == image.id
+        # torch and torchvision come from the base: the job's image adds only the launcher's few files
+        assert image.attrs["Size"] - base.attrs["Size"] < 5 * 10**6, (image.attrs["Size"], base.attrs["Size"])
+        for host in lab.hosts:
+            has = lab.docker(host.name, "image", "inspect", "--format", "{{.Id}}", tag).stdout.decode().strip()
+            assert has == image.id
+    finally:
+        wipe(lab)  # 6 GB per host; the other tests' base goes back in
+        lab.ensure_image(base_image)
