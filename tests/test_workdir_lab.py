@@ -145,7 +145,8 @@ def test_an_edit_during_a_run_does_not_reach_that_runs_ranks(tmp_path: Path, lab
 
 def test_old_images_and_workdir_copies_are_pruned_but_not_those_a_run_uses(tmp_path: Path, lab, base_image: str) -> None:
     """Every launch here has a new image (its requirements change) and a new workdir; a detached run
-    of the first keeps its image and its copy while the job is edited and launched KEEP + 3 times."""
+    of the first keeps its image and its copy while the job is edited and launched KEEP + 1 times,
+    so that two more than KEEP exist and the oldest unused one must go."""
     job = lab_job(tmp_path, lab, base_image, SHOW, ["--hold", "600"])
     work = job.parent
     repository = "launch/lab-show-version"
@@ -170,7 +171,7 @@ def test_old_images_and_workdir_copies_are_pruned_but_not_those_a_run_uses(tmp_p
     copy_in_use = re.search(r"workdir (\w+):", detached.stdout).group(1)
     job.write_text(job.read_text().replace('"--hold", "600"', '"--hold", "0"') + "rdzv_port: 29630\n")
     try:
-        for _ in range(KEEP + 3):
+        for _ in range(KEEP + 1):
             last = edit_and_launch()
         current = re.search(r"image (launch/lab-show-version:\w+)", last.stdout).group(1)
         current_copy = re.search(r"workdir (\w+):", last.stdout).group(1)
