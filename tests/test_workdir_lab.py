@@ -216,3 +216,25 @@ def test_a_file_edited_while_being_sent_makes_no_copy(tmp_path: Path, lab, base_
     for host in hosts:
         left = lab.ssh(host.name, f"ls -A {folders[host.name]} 2>/dev/null; true").stdout.decode().split()
         assert left == [], (host.name, left)  # no copy, no half-made folder
+
+
+def test_a_job_whose_image_another_job_has_is_tagged_on_the_hosts_not_sent(tmp_path: Path, lab, base_image: str) -> None:
+    """Images hold no job code, so two jobs with the same base and requirements share one image."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = lab_job(tmp_path / "a", lab, base_image, SHOW, [])
+    (first.parent / "version.txt").write_text("a\n")
+    twin = lab_job(tmp_path / "b", lab, base_image, SHOW, [])
+    (twin.parent / "version.txt").write_text("b\n")
+    twin.write_text(twin.read_text().replace("name: lab-show_version", "name: lab-twin"))
+    out = launch(str(first), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr
+    for host in lab.hosts:
+        lab.ssh(host.name, "docker image ls --format '{{.Repository}}:{{.Tag}}' launch/lab-twin | xargs -r docker image rm >/dev/null; true")
+    result = launch(str(twin), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert result.stdout.count("has the image already") == 3 and "layer(s)" not in result.stdout, result.stdout[:2000]
+    tag = re.search(r"^image (\S+) \(", result.stdout, re.M).group(1)
+    assert tag.startswith("launch/lab-twin:")
+    assert lab.docker("h2", "image", "inspect", "--format", "{{.Id}}", tag).returncode == 0
+    assert len(re.findall(r"rank \d version b$", result.stdout, re.M)) == 3

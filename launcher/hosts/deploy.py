@@ -3,6 +3,7 @@ copy the job's workdir to every host (what changed only)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass, field
@@ -48,8 +49,10 @@ def connect_all(hosts: tuple[Host, ...]) -> dict[str, fabric.Connection]:
 
 
 def connect_some(hosts: tuple[Host, ...]) -> tuple[dict[str, fabric.Connection], dict[str, Exception]]:
-    """Connections to the hosts that can be reached, and why the others cannot (for --dry-run)."""
-    return on_every_host(hosts, connect, lambda h: h.name)
+    """Connections to the hosts that can be reached, and why the others cannot (for --dry-run, which
+    changes nothing: not even known_hosts, so a host whose key is not known yet is not asked)."""
+    strict = tuple(dataclasses.replace(h, ssh=dataclasses.replace(h.ssh, host_key_policy="strict")) for h in hosts)
+    return on_every_host(strict, connect, lambda h: h.name)
 
 
 def image_here(tag: str, base: str) -> str:

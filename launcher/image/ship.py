@@ -260,6 +260,16 @@ def image_id_on(conn, tag: str) -> str | None:
     return out.strip() if code == 0 else None
 
 
+def _tag_held_image(conn, image_id: str, tag: str) -> bool:
+    """Tag the image on the host if it has it already (jobs with the same inputs share one image)."""
+    from ..hosts.ssh import run
+
+    if image_id_on(conn, image_id) != image_id:
+        return False
+    code, _ = run(conn, ["docker", "tag", image_id, tag])
+    return code == 0 and image_id_on(conn, tag) == image_id
+
+
 def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callable[[str, int], None] | None = None) -> ShipReport:
     """Make `tag` present on every host of `conns` ({host: Connection}); report what was sent."""
     from ..hosts.ssh import open_command
@@ -276,6 +286,9 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
             if image_id_on(conn, tag) == local.id:
                 report.results[host] = ShipResult(host, skipped=True)
                 continue
+            if _tag_held_image(conn, local.id, tag):  # the same image under another job's tag
+                report.results[host] = ShipResult(host, skipped=True)
+                continue
             have = host_layers(conn)
             channel = open_command(conn, ["docker", "load", "-q"])
         except Exception as exc:  # noqa: BLE001 - every host is reported
@@ -289,8 +302,8 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
         known = LayerDirs(known_path)
         try:
             if any(r.chains for r in receivers) and not set(chains[:-1]) <= set(known.dirs.values()):
-                split_save(local.save(chunk_size=CHUNK, named=True), [], known)  # learn where the layers are, send nothing
-            split_save(local.save(chunk_size=CHUNK, named=True), receivers, known, dict(zip(local.attrs["RootFS"]["Layers"], chains)))
+                split_save(local.save(chunk_size=CHUNK, named=tag), [], known)  # learn where the layers are, send nothing
+            split_save(local.save(chunk_size=CHUNK, named=tag), receivers, known, dict(zip(local.attrs["RootFS"]["Layers"], chains)))
         except Exception as exc:  # noqa: BLE001 - the SDK and tarfile raise several kinds; every host hears of it
             reason = f"reading `docker save` of {tag} from this machine's Docker engine failed: {type(exc).__name__}: {exc}"
             for r in receivers:
