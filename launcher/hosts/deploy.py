@@ -79,6 +79,30 @@ def images_on_hosts(tag: str, conns: dict[str, fabric.Connection]) -> dict[str, 
     return {host: found.get(host) or f"cannot tell: {errors[host]}" for host in conns}
 
 
+def describe_deployment(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifest, image: str | None,
+                        folders: dict[str, str]) -> str:
+    """For --dry-run: what would be built, and sent to each host (asks the hosts, sends nothing)."""
+    lines = [f"\nworkdir {job.workdir}: {len(manifest.entries)} file(s), {manifest.total_bytes} bytes, hash {manifest.hash}"]
+    if image:
+        lines.append(f"image {image}: {image_here(image, job.image.base)}")
+    conns, unreachable = connect_some(tuple(h for h in hosts if not h.is_local))
+    try:
+        transfers = plan_workdir(manifest, {k: v for k, v in folders.items() if k in conns}, conns)
+        on_hosts = images_on_hosts(image, conns) if image else {}
+        for host in hosts:
+            if host.name in unreachable:
+                lines.append(f"{host.name}: cannot tell: {unreachable[host.name]}")
+                continue
+            if host.name in on_hosts:
+                lines.append(f"{host.name}: image: {on_hosts[host.name]}")
+            found = transfers.get(host.name)
+            lines.append(found.describe() if isinstance(found, Transfer) else f"{host.name}: workdir: cannot tell: {found}")
+    finally:
+        for conn in conns.values():
+            conn.close()
+    return "\n".join(lines)
+
+
 def reach(hosts: tuple[Host, ...]) -> Reached:
     """Connect to every host and find the NICs the plan needs; nothing is started on them."""
     conns = connect_all(hosts)

@@ -18,8 +18,7 @@ from ..plan import PlanOptions, make_plan
 from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, Host, select_hosts
-from ..sync.manifest import Manifest, scan, size_warning
-from ..sync.transfer import Transfer
+from ..sync.manifest import scan, size_warning
 from . import rundir
 from ..results.outcome import RunOutcome, RunState
 from .execute import Console, execute, start_detached
@@ -62,7 +61,9 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     if request.dry_run:
         print(make_plan(job, hosts, paths.run_id, options).describe())
         if remote:
-            print(_transfer_plan(job, hosts, manifest, options))
+            from ..hosts.deploy import describe_deployment
+
+            print(describe_deployment(job, hosts, manifest, options.image, _folders(job, hosts, options)))
         return 0, None
 
     console = Console()
@@ -119,31 +120,6 @@ def _folders(job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions) -> dic
     from ..hosts.deploy import workdir_folders
 
     return workdir_folders(tuple(h for h in hosts if not h.is_local), job.name, options.remote_jobs, options.local_user)
-
-
-def _transfer_plan(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifest, options: PlanOptions) -> str:
-    """For --dry-run: what would be built, and sent to each host (asks the hosts, sends nothing)."""
-    from ..hosts.deploy import connect_some, image_here, images_on_hosts, plan_workdir
-
-    lines = [f"\nworkdir {job.workdir}: {len(manifest.entries)} file(s), {manifest.total_bytes} bytes, hash {manifest.hash}"]
-    if options.image:
-        lines.append(f"image {options.image}: {image_here(options.image, job.image.base)}")
-    conns, unreachable = connect_some(tuple(h for h in hosts if not h.is_local))
-    try:
-        transfers = plan_workdir(manifest, {k: v for k, v in _folders(job, hosts, options).items() if k in conns}, conns)
-        on_hosts = images_on_hosts(options.image, conns) if options.image else {}
-        for host in hosts:
-            if host.name in unreachable:
-                lines.append(f"{host.name}: cannot tell: {unreachable[host.name]}")
-                continue
-            if host.name in on_hosts:
-                lines.append(f"{host.name}: image: {on_hosts[host.name]}")
-            found = transfers.get(host.name)
-            lines.append(found.describe() if isinstance(found, Transfer) else f"{host.name}: workdir: cannot tell: {found}")
-    finally:
-        for conn in conns.values():
-            conn.close()
-    return "\n".join(lines)
 
 
 def _secrets(job: JobSpec) -> dict[str, str]:
