@@ -163,7 +163,7 @@ def test_old_images_and_workdir_copies_are_pruned_but_not_those_a_run_uses(tmp_p
 
     def state(host: str) -> tuple[list[str], list[str]]:
         tags = lab.docker(host, "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", repository).stdout.decode().split()
-        copies = [n for n in lab.ssh(host, f"ls {COPIES}").stdout.decode().split() if not n.endswith(".json")]
+        copies = [n for n in lab.ssh(host, f"ls {COPIES}").stdout.decode().split() if not n.endswith(".json.gz")]
         return tags, copies
 
     detached = edit_and_launch("--detach")

@@ -1,13 +1,14 @@
 """Keeping exact copies of a job's workdir on its hosts, over SSH, with sh, cp and tar there.
 
 On each host a job's copies live in one folder (`plan.workdir_copies`), each named by the
-workdir's hash, with its manifest beside it (`<hash>.json`). A new copy is put together in a hidden
+workdir's hash, with its manifest beside it (`<hash>.json.gz`, for launches from other machines). A new copy is put together in a hidden
 folder and renamed into place only when complete, so ranks never see half of one; copies are never
 changed after that (containers mount them read-only).
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import re
@@ -30,7 +31,7 @@ STALE_PARTIAL_MIN = 60  # a copy left half made by a launch that died is removed
 # $0: the copies' folder. Prints its entries, newest first.
 _LIST = 'cd "$0" 2>/dev/null || exit 0; ls -1t'
 # $0: folder, $1: hash, $2: the copy to start from ("" for none), $3: a name for this transfer.
-# stdin: a tar of `remove` (NUL-separated paths), `manifest.json`, `files/...` (what is new), and last
+# stdin: a tar of `remove` (NUL-separated paths), `manifest.json.gz`, `files/...` (what is new), and last
 # `complete`: a stream cut short (the launcher saw a file change while sending it) makes nothing.
 _RECEIVE = r'''
 set -e
@@ -46,7 +47,7 @@ if [ -n "$2" ]; then cp -al "$2" "$p"; else mkdir "$p"; fi
 (cd "$p" && xargs -0 -r rm -rf -- < "../$s/remove")
 if [ -d "$s/files" ]; then cp -al "$s/files/." "$p/"; fi
 find "$p" -mindepth 1 -depth -type d -empty -delete
-mv "$s/manifest.json" "$1.json"
+mv "$s/manifest.json.gz" "$1.json.gz"
 if mv -T "$p" "$1" 2>/dev/null; then :; elif [ -d "$1" ]; then :; else echo "cannot rename $p to $1" >&2; exit 1; fi
 touch -c "$1"
 '''
@@ -58,13 +59,13 @@ touch -c "$1"
 used=" $(docker ps --format '{{.Label "launch.workdir"}}' 2>/dev/null | tr '\n' ' ') "
 n=0
 for d in $(ls -1t); do
-    case "$d" in *.json) continue ;; esac
+    case "$d" in *.json.gz) continue ;; esac
     [ -d "$d" ] || continue
     n=$((n + 1))
     [ "$d" = "$1" ] && continue
     [ "$n" -le "$2" ] && continue
     case "$used" in *" $d "*) continue ;; esac
-    rm -rf "$d" "$d.json" && echo "$d"
+    rm -rf "$d" "$d.json.gz" && echo "$d"
 done
 find . -maxdepth 1 \( -name '.partial-*' -o -name '.incoming-*' \) -mmin +''' + str(STALE_PARTIAL_MIN) + r''' -exec rm -rf {} + 2>/dev/null
 exit 0
@@ -92,7 +93,7 @@ def manifest_on(conn: fabric.Connection, folder: str, name: str, cache: Path) ->
         return Manifest.from_json(json.loads(local.read_text()))
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    code, out = run(conn, ["cat", f"{folder}/{name}.json"], timeout=60)
+    code, out = run(conn, ["gzip", "-dc", f"{folder}/{name}.json.gz"], timeout=60)
     try:
         return Manifest.from_json(json.loads(out)) if code == 0 else None
     except (ValueError, KeyError, TypeError):
@@ -169,7 +170,7 @@ def send(conn: fabric.Connection, folder: str, workdir: Path, manifest: Manifest
     try:
         with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             _add_bytes(tar, "remove", b"".join(p.encode() + b"\0" for p in transfer.remove))
-            _add_bytes(tar, "manifest.json", json.dumps(manifest.to_json()).encode())
+            _add_bytes(tar, "manifest.json.gz", gzip.compress(json.dumps(manifest.to_json()).encode(), mtime=0))
             for entry in transfer.send:
                 _add_file(tar, workdir, entry)
             _add_bytes(tar, "complete", b"")
