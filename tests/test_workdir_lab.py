@@ -90,6 +90,12 @@ def test_an_edit_sends_one_file_every_rank_runs_it_and_no_edit_sends_nothing(tmp
     assert len(re.findall(r"rank \d version v2$", edited.stdout, re.M)) == 3 and "v1" not in edited.stdout
     assert recorded_hash(runs, edited.stdout) != recorded_hash(runs, first.stdout)
 
+    # from a machine that never launched the job (no manifests cached here): the hosts' own serve
+    (job.parent / "version.txt").write_text("v3\n")
+    elsewhere = launch(str(job), "--runs-dir", str(runs), cwd=tmp_path, env={"LAUNCH_CACHE": str(tmp_path / "other-cache")})
+    assert elsewhere.returncode == 0, elsewhere.stdout[-3000:] + elsewhere.stderr
+    assert all(files == 1 for files, _ in sent(elsewhere.stdout).values()) and elsewhere.stdout.count("onto its copy") == 3
+
     # a file goes: the hosts' new copies lack it
     (job.parent / "data.bin").unlink()
     removed = launch(str(job), "--runs-dir", str(runs), cwd=tmp_path)
