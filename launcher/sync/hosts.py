@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
 import secrets
 import tarfile
@@ -199,6 +200,7 @@ def _add_file(tar: tarfile.TarFile, workdir: Path, entry: Entry) -> None:
     info.size, info.mode = entry.size, 0o755 if entry.executable else 0o644
     try:
         with open(workdir / entry.path, "rb") as fh:
+            info.mtime = int(os.fstat(fh.fileno()).st_mtime)  # as here, not 1970
             checked = _Checked(fh)
             tar.addfile(info, io.BufferedReader(checked))
     except (OSError, tarfile.TarError) as exc:
