@@ -75,13 +75,15 @@ def _run_parser() -> argparse.ArgumentParser:
 def resolve_cluster(job: JobSpec, args: argparse.Namespace) -> ClusterSpec:
     """--local's one-box inventory, or --cluster, or the job's `cluster`, or cluster.yaml nearby."""
     if args.local:
+        if args.cluster:
+            raise SpecError("--local runs every process on this machine, without an inventory; leave out --cluster")
         return local_cluster(cpus=os.cpu_count() or 1, gpus=_local_gpus())
     if args.cluster:
-        return load_cluster(args.cluster)
+        return load_cluster(args.cluster, origin="--cluster")
     if job.cluster:
-        return load_cluster(job.cluster)
+        return load_cluster(job.cluster, origin=f"{job.path}: cluster")
     beside = job.path.parent / "cluster.yaml"
-    return load_cluster(beside if beside.is_file() else Path("cluster.yaml"))
+    return load_cluster(beside if beside.is_file() else Path("cluster.yaml"), origin="the default inventory")
 
 
 def _local_gpus() -> int:
@@ -164,9 +166,10 @@ def _run_dir(given: Path) -> Path:
 
 def _logs(args: argparse.Namespace) -> int:
     from .run import existing
+    from .run.terminal import SafeOut
 
     run = existing.open_run(existing.find_run(args.run, args.runs_dir))
-    out = sys.stdout.buffer
+    out = SafeOut(sys.stdout.buffer)
     try:
         if run.summary is None and run.watched():  # its attached launcher is on it: its files fill here
             if not args.follow:

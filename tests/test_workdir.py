@@ -130,3 +130,45 @@ def test_the_root_or_a_home_folder_is_refused_as_a_workdir(tmp_path: Path, monke
         load_job(folder / "job.yaml")
     (folder / "job.yaml").write_text("name: j\ncommand: [python, t.py]\n")
     assert load_job(folder / "job.yaml").workdir == folder.resolve()
+
+
+def test_links_inside_the_workdir_are_kept_as_links_and_links_leaving_it_are_left_out(tmp_path: Path) -> None:
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not the job's\n")
+    work = tmp_path / "work"
+    write(work, {"train.py": "x\n", "data/real.csv": "a\n", "conf/base.yaml": "k: 1\n"})
+    (work / "latest.csv").symlink_to("data/real.csv")
+    (work / "conf" / "abs.csv").symlink_to(work / "data" / "real.csv")  # absolute, inside: made relative
+    (work / "datadir").symlink_to("data")  # a folder link: kept as a link, not walked
+    (work / "shadow").symlink_to(outside)
+    (work / "etc").symlink_to("/etc")
+    (work / "dangling").symlink_to("nowhere.txt")
+    (work / "up").symlink_to("..")
+    m = scan(work, tmp_path / "cache")
+    links = {e.path: e.link for e in m.entries if e.link is not None}
+    assert links == {"conf/abs.csv": "../data/real.csv", "datadir": "data", "latest.csv": "data/real.csv"}
+    assert paths(m) == ["conf/abs.csv", "conf/base.yaml", "data/real.csv", "datadir", "latest.csv", "train.py"]
+    assert sorted(x.split(" ")[0] for x in m.left_out) == ["dangling", "etc", "shadow", "up"]
+    warning = manifest_module.link_warning(work, m)
+    assert warning and "shadow -> " in warning and "outside the workdir" in warning and "does not exist" in warning
+    assert Manifest.from_json(m.to_json()) == m
+    before = m.digest
+    (work / "latest.csv").unlink()
+    (work / "latest.csv").symlink_to("conf/base.yaml")  # the same path, another target: another workdir
+    assert scan(work, tmp_path / "cache").digest != before
+
+
+def test_an_unusable_launchignore_is_one_clear_error(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    write(work, {"train.py": "x\n"})
+    (work / ".launchignore").symlink_to("/etc/hostname")
+    with pytest.raises(SpecError, match=r"\.launchignore: is a symbolic link"):
+        scan(work, tmp_path / "cache")
+    (work / ".launchignore").unlink()
+    os.mkfifo(work / ".launchignore")
+    with pytest.raises(SpecError, match=r"\.launchignore: is not a regular file"):
+        scan(work, tmp_path / "cache")
+    (work / ".launchignore").unlink()
+    (work / ".launchignore").write_text("ok/\n\\\n")
+    with pytest.raises(SpecError, match=r"\.launchignore: .*pattern"):
+        scan(work, tmp_path / "cache")

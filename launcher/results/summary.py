@@ -15,6 +15,7 @@ from .outcome import RunOutcome, RunState
 from .stats import STRAGGLER_THRESHOLD, MetricsSource, pick_source, rank_stats, read_records, stragglers
 from ..plan import LaunchPlan
 from ..run.rundir import RunPaths
+from ..run.terminal import printable_text
 
 LAST_LINES = 20
 
@@ -180,7 +181,7 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
         else:
             console.print(f"[bold red]first failure:[/] {who} (no log from it here)", highlight=False)
         for text in failure["last_lines"][-10:]:
-            console.print(f"  | {text}", markup=False, highlight=False)
+            console.print(f"  | {printable_text(text)}", markup=False, highlight=False)
 
 
 def _fmt(value: Any, spec: str = "") -> str:

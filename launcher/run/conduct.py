@@ -18,7 +18,7 @@ from ..plan import PlanOptions, make_plan
 from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, Host, select_hosts
-from ..sync.manifest import scan, size_warning
+from ..sync.manifest import link_warning, scan, size_warning
 from . import rundir
 from ..results.outcome import RunOutcome, RunState
 from .execute import Console, execute, start_detached
@@ -44,9 +44,9 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     remote = any(not h.is_local for h in hosts)
     paths = rundir.new_run_paths(request.runs_dir, job.name)
     manifest = scan(job.workdir, CACHE)
-    warning = size_warning(job.workdir, manifest)
-    if warning:
-        print(f"launch: {warning}", file=sys.stderr, flush=True)
+    for warning in (size_warning(job.workdir, manifest), link_warning(job.workdir, manifest) if remote else None):
+        if warning:
+            print(f"launch: {warning}", file=sys.stderr, flush=True)
     options = PlanOptions(
         run_dir=str(paths.root),
         local_python=sys.executable,

@@ -17,6 +17,7 @@ from ..node import contract
 from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
 from ..results.outcome import RunOutcome, RunState
 from .rundir import RunPaths
+from .terminal import SafeOut, printable
 from .transport import NodeProcess, Transport
 
 POLL_S = 0.05
@@ -26,15 +27,15 @@ LOST_AFTER_S = 10.0  # a host that has not answered a renewal for this long is l
 
 
 class Console:
-    """Whole lines to the terminal from several threads, never interleaved."""
+    """Whole lines to the terminal from several threads, never interleaved, made `printable`."""
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self.stream = stream or sys.stdout.buffer
         self.lock = threading.Lock()
+        self.colour = SafeOut(self.stream).colour
 
     def write_line(self, line: bytes) -> None:
-        if not line.endswith(b"\n"):
-            line += b"\n"
+        line = printable(line, self.colour)
         with self.lock:
             try:
                 self.stream.write(line)

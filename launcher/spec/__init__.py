@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,20 @@ RUNTIMES = ["docker", "host"]
 _NAME = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _SSH_KEYS = ["user", "port", "identity_file", "known_hosts", "host_key_policy"]
+_USER = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?"  # POSIX portable user names (and Samba's trailing $)
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+_NIC = r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}"  # Linux: at most 15 bytes, no '/', no blanks
+_GPU_ID = r"[0-9]{1,4}|(?:GPU|MIG)-[A-Za-z0-9-]{1,80}"  # an index, or a device UUID as nvidia-smi -L shows it
+MAX_NPROC_PER_NODE = 1024
+MAX_PROCS_PER_CPU = 8  # for a host whose slots the inventory does not give: this many per core of this machine
+MAX_GPUS = 256
+MAX_RESTARTS = 1000
+MAX_TIMEOUT_S = 366 * 24 * 3600.0
+MAX_WARMUP_STEPS = 1_000_000
+# set by the launcher or torchrun for every rank: a job may not set them in `env`
+OWNED_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "NODE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
+             "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+             "TORCHELASTIC_MAX_RESTARTS", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 DEFAULT_WARMUP_STEPS = 3  # compilation, caches and the first all-reduce make the first steps slow
 
 
@@ -84,10 +99,15 @@ class JobSpec:
     resume: bool = False  # keep the job's checkpoint directory from earlier runs (as --resume does)
 
 
-def load_cluster(path: Path) -> ClusterSpec:
-    """Load and check an inventory; raise SpecError on the first problem."""
+def load_cluster(path: Path, origin: str | None = None) -> ClusterSpec:
+    """Load and check an inventory; raise SpecError on the first problem. `origin`: what named it,
+    for an error about a file that is not an inventory at all."""
     label = str(path)
     top = Section(label, load_mapping(path, label))
+    if "command" in top.data and "hosts" not in top.data:
+        named = f" ({origin})" if origin else ""
+        raise SpecError(f"{label}: read as the cluster inventory{named}, but it is a job file (it has `command`); "
+                        "name an inventory with `hosts`")
     top.check_keys(["ssh", "hosts"], required=["hosts"])
     ssh = top.section("ssh")
     ssh.check_keys(_SSH_KEYS)
@@ -110,7 +130,7 @@ def load_cluster(path: Path) -> ClusterSpec:
 
 def _ssh_settings(sec: Section, base: SshSettings) -> SshSettings:
     return SshSettings(
-        user=sec.string("user", base.user),
+        user=sec.string("user", base.user, pattern=_USER, what="a user name of letters, digits, '_', '.' or '-'"),
         port=sec.integer("port", base.port, minimum=1, maximum=65535),
         identity_file=sec.string("identity_file", base.identity_file),
         known_hosts=sec.string("known_hosts", base.known_hosts),
@@ -121,28 +141,47 @@ def _ssh_settings(sec: Section, base: SshSettings) -> SshSettings:
 def _host(sec: Section, defaults: SshSettings) -> Host:
     sec.check_keys(["name", "address", "gpus", "slots", "nic", "python", *_SSH_KEYS], required=["name", "address"])
     name = sec.string("name", pattern=_NAME, what="a name of letters, digits, '.', '_' or '-'")
-    address = sec.string("address", pattern=r"\S+", what="a host name, an IP address or 'local'")
     gpus, gpu_ids = _gpus(sec)
+    python = sec.string("python", None)
+    if python is not None and (python.startswith("-") or re.search(r"[\x00-\x1f\x7f]", python)):
+        raise sec.expected("python", "a path to a Python interpreter, or its name on PATH", python)
     return Host(
         name=name,
-        address=address,
+        address=_address(sec),
         gpus=gpus,
         gpu_ids=gpu_ids,
-        slots=sec.integer("slots", None, minimum=1),
-        nic=sec.string("nic", None, pattern=r"[^\s/]+", what="a network interface name such as eth0"),
-        python=sec.string("python", None),
+        slots=sec.integer("slots", None, minimum=1, maximum=MAX_NPROC_PER_NODE),
+        nic=sec.string("nic", None, pattern=_NIC, what="a network interface name such as eth0"),
+        python=python,
         ssh=_ssh_settings(sec, defaults),
     )
+
+
+def _address(sec: Section) -> str:
+    """'local', a host name, or an IPv4 or IPv6 address (brackets around the latter are dropped)."""
+    what = "a host name, an IP address or 'local'"
+    value = sec.string("address", what=what)
+    bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    if value != bare or not _HOST_NAME.fullmatch(value) or value.startswith("-"):
+        raise sec.expected("address", what, value)
+    return value
 
 
 def _gpus(sec: Section) -> tuple[int, tuple[str, ...] | None]:
     value = sec.get("gpus", 0)
     if isinstance(value, list):
         ids = [sec.argv_item(f"gpus[{i}]", item) for i, item in enumerate(value)]
-        if not ids or len(set(ids)) != len(ids):
-            raise sec.expected("gpus", "a count or a non-empty list of distinct GPU ids", value)
+        for i, gpu in enumerate(ids):
+            if not re.fullmatch(_GPU_ID, gpu):
+                raise sec.expected(f"gpus[{i}]", "a GPU index such as 0, or a device UUID such as GPU-5c1c...", value[i])
+        if not ids or len(set(ids)) != len(ids) or len(ids) > MAX_GPUS:
+            raise sec.expected("gpus", f"a count or a non-empty list of at most {MAX_GPUS} distinct GPU ids", value)
         return len(ids), tuple(ids)
-    return sec.check_int("gpus", value, minimum=0), None
+    return sec.check_int("gpus", value, minimum=0, maximum=MAX_GPUS), None
 
 
 def local_cluster(cpus: int, gpus: int) -> ClusterSpec:
@@ -174,8 +213,8 @@ def load_job(path: Path) -> JobSpec:
         raise top.fail("workdir", f"'{top.get('workdir', '.')}' is {what}; the workdir is copied to every host, so give it the job's own folder")
     nproc = top.get("nproc_per_node", "auto")
     if nproc != "auto":
-        if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
-            raise top.expected("nproc_per_node", "a positive integer or 'auto'", nproc)
+        if isinstance(nproc, bool) or not isinstance(nproc, int) or not 1 <= nproc <= MAX_NPROC_PER_NODE:
+            raise top.expected("nproc_per_node", f"an integer from 1 to {MAX_NPROC_PER_NODE}, or 'auto'", nproc)
     return JobSpec(
         path=path,
         name=name,
@@ -190,10 +229,10 @@ def load_job(path: Path) -> JobSpec:
         image=_image(top.section("image"), folder),
         runtime=top.choice("runtime", RUNTIMES, "docker"),
         rdzv_port=top.integer("rdzv_port", 29500, minimum=1, maximum=65534),  # + 1: the node supervisors
-        max_restarts=top.integer("max_restarts", 0, minimum=0),
-        timeout_s=top.duration("timeout", None),
+        max_restarts=top.integer("max_restarts", 0, minimum=0, maximum=MAX_RESTARTS),
+        timeout_s=top.duration("timeout", None, maximum=MAX_TIMEOUT_S),
         scaling=_scaling(top),
-        warmup_steps=top.integer("warmup_steps", DEFAULT_WARMUP_STEPS, minimum=0),
+        warmup_steps=top.integer("warmup_steps", DEFAULT_WARMUP_STEPS, minimum=0, maximum=MAX_WARMUP_STEPS),
         resume=top.boolean("resume", False),
     )
 
@@ -213,6 +252,9 @@ def _env(top: Section) -> dict[str, str]:
             raise top.expected("env", "variable names of letters, digits and '_'", key)
         if key.startswith(contract.RESERVED_PREFIX):
             raise top.fail(f"env.{key}", f"names starting with {contract.RESERVED_PREFIX} are set by the launcher; choose another name")
+        if key in OWNED_ENV:
+            raise top.fail(f"env.{key}", "is set for every rank by torchrun or the launcher; a job cannot set it"
+                           + (" (give the host's nic in the inventory)" if key.endswith("SOCKET_IFNAME") else ""))
         out[key] = top.argv_item(f"env.{key}", value)
     return out
 
@@ -241,7 +283,7 @@ def _scaling(top: Section) -> tuple[int, ...]:
     value = top.get("scaling", [])
     if not isinstance(value, list):
         raise top.expected("scaling", "a list of node counts, e.g. [1, 2, 4]", value)
-    counts = tuple(top.check_int(f"scaling[{i}]", n, minimum=1) for i, n in enumerate(value))
+    counts = tuple(top.check_int(f"scaling[{i}]", n, minimum=1, maximum=MAX_NPROC_PER_NODE) for i, n in enumerate(value))
     if len(set(counts)) != len(counts):
         raise top.expected("scaling", "distinct node counts", value)
     return counts
@@ -258,6 +300,15 @@ def select_hosts(job: JobSpec, cluster: ClusterSpec, nodes: int | None = None, n
         plural = "host" if available == 1 else "hosts"
         raise SpecError(f"{where}: {count} is more than the {available} {plural} in {cluster.label}")
     hosts = cluster.hosts[: count or available]
+    if isinstance(job.nproc_per_node, int):
+        for h in hosts:
+            if h.slots is None:
+                continue
+            implicit = cluster.path is None  # --local: this machine's cores, which a job may oversubscribe
+            limit = h.slots * MAX_PROCS_PER_CPU if implicit else h.slots
+            if job.nproc_per_node > limit:
+                what = f"{MAX_PROCS_PER_CPU} per core of this machine's {h.slots}" if implicit else f"the {h.slots} slot(s) of host '{h.name}' in {cluster.label}"
+                raise SpecError(f"{job.path}: nproc_per_node: {job.nproc_per_node} is more than {what}")
     if job.backend == "nccl":
         cpu_hosts = [h.name for h in hosts if h.gpus == 0]
         if cpu_hosts:

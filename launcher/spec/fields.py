@@ -15,15 +15,15 @@ from ..errors import SpecError
 from .yamlfile import describe
 
 _MISSING = object()
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"(?:([0-9]{1,9})d)?(?:([0-9]{1,9})h)?(?:([0-9]{1,9})m)?(?:([0-9]{1,12})s)?")
 
 
 def parse_duration(text: str) -> float | None:
     """Seconds in `90`, `90s`, `5m`, `1h30m` or `2d`; None when it is not such a text."""
     text = text.strip()
-    if text.isdigit():
+    if re.fullmatch(r"[0-9]{1,12}", text):
         return float(text)
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not text or not match:
         return None
     days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
@@ -126,7 +126,7 @@ class Section:
             raise self.expected(name, "one of " + " | ".join(choices), value)
         return value
 
-    def duration(self, name: str, default: Any = _MISSING) -> Any:
+    def duration(self, name: str, default: Any = _MISSING, maximum: float | None = None) -> Any:
         """Seconds, from a number or a text such as `1h30m`."""
         value = self.get(name, default)
         if value is default and default is not _MISSING:
@@ -139,6 +139,8 @@ class Section:
             seconds = parse_duration(value)
         if seconds is None or not math.isfinite(seconds) or seconds <= 0:
             raise self.expected(name, what, value)
+        if maximum is not None and seconds > maximum:
+            raise self.expected(name, f"a duration of at most {maximum / 86400:g} days", value)
         return seconds
 
     def argv_item(self, name: str, value: Any) -> str:

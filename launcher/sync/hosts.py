@@ -197,6 +197,10 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _add_file(tar: tarfile.TarFile, workdir: Path, entry: Entry) -> None:
     info = tarfile.TarInfo(f"files/{entry.path}")
+    if entry.link is not None:
+        info.type, info.linkname, info.mode = tarfile.SYMTYPE, entry.link, 0o777
+        tar.addfile(info)
+        return
     info.size, info.mode = entry.size, 0o755 if entry.executable else 0o644
     try:
         with open(workdir / entry.path, "rb") as fh:

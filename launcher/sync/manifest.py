@@ -4,6 +4,10 @@ The files are those not excluded by the defaults below or the workdir's `.launch
 syntax; a `!pattern` there can bring back a default). Each file is hashed by content; hashes are
 remembered by size, mtime and inode (as git and rsync do), so an unchanged workdir of many files
 costs a stat per file on each launch, not a read.
+
+Symbolic links are never followed. A link whose target lies inside the workdir is kept as a link
+(made relative, so it resolves in every copy); a link that leaves the workdir, or leads nowhere, is
+left out and named in a warning: what it points to is not the job's to send.
 """
 
 from __future__ import annotations
@@ -13,10 +17,13 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pathspec
+
+from ..errors import SpecError
+from ..spec.yamlfile import read_user_file
 
 IGNORE_FILE = ".launchignore"
 DEFAULT_IGNORES = (
@@ -32,23 +39,30 @@ class Entry:
     path: str  # relative, with "/" separators
     executable: bool
     size: int
-    sha: str  # sha256 of the content, hex
+    sha: str  # sha256 of the content (of the target, for a link), hex
+    link: str | None = None  # a symbolic link's target, relative to its folder
 
     @property
-    def key(self) -> tuple[str, bool]:
-        return self.sha, self.executable
+    def key(self) -> tuple[str, bool, str | None]:
+        return self.sha, self.executable, self.link
+
+
+def link_entry(path: str, target: str) -> Entry:
+    return Entry(path, False, 0, hashlib.sha256(target.encode()).hexdigest(), target)
 
 
 @dataclass(frozen=True)
 class Manifest:
     entries: tuple[Entry, ...]  # sorted by path
+    left_out: tuple[str, ...] = field(default=(), compare=False)  # links not kept, and why
 
     @property
     def digest(self) -> str:
-        """The content hash of the whole workdir: every file's path, exec bit and content."""
+        """The content hash of the whole workdir: every file's path, exec bit and content, every link's target."""
         h = hashlib.sha256()
         for e in self.entries:
-            h.update(f"{e.sha} {'x' if e.executable else '-'} {len(e.path.encode())}:{e.path}\n".encode())
+            kind = "l" if e.link is not None else "x" if e.executable else "-"
+            h.update(f"{e.sha} {kind} {len(e.path.encode())}:{e.path}\n".encode())
         return h.hexdigest()
 
     @property
@@ -70,49 +84,86 @@ class Manifest:
         return sorted(sizes.items(), key=lambda item: -item[1])[:n]
 
     def to_json(self) -> dict:
-        return {"hash": self.digest, "files": [[e.path, e.executable, e.size, e.sha] for e in self.entries]}
+        return {"hash": self.digest,
+                "files": [[e.path, e.executable, e.size, e.sha] + ([e.link] if e.link is not None else []) for e in self.entries]}
 
     @classmethod
     def from_json(cls, data: dict) -> "Manifest":
-        return cls(tuple(Entry(p, bool(x), int(s), str(h)) for p, x, s, h in data["files"]))
+        return cls(tuple(Entry(str(row[0]), bool(row[1]), int(row[2]), str(row[3]), str(row[4]) if len(row) > 4 else None)
+                         for row in data["files"]))
 
 
 def ignore_spec(workdir: Path) -> pathspec.PathSpec:
+    """The defaults and the workdir's `.launchignore`; SpecError when that file is unusable."""
     lines = list(DEFAULT_IGNORES)
+    path = workdir / IGNORE_FILE
+    if os.path.lexists(path):
+        lines += read_user_file(path, str(path), follow=False).decode(errors="replace").splitlines()
     try:
-        lines += (workdir / IGNORE_FILE).read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        pass
-    return pathspec.GitIgnoreSpec.from_lines(lines)
+        return pathspec.GitIgnoreSpec.from_lines(lines)
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"{path}: {exc}") from None
 
 
-def walk(workdir: Path) -> list[tuple[str, os.stat_result]]:
-    """The workdir's files that are not ignored, as (relative path, stat), sorted by path.
+@dataclass(frozen=True)
+class Found:
+    path: str  # relative, with "/" separators
+    stat: os.stat_result | None  # a regular file's (None for a link)
+    link: str | None = None  # a kept link's target, relative to its folder
 
-    Folders holding a virtual environment (`pyvenv.cfg`) are left out whatever their name. A link to
-    a file counts as that file; links to folders are not followed; sockets and pipes are skipped."""
+
+def walk(workdir: Path) -> tuple[list[Found], list[str]]:
+    """The workdir's regular files and kept links that are not ignored, sorted by path; and the
+    links left out, each with why.
+
+    Folders holding a virtual environment (`pyvenv.cfg`) are left out whatever their name; links are
+    not followed; sockets, pipes and devices are skipped."""
     spec = ignore_spec(workdir)
-    found: list[tuple[str, os.stat_result]] = []
+    root_real = os.path.realpath(workdir)
+    found: list[Found] = []
+    left_out: list[str] = []
     for root, dirs, names in os.walk(workdir):
         rel_root = os.path.relpath(root, workdir)
         prefix = "" if rel_root == "." else rel_root.replace(os.sep, "/") + "/"
+        linked = [d for d in dirs if os.path.islink(os.path.join(root, d))]
         dirs[:] = sorted(
             d for d in dirs
-            if not spec.match_file(f"{prefix}{d}/") and not os.path.exists(os.path.join(root, d, "pyvenv.cfg"))
-            and not os.path.islink(os.path.join(root, d))
+            if d not in linked and not spec.match_file(f"{prefix}{d}/")
+            and not os.path.exists(os.path.join(root, d, "pyvenv.cfg"))
         )
-        for name in sorted(names):
+        for name in sorted(names + linked):
             rel = prefix + name
-            if spec.match_file(rel):
+            path = os.path.join(root, name)
+            if spec.match_file(rel) or (name in linked and spec.match_file(rel + "/")):
                 continue
             try:
-                st = os.stat(os.path.join(root, name))
-            except OSError:  # a dangling link
+                st = os.lstat(path)
+            except OSError:  # gone since it was listed
                 continue
-            if stat.S_ISREG(st.st_mode):
-                found.append((rel, st))
-    found.sort(key=lambda item: item[0])
-    return found
+            if stat.S_ISLNK(st.st_mode):
+                target, why = _kept_link(path, root_real)
+                if target is None:
+                    left_out.append(f"{rel} -> {why}")
+                else:
+                    found.append(Found(rel, None, target))
+            elif stat.S_ISREG(st.st_mode):
+                found.append(Found(rel, st))
+    found.sort(key=lambda item: item.path)
+    return found, left_out
+
+
+def _kept_link(path: str, root_real: str) -> tuple[str | None, str]:
+    """A link's target relative to its folder when it resolves inside the workdir; else None and why."""
+    try:
+        text = os.readlink(path)
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror})"
+    resolved = os.path.realpath(path)
+    if os.path.commonpath([resolved, root_real]) != root_real or resolved == root_real:
+        return None, f"{text}, outside the workdir"
+    if not os.path.exists(resolved):
+        return None, f"{text}, which does not exist"
+    return os.path.relpath(resolved, os.path.realpath(os.path.dirname(path))), ""
 
 
 class HashCache:
@@ -162,11 +213,25 @@ def scan(workdir: Path, cache_dir: Path) -> Manifest:
     """The workdir's manifest, hashing only files that changed since the last scan."""
     cache = HashCache(cache_dir, workdir)
     entries = []
-    for rel, st in walk(workdir):
-        path = workdir / rel
-        entries.append(Entry(rel, bool(st.st_mode & 0o100), st.st_size, cache.sha(path, rel, st)))
+    found, left_out = walk(workdir)
+    for item in found:
+        if item.link is not None:
+            entries.append(link_entry(item.path, item.link))
+            continue
+        st = item.stat
+        assert st is not None
+        entries.append(Entry(item.path, bool(st.st_mode & 0o100), st.st_size, cache.sha(workdir / item.path, item.path, st)))
     cache.save()
-    return Manifest(tuple(entries))
+    return Manifest(tuple(entries), tuple(left_out))
+
+
+def link_warning(workdir: Path, manifest: Manifest) -> str | None:
+    """A warning naming the links the workdir's copies leave out."""
+    if not manifest.left_out:
+        return None
+    shown = "; ".join(manifest.left_out[:5]) + (f"; and {len(manifest.left_out) - 5} more" if len(manifest.left_out) > 5 else "")
+    return (f"warning: {len(manifest.left_out)} link(s) in the workdir {workdir} lead outside it or nowhere and are "
+            f"not sent to the hosts: {shown}")
 
 
 def size_warning(workdir: Path, manifest: Manifest) -> str | None:
