@@ -240,3 +240,19 @@ def test_hostile_flags_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
     monkeypatch.chdir(tmp_path)
     code, output = run_cli(capsys, str(tmp_path / "job.yaml"), *args, "--runs-dir", str(tmp_path / "runs"))
     assert_refused(code, output, pattern, tmp_path)
+
+
+@pytest.mark.parametrize("line, plain, tty", [
+    (b"[h/0] \x1b]0;title\x07x\n", b"[h/0] ^[]0;title^Gx\n", b"[h/0] ^[]0;title^Gx\n"),
+    (b"[h/0] \x1b[2J\x1b[H\n", b"[h/0] ^[[2J^[[H\n", b"[h/0] ^[[2J^[[H\n"),
+    (b"[h/0] \x1b[1;32mok\x1b[0m\n", b"[h/0] ^[[1;32mok^[[0m\n", b"[h/0] \x1b[1;32mok\x1b[0m\n"),
+    (b"[h/0] a\x00b\x7fc\n", b"[h/0] a^@b^?c\n", b"[h/0] a^@b^?c\n"),
+    (b"[h/0] 1%\r50%\r100%\r\n", b"[h/0] 100%\n", b"[h/0] 100%\n"),
+    (b"[h/0] \xc2\x9b2J\n", b"[h/0] \\x9b2J\n", b"[h/0] \\x9b2J\n"),
+    (b"[h/0] \xff\n", "[h/0] \ufffd\n".encode(), "[h/0] \ufffd\n".encode()),
+    (b"[h/0] tab\tkept\n", b"[h/0] tab\tkept\n", b"[h/0] tab\tkept\n"),
+])
+def test_rank_output_is_made_safe_for_a_terminal(line: bytes, plain: bytes, tty: bytes) -> None:
+    from launcher.run.terminal import printable
+
+    assert printable(line) == plain and printable(line, colour=True) == tty

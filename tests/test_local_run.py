@@ -171,3 +171,22 @@ def test_logs_command_prints_a_runs_logs(probe_job, tmp_path: Path) -> None:
     logs = launch("logs", str(run), "--rank", "1", cwd=tmp_path)
     assert logs.returncode == 0, logs.stderr
     assert logs.stdout.splitlines() == ["[box/1] to stderr from rank 1", "[box/1] step 0", "[box/1] step 1"]
+
+
+def test_control_characters_from_a_rank_do_not_reach_the_terminal_raw(tmp_path: Path) -> None:
+    (tmp_path / "noisy.py").write_text(
+        "import sys\n"
+        "sys.stdout.buffer.write(b'title \\x1b]0;pwned\\x07 clear \\x1b[2J nul \\x00 end\\n')\n"
+        "sys.stdout.buffer.write(b'bar 10%\\r bar 100%\\n')\n"
+    )
+    (tmp_path / "job.yaml").write_text("name: noisy\nnproc_per_node: 1\nruntime: host\ncommand: [python, noisy.py]\n")
+    result = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for forbidden in ("\x1b", "\x07", "\x00"):
+        assert forbidden not in result.stdout + result.stderr
+    assert "[local/0] title ^[]0;pwned^G clear ^[[2J nul ^@ end" in result.stdout
+    assert "[local/0]  bar 100%" in result.stdout and "bar 10%" not in result.stdout
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    assert b"title \x1b]0;pwned\x07 clear \x1b[2J nul \x00 end\n" in (run / "logs/local/rank0.log").read_bytes()
+    logs = launch("logs", str(run), cwd=tmp_path)
+    assert logs.returncode == 0 and "[local/0] title ^[]0;pwned^G" in logs.stdout and "\x1b" not in logs.stdout
