@@ -228,7 +228,7 @@ def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanO
     if job.runtime == "docker" and not local and not options.image:
         raise SpecError(f"{job.path}: runtime: docker needs the job's image tag to plan remote nodes")
     backend = backend_for(job, hosts)
-    master_addr = LOCAL_MASTER_ADDR if local else hosts[0].address
+    master_addr = LOCAL_MASTER_ADDR if local else hosts[0].net_address
     counts = [node_nproc(job, h, options.local_cpus) for h in hosts]
     world_size = sum(counts) if all(isinstance(c, int) for c in counts) else None  # type: ignore[arg-type]
     nodes = []
@@ -296,7 +296,7 @@ def _node(
         f"--rdzv-id={run_id}",
     ]
     if not host.is_local:
-        torchrun.append(f"--local-addr={host.address}")
+        torchrun.append(f"--local-addr={host.net_address}")
     torchrun.append("--no-python")
     supervisor = [
         python, "-m", SUPERVISOR_MODULE,
@@ -305,7 +305,8 @@ def _node(
         "--checkpoint-dir", seen_checkpoints,
     ]
     if nnodes > 1:
-        supervisor += ["--coordinator", f"{master_addr}:{job.rdzv_port + 1}", "--peer-timeout", f"{PEER_TIMEOUT_S:g}"]
+        coordinator = f"[{master_addr}]" if ":" in master_addr else master_addr  # IPv6
+        supervisor += ["--coordinator", f"{coordinator}:{job.rdzv_port + 1}", "--peer-timeout", f"{PEER_TIMEOUT_S:g}"]
     if not options.detach:
         supervisor += ["--lease", f"{LEASE_S:g}", "--echo"]
     elif job.timeout_s is not None:  # no launcher watches the clock of a detached run

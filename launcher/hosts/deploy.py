@@ -116,7 +116,7 @@ def reach(hosts: tuple[Host, ...]) -> Reached:
 
 def detect_nics(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) -> dict[str, str]:
     """For hosts without `nic`: the interface that holds (rank 0) or routes to rank 0's address."""
-    master = hosts[0].address
+    master = hosts[0].net_address
     found: dict[str, str] = {}
     for i, host in enumerate(hosts):
         if host.nic:

@@ -1,14 +1,20 @@
 """SSH connections to lab hosts (Fabric), with host keys verified as OpenSSH would.
 
+A host is reached as OpenSSH would reach it: the user's ~/.ssh/config (and /etc/ssh/ssh_config)
+apply to the inventory's `address` (`Host` aliases, `HostName`, `User`, `Port`, `IdentityFile`,
+`ProxyJump`, `ProxyCommand`, `UserKnownHostsFile`), then ssh-agent and the default keys
+(~/.ssh/id_*) are tried; what the inventory sets explicitly wins over all of these.
+
 `strict` refuses a host whose key is not in known_hosts; `accept-new` records an unknown host's key
-on first contact and refuses a changed one. Nothing accepts a changed key. The user's
-~/.ssh/config is not read: the inventory says everything a connection needs.
+on first contact and refuses a changed one. Nothing accepts a changed key; jump hosts are checked
+the same way.
 """
 
 from __future__ import annotations
 
-import getpass
+import dataclasses
 import os
+import re
 import shlex
 import socket
 from pathlib import Path
@@ -36,41 +42,105 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
             fh.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def connect(host: Host, timeout: float = 10) -> fabric.Connection:
-    """An open connection to `host`; RunError naming the host when it cannot be had."""
+GLOBAL_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"
+
+
+def connection(host: Host, timeout: float = 10) -> fabric.Connection:
+    """A Connection to `host` as OpenSSH would make it, not opened yet, host keys checked by policy."""
     ssh = host.ssh
-    known_hosts = Path(os.path.expanduser(ssh.known_hosts))
     identity = os.path.expanduser(ssh.identity_file) if ssh.identity_file else None
-    config = fabric.Config(overrides={"load_ssh_configs": False})
     conn = fabric.Connection(
         host.address,
-        user=ssh.user or getpass.getuser(),
-        port=ssh.port,
-        config=config,
+        user=ssh.user,  # None: ~/.ssh/config's User, else the local user
+        port=ssh.port,  # None: ~/.ssh/config's Port, else 22
+        config=fabric.Config(overrides={"load_ssh_configs": True}),
         connect_timeout=timeout,
-        connect_kwargs={"key_filename": [identity] if identity else None, "look_for_keys": identity is None},
+        connect_kwargs={"key_filename": [identity], "look_for_keys": False} if identity else {},
     )
+    known_hosts = known_hosts_file(host, conn)
+    hop: object = conn
+    while isinstance(hop, fabric.Connection):  # the host, then each ProxyJump hop
+        _verify_keys(hop, known_hosts, ssh.host_key_policy)
+        hop = hop.gateway
+    return conn
+
+
+def known_hosts_file(host: Host, conn: fabric.Connection) -> Path:
+    """The inventory's known_hosts, else ~/.ssh/config's UserKnownHostsFile, else ~/.ssh/known_hosts."""
+    configured = (conn.ssh_config.get("userknownhostsfile") or "").split()
+    chosen = host.ssh.known_hosts or (configured[0] if configured else "~/.ssh/known_hosts")
+    return Path(os.path.expanduser(chosen))
+
+
+def _verify_keys(conn: fabric.Connection, known_hosts: Path, policy: str) -> None:
+    if os.path.isfile(GLOBAL_KNOWN_HOSTS):
+        conn.client.load_system_host_keys(GLOBAL_KNOWN_HOSTS)
     if known_hosts.exists():
         conn.client.load_host_keys(str(known_hosts))
-    if ssh.host_key_policy == "accept-new":
+    if policy == "accept-new":
         conn.client.set_missing_host_key_policy(_AcceptNew(known_hosts))
     else:
         conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
-    where = f"{host.name} ({ssh.user or getpass.getuser()}@{host.address}:{ssh.port})"
+
+
+def describe(host: Host, conn: fabric.Connection) -> str:
+    """`name (user@hostname:port)`, with the jump hosts it goes through."""
+    hops = []
+    gateway = conn.gateway
+    while isinstance(gateway, fabric.Connection):
+        hops.append(f"{gateway.user}@{gateway.host}:{gateway.port}")
+        gateway = gateway.gateway
+    via = f" via {', '.join(hops)}" if hops else " via ProxyCommand" if isinstance(conn.gateway, str) else ""
+    return f"{host.name} ({conn.user}@{conn.host}:{conn.port}{via})"
+
+
+def as_ssh_reaches(hosts: tuple[Host, ...]) -> tuple[Host, ...]:
+    """The hosts with what ~/.ssh/config adds to the inventory: the user each is logged into as (remote
+    folders are named by it) and the HostName an alias stands for (the rendezvous needs it)."""
+    resolved = []
+    for host in hosts:
+        if host.is_local:
+            resolved.append(host)
+            continue
+        try:
+            conn = connection(host)
+        except (ValueError, TypeError, OSError, paramiko.SSHException):
+            resolved.append(host)  # said when it connects
+            continue
+        hostname = conn.host if conn.host != host.address else None
+        resolved.append(dataclasses.replace(host, hostname=hostname, ssh=dataclasses.replace(host.ssh, user=conn.user)))
+    return tuple(resolved)
+
+
+_TRIED = "tried ssh-agent, the inventory's identity_file, IdentityFile from ~/.ssh/config and ~/.ssh/id_*"
+
+
+def connect(host: Host, timeout: float = 10) -> fabric.Connection:
+    """An open connection to `host`; RunError naming the host when it cannot be had."""
+    try:
+        conn = connection(host, timeout)
+    except (ValueError, TypeError, OSError, paramiko.SSHException) as exc:  # an unusable ~/.ssh/config
+        raise RunError(f"{host.name} ({host.address}): cannot use the SSH settings for it (~/.ssh/config): {exc}") from None
+    where = describe(host, conn)
+    known_hosts = known_hosts_file(host, conn)
     try:
         conn.open()
-    except paramiko.BadHostKeyException:
-        raise RunError(f"{where}: its host key does not match {known_hosts}; refusing to connect") from None
+    except paramiko.BadHostKeyException as exc:
+        raise RunError(f"{where}: the host key of {exc.hostname} does not match {known_hosts}; refusing to connect") from None
     except paramiko.AuthenticationException as exc:
-        raise RunError(f"{where}: authentication failed ({exc})") from None
+        raise RunError(f"{where}: authentication failed ({exc}); {_TRIED}") from None
     except paramiko.SSHException as exc:
+        if "No authentication methods" in str(exc):
+            raise RunError(f"{where}: authentication failed (no key to offer); {_TRIED}") from None
         if "not found in known_hosts" in str(exc):
+            named = re.search(r"Server '(.*)' not found", str(exc))
             raise RunError(
-                f"{where}: its host key is not in {known_hosts}; add it (ssh-keyscan) or set host_key_policy: accept-new"
+                f"{where}: the host key of {named.group(1) if named else 'the host'} is not in {known_hosts}; "
+                "add it (ssh-keyscan) or set host_key_policy: accept-new"
             ) from None
         raise RunError(f"{where}: SSH failed: {exc}") from None
-    except (OSError, socket.timeout) as exc:
-        raise RunError(f"{where}: cannot connect: {exc}") from None
+    except (OSError, socket.timeout, EOFError) as exc:
+        raise RunError(f"{where}: cannot connect: {exc or type(exc).__name__}") from None
     transport = conn.client.get_transport()
     if transport is not None:  # opening a command's channel on a host that went silent fails in time
         transport.channel_timeout = CHANNEL_OPEN_TIMEOUT_S

@@ -326,6 +326,7 @@ class Mesh:
     def __init__(self, sup: Supervisor) -> None:
         self.sup = sup
         host, _, port = sup.args.coordinator.rpartition(":")
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # IPv6
         self.address = (host, int(port))
         self.members: dict[int, dict] = {}  # node rank -> {"host", "conn", "last", "ended"}
         self.coordinator_host = host  # node 0's name, once it has said it
@@ -347,7 +348,7 @@ class Mesh:
 
     # ---- node 0
     def _coordinate(self) -> None:
-        server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        server = socket.socket(socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET, socket.SOCK_STREAM)
         server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             server.bind(self.address)

@@ -42,6 +42,10 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     hosts = select_hosts(job, cluster, request.nodes, request.nodes_label)
     secrets = _secrets(job)
     remote = any(not h.is_local for h in hosts)
+    if remote:
+        from ..hosts.ssh import as_ssh_reaches
+
+        hosts = as_ssh_reaches(hosts)
     paths = rundir.new_run_paths(request.runs_dir, job.name)
     manifest = scan(job.workdir, CACHE)
     for warning in (size_warning(job.workdir, manifest), link_warning(job.workdir, manifest) if remote else None):

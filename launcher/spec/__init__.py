@@ -38,10 +38,10 @@ DEFAULT_WARMUP_STEPS = 3  # compilation, caches and the first all-reduce make th
 
 @dataclass(frozen=True)
 class SshSettings:
-    user: str | None = None
-    port: int = 22
-    identity_file: str | None = None
-    known_hosts: str = "~/.ssh/known_hosts"
+    user: str | None = None  # None: as ~/.ssh/config says, else the local user
+    port: int | None = None  # None: as ~/.ssh/config says, else 22
+    identity_file: str | None = None  # None: ssh-agent, ~/.ssh/config's IdentityFile, ~/.ssh/id_*
+    known_hosts: str | None = None  # None: ~/.ssh/config's UserKnownHostsFile, else ~/.ssh/known_hosts
     host_key_policy: str = "strict"
 
 
@@ -55,10 +55,16 @@ class Host:
     nic: str | None = None
     python: str | None = None  # interpreter for runtime: host and local runs
     ssh: SshSettings = field(default_factory=SshSettings)
+    hostname: str | None = None  # where ~/.ssh/config's HostName says an alias `address` is
 
     @property
     def is_local(self) -> bool:
         return self.address == LOCAL_ADDRESS
+
+    @property
+    def net_address(self) -> str:
+        """The address the other hosts reach this one by (rendezvous, NIC lookup)."""
+        return self.hostname or self.address
 
 
 @dataclass(frozen=True)
