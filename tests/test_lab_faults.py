@@ -229,3 +229,26 @@ def test_a_host_lost_from_a_detached_run_in_a_collective_stops_every_rank(tmp_pa
     assert row["status"] == "failed" and row["hosts"] == {"h1": "stopped", "h2": "stopped", "h3": "stopped"}
     summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
     assert (summary["lost_host"], summary["failure"]["host"]) == ("h3", "h3")
+
+
+@pytest.mark.parametrize("runtime", ["docker", "host"])
+def test_ranks_that_ignore_sigterm_are_killed_on_every_kind_of_node(tmp_path: Path, lab, base_image: str, runtime: str) -> None:
+    stubborn = ROOT / "tests/jobs/stubborn.py"
+    job = lab_job(tmp_path, lab, base_image, stubborn, []) if runtime == "docker" else host_runtime_job(tmp_path, lab, stubborn, [])
+    proc = start(job, tmp_path)
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if sum("stubborn rank" in s for s in seen) == 3:
+            break
+    run_id = run_id_of("".join(seen))
+    proc.send_signal(2)
+    rest, _ = proc.communicate(timeout=120)
+    output = "".join(seen) + rest
+    assert proc.returncode == 130, output
+    assert seconds_until_nothing_left(lab, run_id, 10) < 10
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    for rank, host in enumerate(("h1", "h2", "h3")):
+        assert rank in {p["rank"] for p in summary["killed"][host] if "stubborn.py" in p["command"]}, summary["killed"]
+        assert f"had to be killed on {host}" in output

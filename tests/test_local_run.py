@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -190,3 +191,29 @@ def test_control_characters_from_a_rank_do_not_reach_the_terminal_raw(tmp_path: 
     assert b"title \x1b]0;pwned\x07 clear \x1b[2J nul \x00 end\n" in (run / "logs/local/rank0.log").read_bytes()
     logs = launch("logs", str(run), cwd=tmp_path)
     assert logs.returncode == 0 and "[local/0] title ^[]0;pwned^G" in logs.stdout and "\x1b" not in logs.stdout
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "timeout"])
+def test_ranks_that_ignore_sigterm_are_killed_and_named(tmp_path: Path, how: str) -> None:
+    shutil.copy(ROOT / "tests/jobs/stubborn.py", tmp_path / "stubborn.py")
+    timeout = "timeout: 8s\n" if how == "timeout" else ""
+    (tmp_path / "job.yaml").write_text(f"name: stubborn\nnproc_per_node: 2\nruntime: host\ncommand: [python, stubborn.py]\n{timeout}")
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if sum("stubborn rank" in seen for seen in lines) == 2:
+            break
+    run_id = run_id_of("".join(lines))
+    if how == "ctrl-c":
+        proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=90)
+    output = "".join(lines) + rest
+    assert proc.returncode == (130 if how == "ctrl-c" else 1), output
+    assert processes_of_run(run_id) == [], "a rank that ignores SIGTERM must still end with the run"
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    killed = summary["killed"]["local"]
+    assert {p["rank"] for p in killed if "stubborn.py" in p["command"]} == {0, 1}
+    assert "had to be killed on local" in output and "rank 0: python stubborn.py" in output

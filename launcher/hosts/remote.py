@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import stat
 import tarfile
@@ -50,10 +51,10 @@ class SshProcess:
             self.code = self.channel.recv_exit_status()
         return self.code
 
-    def stop(self, grace_s: float) -> None:
+    def stop(self, grace_s: float) -> str | None:
         """End the node's part: its containers (by the run's label), or its process group."""
         try:
-            self.transport.stop(self.node, grace_s)
+            return self.transport.stop(self.node, grace_s)
         finally:
             deadline = time.monotonic() + 10
             while self.poll() is None and time.monotonic() < deadline:
@@ -188,46 +189,49 @@ class SshTransport:
             raise RunError(f"{node.host}: cannot read the node's output: {str(exc) or type(exc).__name__}") from None
 
     # ---- stopping and collecting
-    def stop(self, node: NodePlan, grace_s: float) -> None:
+    def stop(self, node: NodePlan, grace_s: float) -> str | None:
         conn = self.control(node.host)
         if node.kind is NodeKind.HOST_PROCESS:
-            self._stop_group(conn, node, grace_s)
-        else:
-            self._stop_containers(conn, node, grace_s)
+            return self._stop_group(conn, node, grace_s)
+        return self._stop_containers(conn, node, grace_s)
 
     @staticmethod
     def _ps(node: NodePlan) -> list[str]:
         run_id = node.env[contract.RUN_ID]
         return ["docker", "ps", "-q", "--filter", f"label={RUN_LABEL}={run_id}", "--filter", f"label=launch.host={node.host}"]
 
-    def _stop_group(self, conn: fabric.Connection, node: NodePlan, grace_s: float) -> None:
+    def _stop_group(self, conn: fabric.Connection, node: NodePlan, grace_s: float) -> str | None:
         """SIGTERM the process group the node's supervisor leads (it stops torchrun and kills what is
         below it after the grace period), then SIGKILL the group if the supervisor is still there."""
         script = (
             'pg=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM -"$pg" 2>/dev/null || exit 0; i=0; '
             'while kill -0 -"$pg" 2>/dev/null && [ "$i" -lt "$1" ]; do sleep 0.2; i=$((i+1)); done; '
-            'kill -KILL -"$pg" 2>/dev/null; exit 0'
+            'kill -0 -"$pg" 2>/dev/null || exit 0; kill -KILL -"$pg" 2>/dev/null; echo "forced $pg"; exit 0'
         )
         assert node.pid_file is not None
         wait = grace_s + EXTRA_WAIT_S
-        run(conn, ["sh", "-c", script, node.pid_file, str(int(wait * 5))], timeout=wait + 30)
+        _, out = run(conn, ["sh", "-c", script, node.pid_file, str(int(wait * 5))], timeout=wait + 30)
+        forced = re.search(r"^forced (\d+)", out, re.M)
+        return f"the node's supervisor (process group {forced.group(1)}) did not end {wait:g} s after SIGTERM" if forced else None
 
-    def _stop_containers(self, conn: fabric.Connection, node: NodePlan, grace_s: float) -> None:
+    def _stop_containers(self, conn: fabric.Connection, node: NodePlan, grace_s: float) -> str | None:
         """SIGTERM the node's container (its supervisor stops the ranks), then remove it by force."""
         code, out = run(conn, self._ps(node), timeout=30)
         ids = out.split() if code == 0 else []
         if not ids:
-            return
+            return None
         run(conn, ["docker", "kill", "--signal=SIGTERM", *ids], timeout=30)
         deadline = time.monotonic() + grace_s + EXTRA_WAIT_S
         while time.monotonic() < deadline:
             code, out = run(conn, self._ps(node), timeout=30)
             if code == 0 and not out.split():
-                return
+                return None
             time.sleep(0.2)
         code, out = run(conn, self._ps(node), timeout=30)
         if out.split():
             run(conn, ["docker", "rm", "-f", *out.split()], timeout=60)
+            return f"the node's container did not end {grace_s + EXTRA_WAIT_S:g} s after SIGTERM and was removed by force"
+        return None
 
     def collect(self, node: NodePlan) -> None:
         """Copy the node's logs and metrics into the run directory, then remove its part of the run."""

@@ -75,3 +75,21 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def describe_process(pid: int) -> dict:
+    """{"pid", "rank" (its RANK, when it is a rank's process), "command"}: for saying what was killed."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            command = b" ".join(fh.read().rstrip(b"\0").split(b"\0")).decode(errors="replace")
+    except OSError:
+        command = ""
+    rank = None
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            for item in fh.read().split(b"\0"):
+                if item.startswith(b"RANK=") and item[5:].isdigit():
+                    rank = int(item[5:])
+    except OSError:
+        pass
+    return {"pid": pid, "rank": rank, "command": command[:120]}

@@ -35,7 +35,7 @@ import threading
 import time
 
 from . import contract
-from .procs import become_subreaper, descendants, die_with_parent, kill_all, signal_group
+from .procs import become_subreaper, descendants, describe_process, die_with_parent, kill_all, signal_group
 
 BEAT_S = 1.0
 LEASE_GRACE_S = 5.0  # when the lease ran out nobody waits for the ranks: a shorter grace period
@@ -65,6 +65,7 @@ class Supervisor:
         self.go_to = 0  # the attempt every node is ready for
         self.rank_failure: str | None = None  # the first rank that failed on its own in this attempt
         self.mesh: Mesh | None = None
+        self.killed: list[dict] = []  # processes that outlived the grace period and were killed
 
     # ---- output and state
     def emit(self, line: bytes, agent_log=None) -> None:
@@ -154,7 +155,17 @@ class Supervisor:
                 return
             time.sleep(0.1)
         if self.child is child or self.stopping.is_set():
-            kill_all(descendants(os.getpid()))
+            self._kill(descendants(os.getpid()), self.args.grace if grace is None else grace)
+
+    def _kill(self, pids: list[int], grace: float) -> None:
+        """SIGKILL what is left, and say which processes had to be killed."""
+        if not pids:
+            return
+        described = [describe_process(pid) for pid in pids]
+        with self.lock:  # before the kill: the node's end, which the kill lets come, reports these
+            self.killed += described
+        kill_all(pids)
+        self.event("killed", grace=grace, processes=described)
 
     def _on_signal(self, signum: int, _frame) -> None:
         # not here: the main thread may hold a lock this handler interrupted
@@ -216,8 +227,10 @@ class Supervisor:
             state = contract.SUCCEEDED
         self.event("node-end", state=state, exit_code=code, cause=self.cause, reason=self.stop_reason, lost=self.lost,
                    restarts=self.attempt)
+        with self.lock:
+            killed = list(self.killed)
         self.write_status(state, exit_code=code, end_time=time.time(), cause=self.cause, reason=self.stop_reason,
-                          lost=self.lost)
+                          lost=self.lost, killed=killed)
         if echo and self.echo is not None:
             self.echo.put(None)  # what is queued goes out first, unless stdout is stuck
             echo.join(timeout=5)

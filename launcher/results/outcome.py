@@ -27,3 +27,4 @@ class RunOutcome:
     reason: str | None = None  # why the launcher ended the run, when it did
     collect_errors: dict[str, str] = field(default_factory=dict)  # host -> why its files are missing
     lost_host: str | None = None  # a host that stopped answering, when that ended the run
+    forced: dict[str, str] = field(default_factory=dict)  # host -> what the launcher had to kill (its node did not stop)

@@ -91,9 +91,44 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
         summary["collect_errors"] = outcome.collect_errors
     if outcome.lost_host:
         summary["lost_host"] = outcome.lost_host
+    killed = _killed(plan, paths, outcome)
+    if killed:
+        summary["killed"] = killed
     if outcome.status == RunState.FAILED.value:
         summary["failure"] = first_failure(outcome, statuses, paths)
     return summary
+
+
+def describe_killed(processes: list[dict]) -> str:
+    """`rank 0: python train.py (pid 12), rank 0's wrapper (pid 11), pid 9 (python -m torch.distributed.run ...)`."""
+    parts = []
+    for proc in processes:
+        command = str(proc.get("command") or "?")
+        if proc.get("rank") is not None and "launcher.node.rankexec" in command:
+            parts.append(f"rank {proc['rank']}'s wrapper (pid {proc.get('pid')})")
+        elif proc.get("rank") is not None:
+            parts.append(f"rank {proc['rank']}: {command[:60]} (pid {proc.get('pid')})")
+        elif proc.get("pid") is None:
+            parts.append(str(proc.get("command")))
+        else:
+            parts.append(f"pid {proc.get('pid')} ({str(proc.get('command') or '?')[:60]})")
+    return ", ".join(parts)
+
+
+def _killed(plan: LaunchPlan, paths: RunPaths, outcome: RunOutcome) -> dict[str, list[dict]]:
+    """Per host: the processes its supervisor had to kill after the grace period, and nodes the
+    launcher itself had to force."""
+    found: dict[str, list[dict]] = {}
+    for node in plan.nodes:
+        try:
+            killed = json.loads(paths.node_status(node.host).read_text()).get("killed") or []
+        except (OSError, ValueError, TypeError, AttributeError):
+            killed = []
+        if killed:
+            found[node.host] = [k for k in killed if isinstance(k, dict)]
+        if node.host in outcome.forced:
+            found.setdefault(node.host, []).append({"pid": None, "rank": None, "command": outcome.forced[node.host]})
+    return found
 
 
 def _restarts(plan: LaunchPlan, statuses: dict[int, dict[str, Any]], paths: RunPaths) -> int:
@@ -173,6 +208,9 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
         console.print(f"no metrics from rank(s) {missing}: throughput counts only the ranks that reported", highlight=False)
     if summary.get("reason"):
         console.print(summary["reason"], highlight=False)
+    for host, processes in (summary.get("killed") or {}).items():
+        console.print(f"had to be killed on {host} (they outlived the stop's grace period): {describe_killed(processes)}",
+                      highlight=False, markup=False)
     failure = summary.get("failure")
     if failure:
         who = f"rank {failure['rank']} on {failure['host']}" if failure["rank"] is not None else f"node {failure['host']}"

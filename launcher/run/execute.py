@@ -16,6 +16,7 @@ from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
 from ..node import contract
 from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
 from ..results.outcome import RunOutcome, RunState
+from ..results.summary import describe_killed
 from .rundir import RunPaths
 from .terminal import SafeOut, printable
 from .transport import NodeProcess, Transport
@@ -88,6 +89,9 @@ class Attempts:
                 self.current = int(event.get("attempt") or 0)
                 self.console.say(f"launch: attempt {self.current + 1} of {self.max_restarts + 1} "
                                  f"(restart {self.current}): the last attempt ended because {event.get('reason')}")
+            elif kind == "killed" and event.get("processes"):
+                self.console.say(f"launch: {event.get('host')}: killed what outlived the {event.get('grace')} s grace period: "
+                                 f"{describe_killed(event['processes'])}")
             elif kind == "stopping":
                 if event.get("lost") and event["lost"] not in self.lost:
                     self.lost[event["lost"]] = f"{event.get('host')} says: {event.get('reason')}"
@@ -210,8 +214,9 @@ def execute(
         finally:
             attempts.stopping = True
             unreachable = {h for h in procs if not heartbeat.reachable(h)}
-            _stop_all({h: p for h, p in procs.items() if h not in unreachable}, grace_s, console)
+            forced = _stop_all({h: p for h, p in procs.items() if h not in unreachable}, grace_s, console)
             heartbeat.stop()
+        outcome.forced = forced
         for host, reader in readers:
             reader.join(timeout=0 if host in unreachable else grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
@@ -289,12 +294,17 @@ def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrup
         time.sleep(POLL_S)
 
 
-def _stop_all(procs: dict[str, NodeProcess], grace_s: float, console: Console) -> None:
-    """Stop every node still running, all at once, and wait for them; report a node that resists."""
+def _stop_all(procs: dict[str, NodeProcess], grace_s: float, console: Console) -> dict[str, str]:
+    """Stop every node still running, all at once, and wait for them; report a node that resists.
+    Returns what had to be forced, by host."""
+    forced: dict[str, str] = {}
 
     def stop(host: str, proc: NodeProcess) -> None:
         try:
-            proc.stop(grace_s)
+            what = proc.stop(grace_s)
+            if what:
+                forced[host] = what
+                console.say(f"launch: {host}: {what}")
         except Exception as exc:  # noqa: BLE001 - said on the console, the other nodes go on stopping
             console.say(f"launch: could not stop node {host}: {exc}")
 
@@ -304,3 +314,4 @@ def _stop_all(procs: dict[str, NodeProcess], grace_s: float, console: Console) -
         thread.start()
     for thread in threads:
         thread.join(timeout=grace_s + 60)
+    return dict(forced)

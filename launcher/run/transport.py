@@ -31,8 +31,9 @@ class NodeProcess(Protocol):
     def poll(self) -> int | None:
         """The exit code once the node's part has ended, else None."""
 
-    def stop(self, grace_s: float) -> None:
-        """End every process of the node's part: ask, then force after `grace_s` seconds."""
+    def stop(self, grace_s: float) -> str | None:
+        """End every process of the node's part: ask, then force after `grace_s` seconds. What had
+        to be forced because the node's supervisor did not end (None when it did)."""
 
 
 class Transport(Protocol):
@@ -45,8 +46,8 @@ class Transport(Protocol):
     def renew(self, node: NodePlan) -> None:
         """Renew the node's lease (an attached run); raise when the node cannot be reached."""
 
-    def stop(self, node: NodePlan, grace_s: float) -> None:
-        """Stop the node's part, whether this launcher started it or not."""
+    def stop(self, node: NodePlan, grace_s: float) -> str | None:
+        """Stop the node's part, whether this launcher started it or not; what had to be forced."""
 
     def state(self, node: NodePlan) -> dict[str, Any]:
         """The node's status record (`contract.NODE_STATUS`, {} before it wrote one) plus `alive`:
@@ -69,7 +70,7 @@ def node_environment(node: NodePlan, secrets: dict[str, str], base: dict[str, st
     return env
 
 
-def stop_group(pgid: int, grace_s: float, alive) -> None:
+def stop_group(pgid: int, grace_s: float, alive) -> str | None:
     """SIGTERM a node supervisor's process group (the supervisor stops torchrun and, after `grace_s`,
     kills every process below it); SIGKILL the group if the supervisor is still there after that.
     torchrun, in a session of its own, then gets SIGTERM from the supervisor's death."""
@@ -79,6 +80,8 @@ def stop_group(pgid: int, grace_s: float, alive) -> None:
         time.sleep(0.05)
     if alive():
         signal_group(pgid, signal.SIGKILL)
+        return f"the node's supervisor (process group {pgid}) did not end {grace_s + EXTRA_WAIT_S:g} s after SIGTERM"
+    return None
 
 
 class LocalProcess:
@@ -95,10 +98,11 @@ class LocalProcess:
     def poll(self) -> int | None:
         return self.popen.poll()
 
-    def stop(self, grace_s: float) -> None:
+    def stop(self, grace_s: float) -> str | None:
         # the supervisor stops torchrun and, after its grace period, kills whatever is left of the node
-        stop_group(self.popen.pid, grace_s, lambda: self.popen.poll() is None)
+        forced = stop_group(self.popen.pid, grace_s, lambda: self.popen.poll() is None)
         self.popen.wait()
+        return forced
 
 
 class LocalTransport:
@@ -145,10 +149,11 @@ class LocalTransport:
         record["alive"] = isinstance(pid, int) and record.get("state") == "running" and _is_supervisor(pid)
         return record
 
-    def stop(self, node: NodePlan, grace_s: float) -> None:
+    def stop(self, node: NodePlan, grace_s: float) -> str | None:
         pid = self.state(node).get("pid")
         if isinstance(pid, int) and _is_supervisor(pid):
-            stop_group(pid, grace_s, lambda: _is_supervisor(pid))
+            return stop_group(pid, grace_s, lambda: _is_supervisor(pid))
+        return None
 
     def read_output(self, node: NodePlan, offset: int) -> bytes:
         log_dir, _ = contract.node_dirs(node.node_dir, node.host)
