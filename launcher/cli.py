@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .errors import EXIT_INTERRUPTED, LaunchError, SpecError
+from .errors import EXIT_FAILED, EXIT_INTERRUPTED, LaunchError, SpecError
 from .results.scaling import FILES, load_summaries, markdown, write_scaling
 from .run.conduct import RunRequest, run_once, sweep
 from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster
@@ -44,6 +44,27 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `launch logs RUN | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as exc:  # noqa: BLE001 - the safety net: one line, the traceback kept in a file
+        return _unexpected(exc, debug)
+
+
+def _unexpected(exc: Exception, debug: bool) -> int:
+    """An error the launcher did not expect, outside a run (a run keeps its own in its directory)."""
+    text = traceback.format_exc()
+    if debug:
+        print(text, file=sys.stderr, end="")
+    kept = ""
+    try:
+        from .image.wheels import CACHE
+
+        CACHE.mkdir(parents=True, exist_ok=True)
+        (CACHE / "last-error.txt").write_text(text)
+        kept = f"; the traceback is in {CACHE / 'last-error.txt'}"
+    except OSError:
+        pass
+    print(f"launch: unexpected error: {type(exc).__name__}: {exc}{kept}" + ("" if debug else " (--debug prints it)"),
+          file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _sigterm(_signum: int, _frame: object) -> None:
@@ -100,7 +121,7 @@ def run_job(args: argparse.Namespace) -> int:
             raise SpecError("--sweep runs one node count after the other and cannot --detach")
         return sweep(job, cluster, args.runs_dir, args.dry_run)
     label = "--nodes" if args.nodes is not None else None
-    code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run, args.detach, args.resume))
+    code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run, args.detach, args.resume, args.debug))
     return code
 
 

@@ -131,3 +131,23 @@ def parse_secrets(text: str) -> dict[str, str]:
         if sep:
             found[name] = value
     return found
+
+
+def write_json_file(path: str, record: dict[str, Any]) -> bool:
+    """Write a state file whole or not at all (a temporary file renamed into place); False, with no
+    temporary file left, when the disk is full or read-only."""
+    import json
+    import os
+
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(record, fh)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False

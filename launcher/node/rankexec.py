@@ -17,7 +17,6 @@ torchrun starts `python -m launcher.node.rankexec COMMAND...` once per rank. Lik
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -75,8 +74,11 @@ def main(argv: list[str]) -> int:
     except OSError as exc:
         message = f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode()
         if log_dir:
-            with open(os.path.join(log_dir, contract.rank_log(rank)), "ab") as log:
-                log.write(message)
+            try:
+                with open(os.path.join(log_dir, contract.rank_log(rank)), "ab") as log:
+                    log.write(message)
+            except OSError:
+                pass
         _write_line(sys.stdout.buffer, contract.rank_prefix(host, rank) + message)
         _write_status(log_dir, rank, host, 127, None, started, False, attempt)
         return 127
@@ -94,14 +96,23 @@ def main(argv: list[str]) -> int:
     prefix = contract.rank_prefix(host, rank)
     out = sys.stdout.buffer
     console_ok = True
-    with open(os.path.join(log_dir, contract.rank_log(rank)) if log_dir else os.devnull, "ab", buffering=0) as log:
-        assert child.stdout is not None
-        for line in iter(child.stdout.readline, b""):
-            log.write(line)
-            if not line.endswith(b"\n"):
-                line += b"\n"
-            if console_ok:
-                console_ok = _write_line(out, prefix + line)
+    log = _open_log(log_dir, rank, out, prefix)
+    assert child.stdout is not None
+    for line in iter(child.stdout.readline, b""):
+        if log is not None:
+            try:
+                log.write(line)
+            except OSError as exc:  # a full or read-only disk: the rank goes on, its lines still reach the console
+                _write_line(out, prefix + f"launch: cannot write this rank's log any more ({exc.strerror or exc}); "
+                            "its lines go on to the console only\n".encode())
+                log.close()
+                log = None
+        if not line.endswith(b"\n"):
+            line += b"\n"
+        if console_ok:
+            console_ok = _write_line(out, prefix + line)
+    if log is not None:
+        log.close()
     code = child.wait()
     signum = -code if code < 0 else None
     exit_code = 128 + signum if signum else code
@@ -110,6 +121,16 @@ def main(argv: list[str]) -> int:
         _write_line(out, contract.event_line("rank-end", host=host, rank=int(rank), attempt=attempt,
                                              exit_code=exit_code, stopped=bool(stopped_by)))
     return exit_code
+
+
+def _open_log(log_dir: str | None, rank: str, out, prefix: bytes):
+    if not log_dir:
+        return None
+    try:
+        return open(os.path.join(log_dir, contract.rank_log(rank)), "ab", buffering=0)
+    except OSError as exc:
+        _write_line(out, prefix + f"launch: cannot open this rank's log ({exc.strerror or exc}); its lines go to the console only\n".encode())
+        return None
 
 
 def _keep_attempt(log_dir: str, rank: str, attempt: int) -> None:
@@ -155,11 +176,7 @@ def _write_status(log_dir: str | None, rank: str, host: str, exit_code: int, sig
         "end_time": ended,
         "wall_time_s": round(ended - started, 6),
     }
-    path = os.path.join(log_dir, contract.rank_status(rank))
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(record, fh)
-    os.replace(tmp, path)
+    contract.write_json_file(os.path.join(log_dir, contract.rank_status(rank)), record)
 
 
 if __name__ == "__main__":

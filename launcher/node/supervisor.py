@@ -23,7 +23,6 @@ to its log, and the node's state to `contract.NODE_STATUS`. Standard library onl
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import shutil
@@ -66,6 +65,7 @@ class Supervisor:
         self.rank_failure: str | None = None  # the first rank that failed on its own in this attempt
         self.mesh: Mesh | None = None
         self.killed: list[dict] = []  # processes that outlived the grace period and were killed
+        self.agent_log_failed = False
 
     # ---- output and state
     def emit(self, line: bytes, agent_log=None) -> None:
@@ -73,11 +73,24 @@ class Supervisor:
 
         Stdout is written by a thread of its own, so a stalled SSH channel never holds up the
         node (its lines wait in a bounded queue, then are dropped from stdout alone)."""
+        failed = None
         with self.out_lock:
             if self.output is not None:
-                self.output.write(line)
-            if agent_log is not None:
-                agent_log.write(line)
+                try:
+                    self.output.write(line)
+                except OSError as exc:  # a full or read-only disk: the node goes on, its lines still reach the console
+                    self.output, failed = None, exc
+            if agent_log is not None and not self.agent_log_failed:
+                try:
+                    agent_log.write(line)
+                except OSError as exc:
+                    self.agent_log_failed, failed = True, exc
+        if failed is not None and self.echo is not None:
+            notice = f"launch: cannot write the node's files any more ({failed.strerror or failed}); its lines go on to the console only\n"
+            try:
+                self.echo.put_nowait(contract.agent_prefix(self.args.host) + notice.encode())
+            except queue.Full:
+                pass
         if self.echo is not None:
             try:
                 self.echo.put_nowait(line)
@@ -107,11 +120,7 @@ class Supervisor:
             "restarts": self.attempt,
             **fields,
         }
-        path = os.path.join(self.log_dir, contract.NODE_STATUS)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(record, fh)
-        os.replace(tmp, path)
+        contract.write_json_file(os.path.join(self.log_dir, contract.NODE_STATUS), record)
 
     # ---- stopping, restarting
     def stop(self, cause: str, reason: str, lost: str | None = None) -> None:
@@ -235,7 +244,11 @@ class Supervisor:
             self.echo.put(None)  # what is queued goes out first, unless stdout is stuck
             echo.join(timeout=5)
         with self.out_lock:
-            self.output.close()
+            if self.output is not None:
+                try:
+                    self.output.close()
+                except OSError:
+                    pass
             self.output = None
         return code
 
@@ -303,7 +316,7 @@ class Supervisor:
         self.child = child
         if self.stopping.is_set() or self.restart_to > self.attempt:  # asked to end while starting
             self._end_child()
-        with open(os.path.join(self.log_dir, contract.AGENT_LOG), "ab", buffering=0) as agent_log:
+        with _open_or_null(os.path.join(self.log_dir, contract.AGENT_LOG)) as agent_log:
             assert child.stdout is not None
             for line in iter(child.stdout.readline, b""):
                 if not line.endswith(b"\n"):
@@ -589,6 +602,14 @@ class Mesh:
 def _torchrun_dies_with_supervisor() -> None:
     """torchrun gets SIGTERM if the supervisor itself is killed (SIGKILL, OOM): it stops its ranks."""
     die_with_parent(signal.SIGTERM)
+
+
+def _open_or_null(path: str):
+    """The file for appending, or /dev/null when it cannot be opened (a full or read-only disk)."""
+    try:
+        return open(path, "ab", buffering=0)
+    except OSError:
+        return open(os.devnull, "ab", buffering=0)
 
 
 def _empty(folder: str) -> None:

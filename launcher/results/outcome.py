@@ -27,4 +27,5 @@ class RunOutcome:
     reason: str | None = None  # why the launcher ended the run, when it did
     collect_errors: dict[str, str] = field(default_factory=dict)  # host -> why its files are missing
     lost_host: str | None = None  # a host that stopped answering, when that ended the run
-    forced: dict[str, str] = field(default_factory=dict)  # host -> what the launcher had to kill (its node did not stop)
+    forced: dict[str, str] = field(default_factory=dict)
+    unexpected: str | None = None  # the traceback of an error the launcher did not expect, which ended the run  # host -> what the launcher had to kill (its node did not stop)

@@ -35,6 +35,7 @@ class RunRequest:
     dry_run: bool = False
     detach: bool = False  # start every node in the background and return
     resume: bool = False  # keep the job's checkpoint directory from earlier runs
+    debug: bool = False  # print tracebacks
 
 
 def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[int, dict | None]:
@@ -115,8 +116,22 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     finally:
         transport.close()
     summary = build_summary(plan, outcome, paths)
-    rundir.write_json(paths.summary_file, summary)
+    if outcome.unexpected:
+        summary["error"] = {"traceback_file": str(paths.error_file), "message": outcome.unexpected.strip().splitlines()[-1]}
+        try:
+            rundir.write_text(paths.error_file, outcome.unexpected)
+        except LaunchError as exc:
+            console.say(f"launch: {exc}")
+        if request.debug:
+            print(outcome.unexpected, file=sys.stderr, end="", flush=True)
+    try:
+        rundir.write_json(paths.summary_file, summary)
+    except LaunchError as exc:
+        console.say(f"launch: {exc}; the summary below is only on this terminal")
     render(summary, RichConsole(highlight=False, soft_wrap=True))
+    if outcome.unexpected:
+        print(f"launch: the launcher hit an unexpected error; every node was stopped; the traceback is in {paths.error_file}"
+              + ("" if request.debug else " (--debug prints it)"), file=sys.stderr, flush=True)
     return outcome.exit_code, summary
 
 

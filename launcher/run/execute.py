@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 from typing import BinaryIO, Iterator
 
@@ -159,8 +160,7 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, 
     """Rank lines go to the terminal (and, for a lab host, to the rank's log here as they come, so
     `launch logs --follow` shows them live; the complete log collected at the end replaces that
     copy); torchrun's own lines to the terminal; event lines to `attempts`."""
-    live: dict[int, BinaryIO] = {}
-    paths.host_logs_dir(node.host).mkdir(parents=True, exist_ok=True)
+    live: dict[int, BinaryIO | None] = {}
     try:
         for line in proc.lines():
             event = contract.parse_event(line)
@@ -169,20 +169,34 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, 
                 continue
             rank_line = contract.split_rank_line(line, node.host)
             if rank_line and not node.is_local:
-                _live_copy(*rank_line, node.host, paths, live)
+                _live_copy(*rank_line, node.host, paths, live, console)
             if rank_line or line.startswith(contract.agent_prefix(node.host)):
                 console.write_line(line)
             else:  # what came before the node's supervisor (docker, ssh, the shell)
                 console.write_line(contract.agent_prefix(node.host) + line)
     finally:
         for fh in live.values():
-            fh.close()
+            if fh is not None:
+                try:
+                    fh.close()
+                except OSError:
+                    pass
 
 
-def _live_copy(rank: int, text: bytes, host: str, paths: RunPaths, live: dict[int, BinaryIO]) -> None:
-    if rank not in live:
-        live[rank] = paths.rank_log(host, rank).open("ab", buffering=0)
-    live[rank].write(text)
+def _live_copy(rank: int, text: bytes, host: str, paths: RunPaths, live: dict[int, BinaryIO | None], console: Console) -> None:
+    """A line into the rank's log here; on a full or read-only disk, said once, and the run goes on
+    (the host keeps the whole log, collected at the end if the disk allows)."""
+    if rank in live and live[rank] is None:
+        return
+    try:
+        if rank not in live:
+            paths.host_logs_dir(host).mkdir(parents=True, exist_ok=True)
+            live[rank] = paths.rank_log(host, rank).open("ab", buffering=0)
+        live[rank].write(text)  # type: ignore[union-attr]
+    except OSError as exc:
+        live[rank] = None
+        console.say(f"launch: cannot write {paths.rank_log(host, rank)} ({exc.strerror or exc}); rank {rank}'s lines go on "
+                    "to the terminal, and its host keeps its whole log")
 
 
 def execute(
@@ -206,17 +220,22 @@ def execute(
     attempts = Attempts(plan.max_restarts, console)
     heartbeat = Heartbeat(transport, paths)
     unreachable: set[str] = set()
-    with interrupt.installed():
+    unexpected: list[str] = []  # tracebacks of what the launcher did not expect, from any thread
+    with interrupt.installed(), _thread_errors_into(unexpected):
         try:
             outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat)
             if outcome is None:
-                outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts)
+                outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts, unexpected)
+        except Exception as exc:  # noqa: BLE001 - the safety net: whatever it was, every node is stopped
+            unexpected.append(traceback.format_exc())
+            outcome = _unexpected_outcome(exc)
         finally:
             attempts.stopping = True
             unreachable = {h for h in procs if not heartbeat.reachable(h)}
             forced = _stop_all({h: p for h, p in procs.items() if h not in unreachable}, grace_s, console)
             heartbeat.stop()
         outcome.forced = forced
+        outcome.unexpected = unexpected[0] if unexpected else None
         for host, reader in readers:
             reader.join(timeout=0 if host in unreachable else grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
@@ -267,9 +286,36 @@ def _start_all(plan, transport, secrets, procs, readers, paths, console, attempt
     return None
 
 
+@contextmanager
+def _thread_errors_into(found: list[str]) -> Iterator[None]:
+    """An exception that ends one of the run's threads is kept in `found` (and ends the run), not
+    printed as a traceback."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        found.append("".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)))
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
+def _unexpected_outcome(exc: BaseException) -> RunOutcome:
+    return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0,
+                      reason=f"the launcher hit an unexpected error ({type(exc).__name__}: {exc}); stopped every node")
+
+
 def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrupt, started: float,
-           heartbeat: Heartbeat, attempts: Attempts) -> RunOutcome:
+           heartbeat: Heartbeat, attempts: Attempts, unexpected: list[str]) -> RunOutcome:
     while True:
+        if unexpected:
+            last = unexpected[0].strip().splitlines()[-1]
+            return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0,
+                              reason=f"the launcher hit an unexpected error ({last}); stopped every node")
         if interrupt.signum is not None:
             name = signal.Signals(interrupt.signum).name
             return RunOutcome(RunState.INTERRUPTED.value, EXIT_INTERRUPTED, 0.0, reason=f"{name} received; stopped every node")

@@ -53,6 +53,11 @@ class RunPaths:
         return self.root / "summary.json"
 
     @property
+    def error_file(self) -> Path:
+        """The traceback of an error the launcher did not expect, when one ended the run."""
+        return self.root / "launcher-error.txt"
+
+    @property
     def lease_file(self) -> Path:
         """Renewed by the launcher that watches the run (and, for a one-box run, the node's lease)."""
         return self.root / contract.LEASE_FILE
@@ -128,20 +133,39 @@ def create(paths: RunPaths) -> None:
         raise RunError(f"run directory {paths.root} exists already; run directories are never reused") from None
     except OSError as exc:
         raise RunError(f"cannot create the run directory {paths.root}: {exc.strerror}") from None
-    paths.logs_dir.mkdir()
-    paths.metrics_dir.mkdir()
+    try:
+        paths.logs_dir.mkdir()
+        paths.metrics_dir.mkdir()
+    except OSError as exc:
+        raise RunError(f"cannot create the run directory {paths.root}: {exc.strerror}") from None
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically, so a reader never sees half a file."""
+    """Write JSON atomically, so a reader never sees half a file; RunError (no temporary file left)
+    when the disk is full or read-only."""
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(text)
+        tmp.replace(path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise RunError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def copy_input(src: Path | None, dst: Path, fallback_text: str | None = None) -> None:
     """Keep the user's file as given; `fallback_text` when there is no file (the --local inventory)."""
     if src is not None:
-        shutil.copyfile(src, dst)
+        try:
+            shutil.copyfile(src, dst)
+        except OSError as exc:
+            dst.unlink(missing_ok=True)
+            raise RunError(f"cannot write {dst}: {exc.strerror or exc}") from None
     elif fallback_text is not None:
-        dst.write_text(fallback_text)
+        write_text(dst, fallback_text)
