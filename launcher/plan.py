@@ -17,6 +17,7 @@ from .spec import Host, JobSpec, backend_for
 
 SECRET_MASK = "***"
 LOCAL_MASTER_ADDR = "127.0.0.1"
+DEFAULT_RDZV_PORT = 29500
 RANK_WRAPPER_MODULE = "launcher.node.rankexec"
 SUPERVISOR_MODULE = "launcher.node.supervisor"
 CONTAINER_RUN_DIR = "/launch/run"  # where a node's run directory is mounted in its container
@@ -58,6 +59,7 @@ class PlanOptions:
     local_checkpoints: str = "checkpoints"  # this machine's checkpoint directories: + /<job>/<host>
     remote_jobs: str = "/var/tmp/launch-jobs"  # + "-<ssh user>/<job>/<host>": a host's checkpoint directory
     workdir_hash: str | None = None  # the workdir's copy on each remote host (`workdir_copies`) that ranks run in
+    rdzv_port: int | None = None  # chosen for a run whose job fixes none (a free port, for one-box runs)
 
 
 class NodeKind(enum.Enum):
@@ -215,6 +217,11 @@ def node_nproc(job: JobSpec, host: Host, local_cpus: int) -> int | str:
     return local_cpus if host.is_local else "auto"
 
 
+def rdzv_port(job: JobSpec, options: PlanOptions) -> int:
+    """The job's port, else the one chosen for this run, else the default."""
+    return job.rdzv_port or options.rdzv_port or DEFAULT_RDZV_PORT
+
+
 def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions) -> LaunchPlan:
     """Compute every node's command and environment; raise SpecError for a run that cannot work."""
     if not hosts:
@@ -241,7 +248,7 @@ def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanO
         job=job.name,
         backend=backend,
         master_addr=master_addr,
-        master_port=job.rdzv_port,
+        master_port=rdzv_port(job, options),
         nnodes=len(hosts),
         world_size=world_size,
         timeout_s=job.timeout_s,
@@ -291,7 +298,7 @@ def _node(
         f"--node-rank={node_rank}",
         f"--nproc-per-node={nproc}",
         f"--master-addr={master_addr}",
-        f"--master-port={job.rdzv_port}",
+        f"--master-port={rdzv_port(job, options)}",
         "--max-restarts=0",  # the node supervisors restart the whole group, on every node
         f"--rdzv-id={run_id}",
     ]
@@ -306,7 +313,7 @@ def _node(
     ]
     if nnodes > 1:
         coordinator = f"[{master_addr}]" if ":" in master_addr else master_addr  # IPv6
-        supervisor += ["--coordinator", f"{coordinator}:{job.rdzv_port + 1}", "--peer-timeout", f"{PEER_TIMEOUT_S:g}"]
+        supervisor += ["--coordinator", f"{coordinator}:{rdzv_port(job, options) + 1}", "--peer-timeout", f"{PEER_TIMEOUT_S:g}"]
     if not options.detach:
         supervisor += ["--lease", f"{LEASE_S:g}", "--echo"]
     elif job.timeout_s is not None:  # no launcher watches the clock of a detached run

@@ -217,3 +217,28 @@ def test_ranks_that_ignore_sigterm_are_killed_and_named(tmp_path: Path, how: str
     killed = summary["killed"]["local"]
     assert {p["rank"] for p in killed if "stubborn.py" in p["command"]} == {0, 1}
     assert "had to be killed on local" in output and "rank 0: python stubborn.py" in output
+
+
+def test_a_taken_rendezvous_port_is_named_before_anything_starts(probe_job, tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("0.0.0.0", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        job = probe_job(["--steps", "2"], extra=f"rdzv_port: {port}\n")
+        result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert f"launch: error: port {port} on this machine (the rendezvous port) is in use by pid {os.getpid()} (" in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_two_one_box_runs_at_once_each_get_a_free_port(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "30", "--sleep", "0.1"])
+    runs = [subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / f"runs{i}")], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outputs = [proc.communicate(timeout=180)[0] for proc in runs]
+    assert [proc.returncode for proc in runs] == [0, 0], outputs
+    ports = {json.loads(next((tmp_path / f"runs{i}").glob("*/plan.json")).read_text())["master_port"] for i in range(2)}
+    assert len(ports) == 2 and 29500 not in ports

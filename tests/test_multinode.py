@@ -247,3 +247,27 @@ def test_ctrl_c_during_a_remote_command_reaches_the_launcher(tmp_path: Path, lab
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)
     assert (proc.returncode, out.strip()) == (130, "interrupted")
+
+
+def test_a_taken_rendezvous_port_on_rank_0s_host_is_named_before_anything_starts(tmp_path: Path, lab, base_image: str) -> None:
+    lab.ssh("h1", "cat > /tmp/hold.py <<'EOF'\n"
+                  "import socket, time\n"
+                  "s = socket.socket()\n"
+                  "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                  "s.bind(('0.0.0.0', 29571))\n"
+                  "s.listen()\n"
+                  "time.sleep(120)\n"
+                  "EOF")
+    pid = lab.ssh("h1", "nohup python3 /tmp/hold.py >/dev/null 2>&1 & echo $!").stdout.decode().strip()
+    try:
+        deadline = time.monotonic() + 30
+        while "29571" not in lab.ssh("h1", "ss -ltnH 'sport = :29571'").stdout.decode():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "2"], extra="rdzv_port: 29571\n")
+        result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    finally:
+        lab.ssh("h1", f"kill {pid}", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
+    assert f"port 29571 on h1 (rank 0's host) (the rendezvous port) is in use by pid {pid} (python3)" in result.stderr
+    assert containers(lab) == {"h1": [], "h2": [], "h3": []}

@@ -490,7 +490,7 @@ def test_minimal_job_takes_defaults(tmp_path: Path) -> None:
         secrets=(),
         image=ImageSpec(base="python:3.11-slim", requirements=None),
         runtime="docker",
-        rdzv_port=29500,
+        rdzv_port=None,  # 29500 on a lab; a free port for a one-box run
         max_restarts=0,
         timeout_s=None,
         scaling=(),

@@ -14,7 +14,8 @@ from rich.console import Console as RichConsole
 
 from ..errors import EXIT_FAILED, LaunchError, SpecError
 from ..image.build import CACHE, image_tag
-from ..plan import PlanOptions, make_plan
+from ..hosts.ports import check_free, free_port_pair, listeners_over
+from ..plan import PlanOptions, make_plan, rdzv_port
 from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, Host, select_hosts
@@ -62,6 +63,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         fresh_checkpoints=not (request.resume or job.resume),
         local_checkpoints=str(request.runs_dir.resolve() / "checkpoints"),
         workdir_hash=manifest.hash if remote else None,
+        rdzv_port=None if remote or job.rdzv_port or request.dry_run else free_port_pair(),
     )
     if request.dry_run:
         print(make_plan(job, hosts, paths.run_id, options).describe())
@@ -79,6 +81,9 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
 
         reached = reach(hosts)
         try:
+            first = hosts[0]
+            check_free(f"{first.name} (rank 0's host)", rdzv_port(job, options), len(hosts) > 1,
+                       listeners_over(reached.conns[first.name]))
             plan = make_plan(job, hosts, paths.run_id, PlanOptions(**{**options.__dict__, "nics": reached.nics}))
             if options.image:
                 built = provide_image(job, reached.conns, console.say)
@@ -90,6 +95,8 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
             raise
         transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, reached.conns)
     else:
+        if job.rdzv_port:
+            check_free("this machine", job.rdzv_port, len(hosts) > 1)
         plan = make_plan(job, hosts, paths.run_id, options)
         transport = LocalTransport()
     plan = dataclasses.replace(plan, workdir_hash=manifest.digest)

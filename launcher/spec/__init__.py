@@ -97,7 +97,7 @@ class JobSpec:
     secrets: tuple[str, ...] = ()
     image: ImageSpec = field(default_factory=ImageSpec)
     runtime: str = "docker"
-    rdzv_port: int = 29500
+    rdzv_port: int | None = None  # None: 29500 on a lab, a free port for a one-box run
     max_restarts: int = 0
     timeout_s: float | None = None
     scaling: tuple[int, ...] = ()
@@ -234,7 +234,7 @@ def load_job(path: Path) -> JobSpec:
         secrets=_secrets(top),
         image=_image(top.section("image"), folder),
         runtime=top.choice("runtime", RUNTIMES, "docker"),
-        rdzv_port=top.integer("rdzv_port", 29500, minimum=1, maximum=65534),  # + 1: the node supervisors
+        rdzv_port=top.integer("rdzv_port", None, minimum=1, maximum=65534),  # + 1: the node supervisors
         max_restarts=top.integer("max_restarts", 0, minimum=0, maximum=MAX_RESTARTS),
         timeout_s=top.duration("timeout", None, maximum=MAX_TIMEOUT_S),
         scaling=_scaling(top),
