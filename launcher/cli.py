@@ -190,6 +190,9 @@ def _logs(args: argparse.Namespace) -> int:
     from .run.terminal import SafeOut
 
     run = existing.open_run(existing.find_run(args.run, args.runs_dir))
+    if args.rank is not None and run.plan.world_size is not None and not 0 <= args.rank < run.plan.world_size:
+        run.close()
+        raise SpecError(f"--rank: {args.rank} is not a rank of run {run.plan.run_id}; its ranks are 0 to {run.plan.world_size - 1}")
     out = SafeOut(sys.stdout.buffer)
     try:
         if run.summary is None and run.watched():  # its attached launcher is on it: its files fill here

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -72,6 +74,17 @@ def test_report_refuses_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
     result = launch("report", str(tmp_path / "nothing"), cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [f"launch: error: {tmp_path / 'nothing'}: no summary.json; expected a run directory"]
+
+
+@pytest.mark.parametrize("status", ["failed", "interrupted", "stopped", None])
+def test_report_refuses_a_run_that_did_not_succeed(tmp_path: Path, status: str | None) -> None:
+    for name, state in (("good", "succeeded"), ("bad", status)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(json.dumps({"status": state, "job": "j", "nodes": 1}))
+    result = launch("report", str(tmp_path / "good"), str(tmp_path / "bad"), cwd=tmp_path)
+    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith(f"launch: error: {tmp_path / 'bad'}: the run {status or 'did not end'}; only runs that succeeded")
+    assert not (tmp_path / "scaling.json").exists()
 
 
 def test_check_of_a_missing_inventory_is_bad_input(tmp_path: Path) -> None:

@@ -191,6 +191,9 @@ def test_control_characters_from_a_rank_do_not_reach_the_terminal_raw(tmp_path: 
     assert b"title \x1b]0;pwned\x07 clear \x1b[2J nul \x00 end\n" in (run / "logs/local/rank0.log").read_bytes()
     logs = launch("logs", str(run), cwd=tmp_path)
     assert logs.returncode == 0 and "[local/0] title ^[]0;pwned^G" in logs.stdout and "\x1b" not in logs.stdout
+    no_such_rank = launch("logs", str(run), "--rank", "99", "--follow", cwd=tmp_path, timeout=30)
+    assert no_such_rank.returncode == 2
+    assert no_such_rank.stderr == f"launch: error: --rank: 99 is not a rank of run {run.name}; its ranks are 0 to 0\n"
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "timeout"])
@@ -242,3 +245,16 @@ def test_two_one_box_runs_at_once_each_get_a_free_port(probe_job, tmp_path: Path
     assert [proc.returncode for proc in runs] == [0, 0], outputs
     ports = {json.loads(next((tmp_path / f"runs{i}").glob("*/plan.json")).read_text())["master_port"] for i in range(2)}
     assert len(ports) == 2 and 29500 not in ports
+
+
+def test_a_run_whose_ranks_fall_silent_is_said_to_be_quiet(tmp_path: Path) -> None:
+    (tmp_path / "hang.py").write_text("import time\nprint('before the hang', flush=True)\ntime.sleep(9)\nprint('after', flush=True)\n")
+    (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: 3s\n")
+    result = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    warnings = [line for line in result.stdout.splitlines() if line.startswith("launch: warning: no rank has printed")]
+    assert 1 <= len(warnings) <= 3, result.stdout  # at 3 s, 6 s (and maybe 9 s) of silence, not on every poll
+    assert "for 3 s" in warnings[0]
+    (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: false\n")
+    quiet = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert quiet.returncode == 0 and "no rank has printed" not in quiet.stdout

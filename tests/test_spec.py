@@ -62,7 +62,7 @@ JOB_ERRORS = [
     pytest.param(
         JOB + "flavour: blue\n",
         "unknown key 'flavour'; valid keys: name, cluster, nodes, nproc_per_node, backend, workdir, command, env, "
-        "secrets, image, runtime, rdzv_port, max_restarts, timeout, scaling, warmup_steps, resume",
+        "secrets, image, runtime, rdzv_port, max_restarts, timeout, scaling, warmup_steps, resume, hang_warning",
         id="unknown-key-lists-valid-keys",
     ),
     pytest.param(JOB + "image:\n  bse: python:3.12\n", "image: unknown key 'bse'; did you mean 'base'?", id="unknown-key-in-image"),

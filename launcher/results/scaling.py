@@ -184,4 +184,10 @@ def load_summaries(runs: list[Path]) -> dict[str, dict[str, Any]]:
             raise SpecError(f"{run}: no summary.json; expected a run directory") from None
         except (OSError, ValueError) as exc:
             raise SpecError(f"{run}: summary.json cannot be read: {exc}") from None
+        if not isinstance(found[str(run)], dict):
+            raise SpecError(f"{run}: summary.json is not a run's summary")
+        status = found[str(run)].get("status")
+        if status != "succeeded":
+            raise SpecError(f"{run}: the run {status or 'did not end'}; only runs that succeeded are compared "
+                            "(a failed or stopped run's throughput says nothing about scaling)")
     return found

@@ -119,7 +119,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
                   + (f"   (add --runs-dir {request.runs_dir})" if request.runs_dir != Path("runs") else ""), flush=True)
             return 0, None
         console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
-        outcome = execute(plan, transport, paths, secrets, console)
+        outcome = execute(plan, transport, paths, secrets, console, hang_warning_s=job.hang_warning_s)
     finally:
         transport.close()
     summary = build_summary(plan, outcome, paths)

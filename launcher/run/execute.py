@@ -82,6 +82,7 @@ class Attempts:
         self.lost: dict[str, str] = {}  # host -> the reason a node gave
         self.stopped: str | None = None  # a node was stopped from outside (`launch stop`, a signal): why
         self.stopping = False  # set by the executor once it stops the run itself
+        self.last_rank_line = time.monotonic()  # when a rank last printed a line (for the quiet-run warning)
 
     def on_event(self, event: dict) -> None:
         kind = event.get("event")
@@ -168,6 +169,8 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, 
                 attempts.on_event(event)
                 continue
             rank_line = contract.split_rank_line(line, node.host)
+            if rank_line:
+                attempts.last_rank_line = time.monotonic()
             if rank_line and not node.is_local:
                 _live_copy(*rank_line, node.host, paths, live, console)
             if rank_line or line.startswith(contract.agent_prefix(node.host)):
@@ -206,6 +209,7 @@ def execute(
     secrets: dict[str, str],
     console: Console,
     grace_s: float = STOP_GRACE_S,
+    hang_warning_s: float | None = None,
 ) -> RunOutcome:
     """Run the plan to its end and return how it ended; every node is stopped and collected.
 
@@ -225,7 +229,8 @@ def execute(
         try:
             outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat)
             if outcome is None:
-                outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts, unexpected)
+                outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts, unexpected,
+                                 QuietWatch(hang_warning_s, attempts, paths, console))
         except Exception as exc:  # noqa: BLE001 - the safety net: whatever it was, every node is stopped
             unexpected.append(traceback.format_exc())
             outcome = _unexpected_outcome(exc)
@@ -309,9 +314,50 @@ def _unexpected_outcome(exc: BaseException) -> RunOutcome:
                       reason=f"the launcher hit an unexpected error ({type(exc).__name__}: {exc}); stopped every node")
 
 
+class QuietWatch:
+    """Says when no rank has printed a line or written a metric (here) for `after_s`, and again each
+    `after_s` more: a hung collective gives no error, only silence."""
+
+    def __init__(self, after_s: float | None, attempts: Attempts, paths: RunPaths, console: Console) -> None:
+        self.after_s, self.attempts, self.paths, self.console = after_s, attempts, paths, console
+        self.said_at = 0.0  # the silence (seconds) last warned about
+        self.checked = 0.0
+
+    def last_sign(self) -> float:
+        last = self.attempts.last_rank_line
+        try:  # metrics files here (one-box runs): a job may step for hours without printing
+            newest = max((p.stat().st_mtime for p in self.paths.metrics_dir.iterdir()), default=0.0)
+            last = max(last, time.monotonic() - (time.time() - newest))
+        except OSError:
+            pass
+        return last
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if not self.after_s or now - self.checked < 1.0:
+            return
+        self.checked = now
+        silent = now - self.last_sign()
+        if silent < self.after_s:
+            self.said_at = 0.0
+            return
+        if silent >= self.said_at + self.after_s:
+            self.said_at = silent - silent % self.after_s
+            self.console.say(f"launch: warning: no rank has printed a line or written a metric for {_minutes(silent)}; "
+                             "a hung collective or a stuck data loader says nothing (set `timeout` in the job to end such "
+                             "a run; `hang_warning` sets when this is said)")
+
+
+def _minutes(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes} min" if minutes else f"{int(seconds)} s"
+
+
 def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrupt, started: float,
-           heartbeat: Heartbeat, attempts: Attempts, unexpected: list[str]) -> RunOutcome:
+           heartbeat: Heartbeat, attempts: Attempts, unexpected: list[str], quiet: QuietWatch | None = None) -> RunOutcome:
     while True:
+        if quiet is not None:
+            quiet.tick()
         if unexpected:
             last = unexpected[0].strip().splitlines()[-1]
             return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0,

@@ -33,6 +33,7 @@ MAX_WARMUP_STEPS = 1_000_000
 OWNED_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "NODE_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE",
              "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
              "TORCHELASTIC_MAX_RESTARTS", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+DEFAULT_HANG_WARNING_S = 600.0
 DEFAULT_WARMUP_STEPS = 3  # compilation, caches and the first all-reduce make the first steps slow
 
 
@@ -103,6 +104,7 @@ class JobSpec:
     scaling: tuple[int, ...] = ()
     warmup_steps: int = DEFAULT_WARMUP_STEPS  # steps per rank left out of throughput and step times
     resume: bool = False  # keep the job's checkpoint directory from earlier runs (as --resume does)
+    hang_warning_s: float | None = DEFAULT_HANG_WARNING_S  # say so when no rank prints or writes a metric this long
 
 
 def load_cluster(path: Path, origin: str | None = None) -> ClusterSpec:
@@ -201,7 +203,7 @@ def load_job(path: Path) -> JobSpec:
     top = Section(label, load_mapping(path, label))
     top.check_keys(
         ["name", "cluster", "nodes", "nproc_per_node", "backend", "workdir", "command", "env", "secrets",
-         "image", "runtime", "rdzv_port", "max_restarts", "timeout", "scaling", "warmup_steps", "resume"],
+         "image", "runtime", "rdzv_port", "max_restarts", "timeout", "scaling", "warmup_steps", "resume", "hang_warning"],
         required=["command"],
     )
     folder = path.parent
@@ -240,7 +242,15 @@ def load_job(path: Path) -> JobSpec:
         scaling=_scaling(top),
         warmup_steps=top.integer("warmup_steps", DEFAULT_WARMUP_STEPS, minimum=0, maximum=MAX_WARMUP_STEPS),
         resume=top.boolean("resume", False),
+        hang_warning_s=_hang_warning(top),
     )
+
+
+def _hang_warning(top: Section) -> float | None:
+    """`hang_warning: 10m` (the default), or `false` to never say it."""
+    if top.get("hang_warning", None) is False:
+        return None
+    return top.duration("hang_warning", DEFAULT_HANG_WARNING_S, maximum=MAX_TIMEOUT_S)
 
 
 def _default_name(folder: Path) -> str:
