@@ -139,7 +139,8 @@ def lab(base_image: str):
     """Three SSH hosts with their own Docker engines, the base image in each; torn down at the end."""
     import simlab
 
-    sim = simlab.Lab(hosts=3).up()
+    # another prefix and subnet let a second checkout's tests run beside a lab that is in use
+    sim = simlab.Lab(hosts=3, prefix=os.environ.get("LAUNCH_LAB_PREFIX", "llab"), subnet=int(os.environ.get("LAUNCH_LAB_SUBNET", "7"))).up()
     try:
         sim.ensure_image(base_image)
         yield sim

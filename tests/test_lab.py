@@ -66,7 +66,7 @@ def test_a_stopped_host_is_unreachable_until_started(lab, base_image: str) -> No
     lab.stop_host("h3")
     try:
         assert lab.ssh("h3", "true", check=False, timeout=20).returncode == 255
-        assert subprocess.run(lab.ssh_argv("h1", tcp_probe("10.77.7.13")), capture_output=True).returncode != 0
+        assert subprocess.run(lab.ssh_argv("h1", tcp_probe(lab.host("h3").address)), capture_output=True).returncode != 0
         holder = int(lab.host("h3").holder_pid_file.read_text())
         assert simlab._netns_pids(lab.host("h3").netns, exclude={holder}) == [], "no process of h3 survives"
     finally:

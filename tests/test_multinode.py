@@ -33,7 +33,7 @@ def test_three_hosts_allreduce_with_known_answer(tmp_path: Path, lab, base_image
     assert [(r["rank"], r["host"], r["exit_code"]) for r in summary["ranks"]] == [(0, "h1", 0), (1, "h2", 0), (2, "h3", 0)]
     plan = json.loads((run / "plan.json").read_text())
     assert [n["node_rank"] for n in plan["nodes"]] == [0, 1, 2]
-    assert all("--master-addr=10.77.7.11" in n["command"] for n in plan["nodes"])
+    assert all(f"--master-addr={lab.hosts[0].address}" in n["command"] for n in plan["nodes"])
     assert containers(lab) == {"h1": [], "h2": [], "h3": []}
     assert all(lab.ssh(h.name, f"test -e /tmp/launch-runs-root/{summary['run_id']}", check=False).returncode == 1 for h in lab.hosts)
 
@@ -134,7 +134,8 @@ def test_an_unknown_host_key_is_refused_and_nothing_starts(tmp_path: Path, lab, 
     job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "1"])
     result = launch(str(job), "--cluster", str(tmp_path / "cluster.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 1
-    assert f"h1 (root@10.77.7.11:22): its host key is not in {tmp_path / 'empty_known_hosts'}" in result.stderr
+    h1 = lab.hosts[0].address
+    assert f"h1 (root@{h1}:22): the host key of {h1} is not in {tmp_path / 'empty_known_hosts'}" in result.stderr
     assert (tmp_path / "empty_known_hosts").read_text() == "", "strict never records a key"
     assert not (tmp_path / "runs").exists()
 
@@ -147,7 +148,7 @@ def test_a_host_that_is_down_is_named_and_nothing_starts(tmp_path: Path, lab, ba
     finally:
         lab.restore_link("h2")
     assert result.returncode == 1
-    assert result.stderr.startswith("launch: error: h2 (root@10.77.7.12:22): cannot connect")
+    assert result.stderr.startswith(f"launch: error: h2 (root@{lab.hosts[1].address}:22): cannot connect")
     assert not (tmp_path / "runs").exists()
     assert containers(lab) == {"h1": [], "h2": [], "h3": []}
 
@@ -163,10 +164,11 @@ def test_accept_new_records_unknown_keys_but_refuses_a_changed_one(tmp_path: Pat
     assert sorted(line.split()[0] for line in known.read_text().splitlines()) == [h.address for h in lab.hosts]
     # h1's entry now holds h2's key: a changed key is refused, whatever the policy
     keys = {line.split()[0]: line.split(None, 1)[1] for line in lab.known_hosts.read_text().splitlines()}
-    known.write_text(f"10.77.7.11 {keys['10.77.7.12']}\n")
+    h1, h2 = lab.hosts[0].address, lab.hosts[1].address
+    known.write_text(f"{h1} {keys[h2]}\n")
     result = launch(str(job), "--cluster", str(tmp_path / "cluster.yaml"), "--runs-dir", str(tmp_path / "runs2"), cwd=tmp_path)
     assert result.returncode == 1
-    assert f"h1 (root@10.77.7.11:22): its host key does not match {known}; refusing to connect" in result.stderr
+    assert f"h1 (root@{h1}:22): the host key of {h1} does not match {known}; refusing to connect" in result.stderr
     assert not (tmp_path / "runs2").exists()
 
 
@@ -226,7 +228,7 @@ def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> N
     assert "NOT USABLE: 0 GPU(s) visible, the inventory says 2" in by_host["h1"]
     assert "port 29501 (the node supervisors', rendezvous port + 1) is in use" in by_host["h1"]
     assert "NOT USABLE: port 29500 is in use" in by_host["h2"]
-    assert "NOT USABLE: h3 (root@10.77.7.13:22): cannot connect" in by_host["h3"]
+    assert f"NOT USABLE: h3 (root@{lab.hosts[2].address}:22): cannot connect" in by_host["h3"]
     assert bad.stdout.splitlines()[-1] == "0 of 3 host(s) usable"
 
 
