@@ -113,6 +113,8 @@ def _local_gpus() -> int:
 
 def run_job(args: argparse.Namespace) -> int:
     job = load_job(args.job)
+    if args.runs_dir.exists() and not args.runs_dir.is_dir():
+        raise SpecError(f"--runs-dir: {args.runs_dir} is not a folder")
     cluster = resolve_cluster(job, args)
     if args.sweep:
         if args.nodes is not None:

@@ -227,6 +227,7 @@ CLI_CASES = [
     ("nodes-too-many", ["--nodes", "99"], r"--nodes: 99 is more than the 1 host"),
     ("nproc-over-slots", [], r"nproc_per_node: 64 is more than the 8 slot\(s\) of host 'a'"),
     ("nproc-over-local-cores", ["--local"], r"nproc_per_node: 64 is more than 8 per core of this machine's"),
+    ("runs-dir-a-file", ["--local", "--runs-dir", "job.yaml"], r"--runs-dir: .*job\.yaml is not a folder"),
 ]
 
 
@@ -238,7 +239,8 @@ def test_hostile_flags_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
     (tmp_path / "job.yaml").write_text(JOB + f"nproc_per_node: {nproc}\n")
     (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: a, address: 10.0.0.1, slots: 8}\n")
     monkeypatch.chdir(tmp_path)
-    code, output = run_cli(capsys, str(tmp_path / "job.yaml"), *args, "--runs-dir", str(tmp_path / "runs"))
+    runs = [] if "--runs-dir" in args else ["--runs-dir", str(tmp_path / "runs")]
+    code, output = run_cli(capsys, str(tmp_path / "job.yaml"), *args, *runs)
     assert_refused(code, output, pattern, tmp_path)
 
 
