@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -20,7 +21,8 @@ from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    signal.signal(signal.SIGTERM, _sigterm)  # outside a run's watch loop SIGTERM ends like Ctrl-C
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # outside a run's watch loop these end like Ctrl-C
+        signal.signal(sig, _sigterm)
     try:
         if argv and argv[0] == "logs":
             return _logs(_logs_parser().parse_args(argv[1:]))
@@ -107,6 +109,21 @@ def resolve_cluster(job: JobSpec, args: argparse.Namespace) -> ClusterSpec:
     return load_cluster(beside if beside.is_file() else Path("cluster.yaml"), origin="the default inventory")
 
 
+def _on_one_box(job: JobSpec, nodes: int | None) -> JobSpec:
+    """--local takes every job: its nodes' processes all run on this machine, as one node."""
+    count = nodes if nodes is not None else job.nodes
+    if not count or count == 1:
+        return dataclasses.replace(job, nodes=None)
+    if count < 1:
+        raise SpecError(f"--nodes: expected a positive integer, got {count}")
+    if isinstance(job.nproc_per_node, int):
+        print(f"launch: --local: the job's {count} nodes x {job.nproc_per_node} process(es) run as "
+              f"{count * job.nproc_per_node} processes on this machine", file=sys.stderr, flush=True)
+        return dataclasses.replace(job, nodes=None, nproc_per_node=count * job.nproc_per_node)
+    print(f"launch: --local: the job's {count} nodes run as one node on this machine", file=sys.stderr, flush=True)
+    return dataclasses.replace(job, nodes=None)
+
+
 def _local_gpus() -> int:
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
@@ -123,6 +140,8 @@ def run_job(args: argparse.Namespace) -> int:
             raise SpecError("--sweep runs one node count after the other and cannot --detach")
         return sweep(job, cluster, args.runs_dir, args.dry_run)
     label = "--nodes" if args.nodes is not None else None
+    if args.local:
+        job, args.nodes = _on_one_box(job, args.nodes), None
     code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run, args.detach, args.resume, args.debug))
     return code
 

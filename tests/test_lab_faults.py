@@ -252,3 +252,19 @@ def test_ranks_that_ignore_sigterm_are_killed_on_every_kind_of_node(tmp_path: Pa
     for rank, host in enumerate(("h1", "h2", "h3")):
         assert rank in {p["rank"] for p in summary["killed"][host] if "stubborn.py" in p["command"]}, summary["killed"]
         assert f"had to be killed on {host}" in output
+
+
+def test_closing_the_terminal_of_a_lab_run_stops_it_and_leaves_nothing(tmp_path: Path, lab, base_image: str) -> None:
+    job = lab_job(tmp_path, lab, base_image, PROBE, LONG, extra='secrets: [LAB_TOKEN]\n')
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, LAB_TOKEN="hup-secret-value"))
+    run_id = run_id_of(until_every_rank_stepped(proc))
+    proc.send_signal(1)  # SIGHUP: what a terminal sends when it closes
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, rest
+    assert seconds_until_nothing_left(lab, run_id, 15) < 15
+    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["reason"] == "SIGHUP received; stopped every node"
+    for host in ("h1", "h2", "h3"):  # the run's files, the secrets file with them, are gone from every host
+        assert lab.ssh(host, f"test -e /tmp/launch-runs-root/{run_id}", check=False).returncode == 1

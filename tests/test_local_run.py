@@ -72,7 +72,8 @@ def test_a_failing_rank_stops_the_run_and_is_named(probe_job, tmp_path: Path) ->
     assert processes_of_run(run_id) == []
 
 
-def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=["ctrl-c", "terminal-closed", "kill"])
+def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path, sig: signal.Signals) -> None:
     job = probe_job(["--steps", "600", "--sleep", "0.1"])
     proc = subprocess.Popen(
         [sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")],
@@ -86,7 +87,7 @@ def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path) -> Non
             break
     run_id = run_id_of("".join(lines))
     assert len(processes_of_run(run_id)) >= 5  # torchrun, and a wrapper and a probe per rank
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest
     deadline = time.monotonic() + 5
@@ -95,6 +96,7 @@ def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path) -> Non
     assert processes_of_run(run_id) == []
     summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["exit_code"] == 130
+    assert summary["reason"] == f"{sig.name} received; stopped every node"
     log = (tmp_path / "runs" / run_id / "logs/box/rank0.log").read_text()
     assert "step 2" in log
 
@@ -258,3 +260,12 @@ def test_a_run_whose_ranks_fall_silent_is_said_to_be_quiet(tmp_path: Path) -> No
     (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: false\n")
     quiet = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert quiet.returncode == 0 and "no rank has printed" not in quiet.stdout
+
+
+def test_local_takes_a_job_of_several_nodes_with_the_same_world_size(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "2"], nproc=1, extra="nodes: 3\n")
+    result = launch(str(job), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "launch: --local: the job's 3 nodes x 1 process(es) run as 3 processes on this machine" in result.stderr
+    summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
+    assert summary["world_size"] == 3 and summary["nodes"] == 1

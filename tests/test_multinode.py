@@ -273,3 +273,19 @@ def test_a_taken_rendezvous_port_on_rank_0s_host_is_named_before_anything_starts
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     assert f"port 29571 on h1 (rank 0's host) (the rendezvous port) is in use by pid {pid} (python3)" in result.stderr
     assert containers(lab) == {"h1": [], "h2": [], "h3": []}
+
+
+def test_check_says_a_host_whose_docker_daemon_is_down_is_not_usable(tmp_path: Path, lab) -> None:
+    lab.ssh("h3", "kill $(cat /var/run/docker.pid)")
+    try:
+        deadline = time.monotonic() + 30
+        while lab.docker("h3", "version", check=False).returncode == 0:
+            assert time.monotonic() < deadline, "h3's dockerd did not stop"
+            time.sleep(0.2)
+        result = launch("check", str(lab.cluster_file), cwd=tmp_path, timeout=120)
+    finally:
+        lab.start_services(lab.host("h3"))
+    assert result.returncode == 1, result.stdout
+    by_host = {line.split()[0]: line for line in result.stdout.splitlines()[:3]}
+    assert "NOT USABLE: docker does not answer" in by_host["h3"] and "docker missing" in by_host["h3"]
+    assert " ok " in by_host["h1"] and result.stdout.splitlines()[-1] == "2 of 3 host(s) usable"

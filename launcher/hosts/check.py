@@ -19,7 +19,7 @@ MIN_FREE_DISK_GB = 5.0
 
 # Prints key=value lines; every command may be missing on a host, which the report then says.
 PROBE = r"""
-printf 'docker=%s\n' "$(docker version --format '{{.Server.Version}}' 2>/dev/null || echo missing)"
+v="$(docker version --format '{{.Server.Version}}' 2>/dev/null)"; printf 'docker=%s\n' "${v:-missing}"
 printf 'gpus=%s\n' "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 printf 'disk_kb=%s\n' "$(df -Pk /tmp 2>/dev/null | awk 'NR==2 {print $4}')"
 printf 'port_busy=%s\n' "$(ss -ltnH "sport = :$0" 2>/dev/null | grep -c . || true)"

@@ -135,10 +135,13 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         rundir.write_json(paths.summary_file, summary)
     except LaunchError as exc:
         console.say(f"launch: {exc}; the summary below is only on this terminal")
-    render(summary, RichConsole(highlight=False, soft_wrap=True))
-    if outcome.unexpected:
-        print(f"launch: the launcher hit an unexpected error; every node was stopped; the traceback is in {paths.error_file}"
-              + ("" if request.debug else " (--debug prints it)"), file=sys.stderr, flush=True)
+    try:
+        render(summary, RichConsole(highlight=False, soft_wrap=True))
+        if outcome.unexpected:
+            print(f"launch: the launcher hit an unexpected error; every node was stopped; the traceback is in {paths.error_file}"
+                  + ("" if request.debug else " (--debug prints it)"), file=sys.stderr, flush=True)
+    except OSError:  # the terminal is gone (SIGHUP): summary.json has it all
+        pass
     return outcome.exit_code, summary
 
 

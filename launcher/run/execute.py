@@ -42,7 +42,7 @@ class Console:
             try:
                 self.stream.write(line)
                 self.stream.flush()
-            except (BrokenPipeError, ValueError):
+            except (OSError, ValueError):  # a closed pipe, or the terminal gone (SIGHUP)
                 pass
 
     def say(self, text: str) -> None:
@@ -50,7 +50,8 @@ class Console:
 
 
 class _Interrupt:
-    """Turns SIGINT/SIGTERM into a flag the watch loop reads, so stopping is orderly."""
+    """Turns SIGINT/SIGTERM/SIGHUP (Ctrl-C, kill, the terminal closed) into a flag the watch loop
+    reads, so stopping is orderly."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -63,7 +64,7 @@ class _Interrupt:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         try:
             yield self
         finally:
