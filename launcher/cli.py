@@ -91,6 +91,7 @@ def _run_parser() -> argparse.ArgumentParser:
                         "this terminal (see launch status, logs --follow, stop)")
     parser.add_argument("--resume", action="store_true", help="keep the job's checkpoint directory (LAUNCH_CHECKPOINT_DIR) "
                         "from earlier runs instead of starting with it empty")
+    parser.add_argument("--verbose", "-v", action="store_true", help="show torchrun's own lines too (always in logs/<host>/torchrun.log)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
@@ -142,7 +143,8 @@ def run_job(args: argparse.Namespace) -> int:
     label = "--nodes" if args.nodes is not None else None
     if args.local:
         job, args.nodes = _on_one_box(job, args.nodes), None
-    code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run, args.detach, args.resume, args.debug))
+    code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run, args.detach, args.resume,
+                                                args.debug, args.verbose))
     return code
 
 
@@ -172,12 +174,15 @@ def _report_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch report", description="Compare runs of one job across node counts.")
     parser.add_argument("runs", type=Path, nargs="+", help="run directories (or run ids under ./runs)")
     parser.add_argument("--out", type=Path, help="where scaling.json/.md/.png go (default: the runs' common folder)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    _existing_run_flags(parser)
     return parser
 
 
 def _report(args: argparse.Namespace) -> int:
-    runs = [_run_dir(run) for run in args.runs]
+    from .run.existing import find_run
+
+    # a folder as given (it must hold summary.json), else a run id under --runs-dir
+    runs = [run if run.is_dir() else find_run(run, args.runs_dir) for run in args.runs]
     summaries = load_summaries(runs)
     out = args.out or Path(os.path.commonpath([str(run.resolve().parent) for run in runs]))
     rows = write_scaling(out, summaries)
@@ -199,11 +204,6 @@ def _logs_parser() -> argparse.ArgumentParser:
 def _existing_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run ids are looked up (default: ./runs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-
-
-def _run_dir(given: Path) -> Path:
-    """For `report`: a run directory as given, or a run id under ./runs."""
-    return given if given.is_dir() or given.is_absolute() else Path("runs") / given
 
 
 def _logs(args: argparse.Namespace) -> int:

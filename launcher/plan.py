@@ -60,6 +60,7 @@ class PlanOptions:
     remote_jobs: str = "/var/tmp/launch-jobs"  # + "-<ssh user>/<job>/<host>": a host's checkpoint directory
     workdir_hash: str | None = None  # the workdir's copy on each remote host (`workdir_copies`) that ranks run in
     rdzv_port: int | None = None  # chosen for a run whose job fixes none (a free port, for one-box runs)
+    local_lib: str | None = None  # the folder holding the launcher package, for a local host's own `python`
 
 
 class NodeKind(enum.Enum):
@@ -356,6 +357,8 @@ def _node(
         argv = _docker_run(job, host, run_id, container, node_dir, checkpoint_dir, copy, env, options) + rank_argv
     elif kind is NodeKind.LOCAL:
         argv = rank_argv
+        if host.python and host.python != options.local_python and options.local_lib:  # another Python: give it the launcher's helpers
+            env["PYTHONPATH"] = ":".join(p for p in (options.local_lib, job.env.get("PYTHONPATH")) if p)
     else:  # runtime: host on a lab host: the job's files and the launcher's in-rank helpers are copied there
         cwd, pid_file = f"{node_dir}/{REMOTE_WORKDIR}", f"{node_dir}/{host.name}.pid"
         env["PYTHONPATH"] = ":".join(p for p in (f"{node_dir}/{REMOTE_LIB}", job.env.get("PYTHONPATH")) if p)

@@ -269,3 +269,31 @@ def test_local_takes_a_job_of_several_nodes_with_the_same_world_size(probe_job, 
     assert "launch: --local: the job's 3 nodes x 1 process(es) run as 3 processes on this machine" in result.stderr
     summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
     assert summary["world_size"] == 3 and summary["nodes"] == 1
+
+
+def test_the_console_shows_ranks_and_the_launcher_and_torchrun_only_with_verbose(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "50", "--sleep", "0.05", "--fail-rank", "1", "--fail-step", "2", "--fail-code", "3"])
+    quiet = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert quiet.returncode == 1
+    agent_lines = [line for line in quiet.stdout.splitlines() if line.startswith("[box] ")]
+    assert agent_lines == [], "torchrun's own lines belong in torchrun.log"
+    assert "torch.distributed.elastic" not in quiet.stdout.split("first failure:")[0]
+    assert "first failure: rank 1 on box, exit code 3" in quiet.stdout
+    run = tmp_path / "runs" / run_id_of(quiet.stdout)
+    assert "torch.distributed" in (run / "logs/box/torchrun.log").read_text()
+    loud = launch(str(job), "--verbose", "--runs-dir", str(tmp_path / "runs2"), cwd=tmp_path)
+    assert loud.returncode == 1 and any(line.startswith("[box] ") for line in loud.stdout.splitlines())
+
+
+def test_a_python_without_torch_is_the_named_root_cause_and_logs_show_it(tmp_path: Path) -> None:
+    bare = shutil.which("python3", path="/usr/bin")
+    if not bare or subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("needs a system python3 without torch in /usr/bin")
+    (tmp_path / "cluster.yaml").write_text(f"hosts:\n  - {{name: box, address: local, python: {bare}}}\n")
+    (tmp_path / "job.yaml").write_text("name: bare\nruntime: host\nnproc_per_node: 1\ncommand: [python, -c, 'print(1)']\n")
+    result = launch(str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "first failure: node box, exit code 1" in result.stdout and "No module named 'torch'" in result.stdout
+    logs = launch("logs", run_id_of(result.stdout), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert logs.returncode == 0 and "No module named 'torch'" in logs.stdout
+    assert "torchrun's own output follows" in logs.stderr

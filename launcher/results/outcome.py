@@ -28,4 +28,5 @@ class RunOutcome:
     collect_errors: dict[str, str] = field(default_factory=dict)  # host -> why its files are missing
     lost_host: str | None = None  # a host that stopped answering, when that ended the run
     forced: dict[str, str] = field(default_factory=dict)
+    before_supervisor: dict[str, list[str]] = field(default_factory=dict)  # host -> what its node printed before its supervisor ran
     unexpected: str | None = None  # the traceback of an error the launcher did not expect, which ended the run  # host -> what the launcher had to kill (its node did not stop)

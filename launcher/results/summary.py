@@ -157,12 +157,13 @@ def first_failure(outcome: RunOutcome, statuses: dict[int, dict[str, Any]], path
         }
     host = outcome.failed_node or next(iter(outcome.node_exit_codes), None)
     log = paths.agent_log(host) if host and paths.agent_log(host).exists() else None
+    lines = last_lines(log) if log else []
     return {
         "host": host,
         "rank": None,
         "exit_code": outcome.node_exit_codes.get(host) if host else None,
         "log": str(log) if log else None,
-        "last_lines": last_lines(log) if log else [],
+        "last_lines": lines or outcome.before_supervisor.get(host or "", [])[-LAST_LINES:],
         "reason": outcome.reason or "the node's torchrun failed before any rank ended with an error",
     }
 

@@ -37,6 +37,7 @@ class RunRequest:
     detach: bool = False  # start every node in the background and return
     resume: bool = False  # keep the job's checkpoint directory from earlier runs
     debug: bool = False  # print tracebacks
+    verbose: bool = False  # torchrun's own lines on the console too
 
 
 def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[int, dict | None]:
@@ -64,6 +65,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         local_checkpoints=str(request.runs_dir.resolve() / "checkpoints"),
         workdir_hash=manifest.hash if remote else None,
         rdzv_port=None if remote or job.rdzv_port or request.dry_run else free_port_pair(),
+        local_lib=str(Path(__file__).resolve().parent.parent.parent),
     )
     if request.dry_run:
         print(make_plan(job, hosts, paths.run_id, options).describe())
@@ -119,7 +121,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
                   + (f"   (add --runs-dir {request.runs_dir})" if request.runs_dir != Path("runs") else ""), flush=True)
             return 0, None
         console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
-        outcome = execute(plan, transport, paths, secrets, console, hang_warning_s=job.hang_warning_s)
+        outcome = execute(plan, transport, paths, secrets, console, hang_warning_s=job.hang_warning_s, verbose=request.verbose)
     finally:
         transport.close()
     summary = build_summary(plan, outcome, paths)

@@ -5,6 +5,7 @@ The only module that decides when a run ends. It knows nodes through `Transport`
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -84,6 +85,13 @@ class Attempts:
         self.stopped: str | None = None  # a node was stopped from outside (`launch stop`, a signal): why
         self.stopping = False  # set by the executor once it stops the run itself
         self.last_rank_line = time.monotonic()  # when a rank last printed a line (for the quiet-run warning)
+        self.before_supervisor: dict[str, list[str]] = {}  # host -> the last lines from before its supervisor ran
+
+    def early_lines(self, host: str, line: bytes) -> None:
+        with self.lock:
+            kept = self.before_supervisor.setdefault(host, [])
+            kept.append(line.decode(errors="replace").rstrip("\n"))
+            del kept[:-20]
 
     def on_event(self, event: dict) -> None:
         kind = event.get("event")
@@ -158,10 +166,18 @@ class Heartbeat:
         self.done.set()
 
 
-def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, attempts: Attempts) -> None:
+# a warning every rank and torchrun print on hosts whose own hostname does not resolve: harmless
+# (ranks meet at addresses), kept in the logs, not shown on the console
+_HARMLESS = re.compile(rb"\[c10d\] The hostname of the client socket cannot be retrieved")
+
+
+def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, attempts: Attempts,
+          verbose: bool = False) -> None:
     """Rank lines go to the terminal (and, for a lab host, to the rank's log here as they come, so
     `launch logs --follow` shows them live; the complete log collected at the end replaces that
-    copy); torchrun's own lines to the terminal; event lines to `attempts`."""
+    copy); event lines to `attempts`. torchrun's own lines are in the node's torchrun.log, on the
+    terminal only when `verbose` (a failure's summary shows their last ones); what came before the
+    node's supervisor (docker, ssh, the shell) is always shown."""
     live: dict[int, BinaryIO | None] = {}
     try:
         for line in proc.lines():
@@ -174,10 +190,15 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, 
                 attempts.last_rank_line = time.monotonic()
             if rank_line and not node.is_local:
                 _live_copy(*rank_line, node.host, paths, live, console)
-            if rank_line or line.startswith(contract.agent_prefix(node.host)):
-                console.write_line(line)
+            if rank_line:
+                if verbose or not _HARMLESS.search(rank_line[1]):
+                    console.write_line(line)
+            elif line.startswith(contract.agent_prefix(node.host)):
+                if verbose:
+                    console.write_line(line)
             else:  # what came before the node's supervisor (docker, ssh, the shell)
                 console.write_line(contract.agent_prefix(node.host) + line)
+                attempts.early_lines(node.host, line)
     finally:
         for fh in live.values():
             if fh is not None:
@@ -211,6 +232,7 @@ def execute(
     console: Console,
     grace_s: float = STOP_GRACE_S,
     hang_warning_s: float | None = None,
+    verbose: bool = False,
 ) -> RunOutcome:
     """Run the plan to its end and return how it ended; every node is stopped and collected.
 
@@ -228,7 +250,7 @@ def execute(
     unexpected: list[str] = []  # tracebacks of what the launcher did not expect, from any thread
     with interrupt.installed(), _thread_errors_into(unexpected):
         try:
-            outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat)
+            outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat, verbose)
             if outcome is None:
                 outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts, unexpected,
                                  QuietWatch(hang_warning_s, attempts, paths, console))
@@ -242,6 +264,7 @@ def execute(
             heartbeat.stop()
         outcome.forced = forced
         outcome.unexpected = unexpected[0] if unexpected else None
+        outcome.before_supervisor = dict(attempts.before_supervisor)
         for host, reader in readers:
             reader.join(timeout=0 if host in unreachable else grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
@@ -277,7 +300,7 @@ def start_detached(plan: LaunchPlan, transport: Transport, secrets: dict[str, st
             raise LaunchError(f"could not start node {node.host}: {exc}; stopped the {len(started)} node(s) started before it") from None
 
 
-def _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat) -> RunOutcome | None:
+def _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat, verbose) -> RunOutcome | None:
     """Start every node with a reader for its output and its lease renewed; a failed start ends
     the run as failed."""
     for node in plan.nodes:
@@ -286,7 +309,7 @@ def _start_all(plan, transport, secrets, procs, readers, paths, console, attempt
             heartbeat.add(node)
         except LaunchError as exc:
             return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, failed_node=node.host, reason=f"could not start node {node.host}: {exc}")
-        reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console, attempts), daemon=True)
+        reader = threading.Thread(target=_pump, args=(node, procs[node.host], paths, console, attempts, verbose), daemon=True)
         reader.start()
         readers.append((node.host, reader))
     return None

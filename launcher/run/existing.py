@@ -339,6 +339,14 @@ def print_local_logs(paths: RunPaths, rank: int | None, out: BinaryIO) -> None:
     logs = paths.rank_logs()
     if rank is not None and rank not in logs:
         raise SpecError(f"--rank: {rank} has no log in {paths.root}; ranks: {', '.join(map(str, logs)) or 'none'}")
+    if not logs:  # no rank started: what torchrun itself said is the story
+        agent_logs = sorted(paths.logs_dir.glob(f"*/{contract.AGENT_LOG}"))
+        stderr_say("launch: no rank of this run wrote a log; torchrun's own output follows" if agent_logs else
+                   "launch: no rank of this run wrote a log, and torchrun left none")
+        for log in agent_logs:
+            with log.open("rb") as fh:
+                for line in fh:
+                    out.write(line.rstrip(b"\n") + b"\n")
     for r, log in logs.items():
         if rank is not None and r != rank:
             continue
