@@ -117,6 +117,15 @@ def test_dry_run_says_what_would_be_sent_and_sends_nothing(tmp_path: Path, lab, 
         assert re.search(rf"^{host}: workdir \w+ from its copy \w+: send 1 file\(s\), 0.0 kB", dry.stdout, re.M), dry.stdout[-2000:]
     assert "built already on this machine" in dry.stdout
     assert {h.name: lab.ssh(h.name, f"ls {COPIES}").stdout for h in lab.hosts} == before
+    # without `nic` the interfaces are found now, and said; links that leave the workdir are named, not followed
+    (tmp_path / "no-nic.yaml").write_text(lab.cluster_file.read_text().replace("    nic: eth0\n", ""))
+    (job.parent / "dangling").symlink_to("nowhere")
+    (job.parent / "shadow").symlink_to("/etc/shadow")
+    dry = launch(str(job), "--cluster", str(tmp_path / "no-nic.yaml"), "--runs-dir", str(tmp_path / "runs"), "--dry-run", cwd=tmp_path)
+    assert dry.returncode == 0 and "Traceback" not in dry.stdout + dry.stderr, dry.stdout[-3000:] + dry.stderr
+    for host in ("h1", "h2", "h3"):
+        assert f"{host}: GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME=eth0 (not in the plan above: found at launch" in dry.stdout
+    assert "2 link(s) in the workdir" in dry.stderr and "shadow -> /etc/shadow, outside the workdir" in dry.stderr
 
 
 def test_an_edit_during_a_run_does_not_reach_that_runs_ranks(tmp_path: Path, lab, base_image: str) -> None:

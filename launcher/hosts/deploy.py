@@ -79,6 +79,24 @@ def images_on_hosts(tag: str, conns: dict[str, fabric.Connection]) -> dict[str, 
     return {host: found.get(host) or f"cannot tell: {errors[host]}" for host in conns}
 
 
+def _nic_lines(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) -> list[str]:
+    """For --dry-run: the interface each host without `nic` would get (GLOO_SOCKET_IFNAME and
+    NCCL_SOCKET_IFNAME, which the plan above leaves out: a launch finds them again)."""
+    lacking = [h for h in hosts if not h.nic and not h.is_local]
+    if not lacking:
+        return []
+    found: dict[str, str] = {}
+    if all(h.name in conns for h in hosts):
+        try:
+            found = detect_nics(hosts, conns)
+        except Exception:  # noqa: BLE001 - a dry run says it cannot tell, and goes on
+            found = {}
+    return [f"{h.name}: GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME={found[h.name]} (not in the plan above: found at launch, "
+            f"the interface that reaches {hosts[0].net_address})" if h.name in found else
+            f"{h.name}: GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME: found at launch (every host must answer to find it now)"
+            for h in lacking]
+
+
 def describe_deployment(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifest, image: str | None,
                         folders: dict[str, str]) -> str:
     """For --dry-run: what would be built, and sent to each host (asks the hosts, sends nothing)."""
@@ -97,6 +115,7 @@ def describe_deployment(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifes
                 lines.append(f"{host.name}: image: {on_hosts[host.name]}")
             found = transfers.get(host.name)
             lines.append(found.describe() if isinstance(found, Transfer) else f"{host.name}: workdir: cannot tell: {found}")
+        lines += _nic_lines(hosts, conns)
     finally:
         for conn in conns.values():
             conn.close()
