@@ -16,25 +16,43 @@ from pathlib import Path
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, LaunchError, SpecError
 from .results.scaling import FILES, load_summaries, markdown, write_scaling
 from .run.conduct import RunRequest, run_once, sweep
-from .spec import ClusterSpec, JobSpec, load_cluster, load_job, local_cluster
+from . import __version__
+from .spec import MAX_NPROC_PER_NODE, ClusterSpec, JobSpec, check_env_name, load_cluster, load_job, local_cluster
+from .spec.fields import suggest
+
+COMMANDS = ("check", "status", "logs", "stop", "report")
+GLOBAL_FLAGS = ("--debug",)  # taken before or after a command's name
+EXIT_CODES = ("exit codes: 0 the run succeeded (or the command did its work); 1 the run failed, was stopped or could "
+              "not be carried out; 2 bad input (nothing was started); 130 interrupted (Ctrl-C, SIGTERM, the terminal closed)")
+EXAMPLES = """examples:
+  launch jobs/resnet18-cifar10/job.yaml --local            every process on this machine
+  launch job.yaml --nodes 2 --env LR=0.1 -- --epochs 3     2 hosts, one more variable, arguments for the command
+  launch job.yaml --detach; launch logs RUN --follow       a run that outlives this terminal
+  launch check cluster.yaml                                preflight every host"""
+
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _command_first(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
     for sig in (signal.SIGTERM, signal.SIGHUP):  # outside a run's watch loop these end like Ctrl-C
         signal.signal(sig, _sigterm)
     try:
-        if argv and argv[0] == "logs":
+        if argv[:1] == ["--version"]:
+            print(f"launch {__version__}")
+            return 0
+        command = argv[0] if argv else None
+        if command == "logs":
             return _logs(_logs_parser().parse_args(argv[1:]))
-        if argv and argv[0] == "report":
+        if command == "report":
             return _report(_report_parser().parse_args(argv[1:]))
-        if argv and argv[0] == "check":
+        if command == "check":
             return _check(_check_parser().parse_args(argv[1:]))
-        if argv and argv[0] == "status":
+        if command == "status":
             return _status(_status_parser().parse_args(argv[1:]))
-        if argv and argv[0] == "stop":
+        if command == "stop":
             return _stop(_stop_parser().parse_args(argv[1:]))
-        return run_job(_run_parser().parse_args(argv))
+        _not_a_mistyped_command(argv)
+        return run_job(_run_parser().parse_args(_split_extra(argv)[0]), _split_extra(argv)[1])
     except LaunchError as exc:
         if debug:
             traceback.print_exc()
@@ -69,6 +87,33 @@ def _unexpected(exc: Exception, debug: bool) -> int:
     return EXIT_FAILED
 
 
+def _command_first(argv: list[str]) -> list[str]:
+    """`launch --debug logs RUN` as `launch logs RUN --debug`: global flags may come first."""
+    lead = 0
+    while lead < len(argv) and argv[lead] in GLOBAL_FLAGS:
+        lead += 1
+    if lead and lead < len(argv) and argv[lead] in COMMANDS:
+        return [argv[lead], *argv[lead + 1:], *argv[:lead]]
+    return argv
+
+
+def _not_a_mistyped_command(argv: list[str]) -> None:
+    """`launch stauts` is a mistyped command, not a job file that is missing."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first and not Path(first).exists() and not first.endswith((".yaml", ".yml")):
+        close = suggest(first, list(COMMANDS))
+        if close:
+            raise SpecError(f"unknown command '{first}'; did you mean '{close}'? (commands: {', '.join(COMMANDS)}, or a job file)")
+
+
+def _split_extra(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The launcher's arguments, and what follows `--` (appended to the job's command)."""
+    if "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, []
+
+
 def _sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -76,11 +121,18 @@ def _sigterm(_signum: int, _frame: object) -> None:
 def _run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="launch",
+        usage="launch JOB.yaml [options] [-- ARGS...]\n       launch {check,status,logs,stop,report} ... (each has --help)",
         description="Run a distributed PyTorch job on the hosts of a cluster inventory. "
-        "Other commands: launch check CLUSTER.yaml, launch status [RUN ...], launch logs RUN [--follow], "
-        "launch stop RUN, launch report RUN [RUN ...].",
+        "Other commands: launch check CLUSTER.yaml|JOB.yaml, launch status [RUN ...], launch logs RUN [--follow], "
+        "launch stop RUN, launch report RUN [RUN ...]. ARGS after -- are appended to the job's command.",
+        epilog=f"{EXIT_CODES}\n\n{EXAMPLES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"launch {__version__}")
     parser.add_argument("job", type=Path, help="the job file (job.yaml)")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="set a variable for every rank, over the job's env (repeatable)")
+    parser.add_argument("--nproc-per-node", type=int, metavar="N", help="processes per node instead of the job's nproc_per_node")
     parser.add_argument("--cluster", type=Path, help="the inventory to use instead of the job's `cluster`")
     parser.add_argument("--nodes", type=int, help="how many hosts to use instead of the job's `nodes`")
     parser.add_argument("--local", action="store_true", help="run every process on this machine, no SSH")
@@ -110,6 +162,23 @@ def resolve_cluster(job: JobSpec, args: argparse.Namespace) -> ClusterSpec:
     return load_cluster(beside if beside.is_file() else Path("cluster.yaml"), origin="the default inventory")
 
 
+def with_overrides(job: JobSpec, env: list[str], nproc: int | None, extra: list[str]) -> JobSpec:
+    """The job with --env, --nproc-per-node and the arguments after `--`, checked as the job's own are."""
+    values = dict(job.env)
+    for item in env:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SpecError(f"--env: expected KEY=VALUE, got {item!r}")
+        check_env_name(key, f"--env {key}")
+        if key in job.secrets:
+            raise SpecError(f"--env {key}: is one of the job's secrets; a secret's value comes only from the launcher's environment")
+        values[key] = value
+    if nproc is not None and not 1 <= nproc <= MAX_NPROC_PER_NODE:
+        raise SpecError(f"--nproc-per-node: expected an integer from 1 to {MAX_NPROC_PER_NODE}, got {nproc}")
+    return dataclasses.replace(job, env=values, command=job.command + tuple(extra),
+                               nproc_per_node=nproc if nproc is not None else job.nproc_per_node)
+
+
 def _on_one_box(job: JobSpec, nodes: int | None) -> JobSpec:
     """--local takes every job: its nodes' processes all run on this machine, as one node."""
     count = nodes if nodes is not None else job.nodes
@@ -129,8 +198,8 @@ def _local_gpus() -> int:
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
 
-def run_job(args: argparse.Namespace) -> int:
-    job = load_job(args.job)
+def run_job(args: argparse.Namespace, extra: list[str] | None = None) -> int:
+    job = with_overrides(load_job(args.job), args.env, args.nproc_per_node, extra or [])
     if args.runs_dir.exists() and not args.runs_dir.is_dir():
         raise SpecError(f"--runs-dir: {args.runs_dir} is not a folder")
     cluster = resolve_cluster(job, args)

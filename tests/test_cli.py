@@ -111,3 +111,45 @@ def test_logs_of_something_that_is_not_a_run_is_bad_input(tmp_path: Path) -> Non
     result = launch("logs", "no-such-run", cwd=tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["launch: error: no-such-run: not a run directory or a run id under runs; runs holds no runs"]
+
+
+def test_version_help_and_a_mistyped_command(tmp_path: Path) -> None:
+    from launcher import __version__
+
+    version = launch("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout == f"launch {__version__}\n"
+    helped = launch("--help", cwd=tmp_path)
+    assert helped.returncode == 0 and "exit codes: 0 the run succeeded" in helped.stdout and "130 interrupted" in helped.stdout
+    assert "examples:" in helped.stdout and "--env KEY=VALUE" in helped.stdout
+    typo = launch("stauts", cwd=tmp_path)
+    assert typo.returncode == 2
+    assert typo.stderr == "launch: error: unknown command 'stauts'; did you mean 'status'? (commands: check, status, logs, stop, report, or a job file)\n"
+
+
+def test_a_global_flag_before_the_command(tmp_path: Path) -> None:
+    result = launch("--debug", "status", "--runs-dir", str(tmp_path / "none"), cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout == f"no runs in {tmp_path / 'none'}\n"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "NOEQUALS"], "--env: expected KEY=VALUE, got 'NOEQUALS'"),
+    (["--env", "RANK=3"], "--env RANK: is set for every rank by torchrun or the launcher; a job cannot set it"),
+    (["--env", "LAUNCH_X=1"], "--env LAUNCH_X: names starting with LAUNCH_ are set by the launcher; choose another name"),
+    (["--env", "A-B=1"], "--env A-B: expected a variable name of letters, digits and '_'"),
+    (["--nproc-per-node", "0"], "--nproc-per-node: expected an integer from 1 to 1024, got 0"),
+])
+def test_bad_overrides_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "job.yaml").write_text("command: [python, x.py]\nruntime: host\n")
+    result = launch(str(tmp_path / "job.yaml"), "--local", *args, "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr == f"launch: error: {message}\n"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_overrides_reach_the_ranks(tmp_path: Path) -> None:
+    (tmp_path / "show.py").write_text("import os, sys\nprint('seen', os.environ.get('LR'), os.environ.get('WORLD_SIZE'), sys.argv[1:], flush=True)\n")
+    (tmp_path / "job.yaml").write_text("name: show\nruntime: host\nnproc_per_node: 1\ncommand: [python, show.py, --fixed]\nenv: {LR: '0.1'}\n")
+    result = launch(str(tmp_path / "job.yaml"), "--local", "--env", "LR=0.5", "--nproc-per-node", "2",
+                    "--runs-dir", str(tmp_path / "runs"), "--", "--epochs", "3", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    for rank in (0, 1):
+        assert f"[local/{rank}] seen 0.5 2 ['--fixed', '--epochs', '3']" in result.stdout

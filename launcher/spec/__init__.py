@@ -266,13 +266,20 @@ def _env(top: Section) -> dict[str, str]:
     for key, value in env.items():
         if not isinstance(key, str) or not re.fullmatch(_ENV_NAME, key):
             raise top.expected("env", "variable names of letters, digits and '_'", key)
-        if key.startswith(contract.RESERVED_PREFIX):
-            raise top.fail(f"env.{key}", f"names starting with {contract.RESERVED_PREFIX} are set by the launcher; choose another name")
-        if key in OWNED_ENV:
-            raise top.fail(f"env.{key}", "is set for every rank by torchrun or the launcher; a job cannot set it"
-                           + (" (give the host's nic in the inventory)" if key.endswith("SOCKET_IFNAME") else ""))
+        check_env_name(key, f"{top.label}: env.{key}")
         out[key] = top.argv_item(f"env.{key}", value)
     return out
+
+
+def check_env_name(key: str, where: str) -> None:
+    """SpecError when a job may not set `key` for its ranks (`where` names the file and key, or the flag)."""
+    if not re.fullmatch(_ENV_NAME, key):
+        raise SpecError(f"{where}: expected a variable name of letters, digits and '_'")
+    if key.startswith(contract.RESERVED_PREFIX):
+        raise SpecError(f"{where}: names starting with {contract.RESERVED_PREFIX} are set by the launcher; choose another name")
+    if key in OWNED_ENV:
+        raise SpecError(f"{where}: is set for every rank by torchrun or the launcher; a job cannot set it"
+                        + (" (give the host's nic in the inventory)" if key.endswith("SOCKET_IFNAME") else ""))
 
 
 def _secrets(top: Section) -> tuple[str, ...]:
