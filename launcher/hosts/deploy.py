@@ -12,6 +12,7 @@ from pathlib import Path
 import fabric
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from ..results.outcome import Phases
 from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_image
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
@@ -150,9 +151,11 @@ def detect_nics(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) ->
     return found
 
 
-def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say) -> BuiltImage:
+def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases: Phases | None = None) -> BuiltImage:
     """Build the job's image here unless it exists, and get it onto every host that lacks it."""
     import docker
+
+    phases = phases or Phases()
 
     try:
         # Builds and `docker save` streams can be silent for minutes on images of several GB: the
@@ -161,9 +164,11 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say) -> Bui
         client.ping()
     except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
         raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
-    image = build_image(job, client, say)
+    with phases.timing("build"):
+        image = build_image(job, client, say)
     say(f"image {image.tag} ({'built' if image.built else 'unchanged'})")
-    report = _ship_with_progress(client, image.tag, conns)
+    with phases.timing("ship"):
+        report = _ship_with_progress(client, image.tag, conns)
     for host, result in report.results.items():
         if result.skipped:
             say(f"{host}: has the image already")
@@ -171,7 +176,8 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say) -> Bui
             say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
                 f"{result.layers_skipped} layer(s) were there already")
     report.raise_for_failures()
-    _prune(client, image.tag, conns, say)
+    with phases.timing("ship"):
+        _prune(client, image.tag, conns, say)
     return image
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 
 class RunState(str, enum.Enum):
@@ -28,5 +31,22 @@ class RunOutcome:
     collect_errors: dict[str, str] = field(default_factory=dict)  # host -> why its files are missing
     lost_host: str | None = None  # a host that stopped answering, when that ended the run
     forced: dict[str, str] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per phase (`Phases`)
     before_supervisor: dict[str, list[str]] = field(default_factory=dict)  # host -> what its node printed before its supervisor ran
     unexpected: str | None = None  # the traceback of an error the launcher did not expect, which ended the run  # host -> what the launcher had to kill (its node did not stop)
+
+
+class Phases:
+    """Where a run's wall time went: seconds per phase (connect, build, ship, workdir, start, run,
+    collect), in the order they happened."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def timing(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.monotonic() - started

@@ -91,6 +91,8 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
         summary["collect_errors"] = outcome.collect_errors
     if outcome.lost_host:
         summary["lost_host"] = outcome.lost_host
+    if outcome.phases:
+        summary["phases_s"] = {name: round(seconds, 3) for name, seconds in outcome.phases.items()}
     killed = _killed(plan, paths, outcome)
     if killed:
         summary["killed"] = killed
@@ -193,6 +195,10 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
     if summary.get("restarts"):
         line += f", {summary['restarts']} restart(s) (earlier attempts' logs: rank<R>.attempt<K>.log)"
     console.print(line, highlight=False)
+    phases = summary.get("phases_s") or {}
+    if phases:
+        console.print("time: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
+                      + f" ({sum(phases.values()):.1f} s in all)", highlight=False)
     if summary["throughput_samples_per_s"] is not None:
         console.print(f"step times leave out each rank's first {summary['warmup_steps']} step(s) (warm-up)", highlight=False)
     if any(r.get("metrics_source") == MetricsSource.AUTO.value for r in summary["ranks"]):

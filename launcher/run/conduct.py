@@ -21,7 +21,7 @@ from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, Host, select_hosts
 from ..sync.manifest import link_warning, scan, size_warning
 from . import rundir
-from ..results.outcome import RunOutcome, RunState
+from ..results.outcome import Phases, RunOutcome, RunState
 from .execute import Console, execute, start_detached
 from .transport import LocalTransport, Transport
 
@@ -76,22 +76,25 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         return 0, None
 
     console = Console()
+    phases = Phases()
     transport: Transport
     if remote:
         from ..hosts.deploy import provide_image, provide_workdir, reach  # SSH and Docker libraries: only for lab runs
         from ..hosts.remote import SshTransport
 
-        reached = reach(hosts)
+        with phases.timing("connect"):
+            reached = reach(hosts)
         try:
             first = hosts[0]
             check_free(f"{first.name} (rank 0's host)", rdzv_port(job, options), len(hosts) > 1,
                        listeners_over(reached.conns[first.name]))
             plan = make_plan(job, hosts, paths.run_id, PlanOptions(**{**options.__dict__, "nics": reached.nics}))
             if options.image:
-                built = provide_image(job, reached.conns, console.say)
+                built = provide_image(job, reached.conns, console.say, phases)
                 assert built.tag == options.image, (built.tag, options.image)
                 plan = dataclasses.replace(plan, image_id=built.id)
-            provide_workdir(job.workdir, manifest, _folders(job, hosts, options), reached.conns, console.say)
+            with phases.timing("workdir"):
+                provide_workdir(job.workdir, manifest, _folders(job, hosts, options), reached.conns, console.say)
         except BaseException:
             reached.close()
             raise
@@ -122,6 +125,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
             return 0, None
         console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
         outcome = execute(plan, transport, paths, secrets, console, hang_warning_s=job.hang_warning_s, verbose=request.verbose)
+        outcome.phases = {**phases.seconds, **outcome.phases}
     finally:
         transport.close()
     summary = build_summary(plan, outcome, paths)

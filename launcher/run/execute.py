@@ -17,7 +17,7 @@ from typing import BinaryIO, Iterator
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
 from ..node import contract
 from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
-from ..results.outcome import RunOutcome, RunState
+from ..results.outcome import Phases, RunOutcome, RunState
 from ..results.summary import describe_killed
 from .rundir import RunPaths
 from .terminal import SafeOut, printable
@@ -248,11 +248,14 @@ def execute(
     heartbeat = Heartbeat(transport, paths)
     unreachable: set[str] = set()
     unexpected: list[str] = []  # tracebacks of what the launcher did not expect, from any thread
+    phases = Phases()
     with interrupt.installed(), _thread_errors_into(unexpected):
         try:
-            outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat, verbose)
+            with phases.timing("start"):
+                outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat, verbose)
             if outcome is None:
-                outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts, unexpected,
+                with phases.timing("run"):
+                    outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts, unexpected,
                                  QuietWatch(hang_warning_s, attempts, paths, console))
         except Exception as exc:  # noqa: BLE001 - the safety net: whatever it was, every node is stopped
             unexpected.append(traceback.format_exc())
@@ -260,7 +263,8 @@ def execute(
         finally:
             attempts.stopping = True
             unreachable = {h for h in procs if not heartbeat.reachable(h)}
-            forced = _stop_all({h: p for h, p in procs.items() if h not in unreachable}, grace_s, console)
+            with phases.timing("stop"):
+                forced = _stop_all({h: p for h, p in procs.items() if h not in unreachable}, grace_s, console)
             heartbeat.stop()
         outcome.forced = forced
         outcome.unexpected = unexpected[0] if unexpected else None
@@ -268,18 +272,25 @@ def execute(
         for host, reader in readers:
             reader.join(timeout=0 if host in unreachable else grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
-        for node in plan.nodes:
-            if node.host in unreachable:
-                outcome.collect_errors[node.host] = f"unreachable; its logs stay on it ({node.node_dir})"
-                console.say(f"launch: could not collect the logs of {node.host}: {outcome.collect_errors[node.host]}")
-                continue
+        with phases.timing("collect"):
+            _collect_all(plan, transport, unreachable, outcome, console)
+    outcome.wall_time_s = time.monotonic() - started
+    outcome.phases = {name: seconds for name, seconds in phases.seconds.items() if name != "stop" or seconds >= 0.05}
+    return outcome
+
+
+def _collect_all(plan: LaunchPlan, transport: Transport, unreachable: set[str], outcome: RunOutcome, console: Console) -> None:
+    """Every reachable node's logs and metrics into the run directory; what could not be, said."""
+    for node in plan.nodes:
+        if node.host in unreachable:
+            outcome.collect_errors[node.host] = f"unreachable; its logs stay on it ({node.node_dir})"
+        else:
             try:
                 transport.collect(node)
+                continue
             except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
                 outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
-                console.say(f"launch: could not collect the logs of {node.host}: {outcome.collect_errors[node.host]}")
-    outcome.wall_time_s = time.monotonic() - started
-    return outcome
+        console.say(f"launch: could not collect the logs of {node.host}: {outcome.collect_errors[node.host]}")
 
 
 def start_detached(plan: LaunchPlan, transport: Transport, secrets: dict[str, str], console: Console,
