@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,8 @@ def test_allreduce_job_succeeds_and_fills_the_run_directory(tmp_path: Path) -> N
     assert all(r["exit_code"] == 0 and r["samples_per_s"] > 0 and r["step_time_median_s"] > 0 for r in summary["ranks"])
     assert summary["throughput_samples_per_s"] == pytest.approx(sum(r["samples_per_s"] for r in summary["ranks"]), rel=1e-3)
     assert "throughput" in result.stdout and "samples/s" in result.stdout
+    assert list(summary["phases_s"])[:2] == ["start", "run"] and summary["phases_s"]["run"] > 0
+    assert re.search(r"^time: start [\d.]+ s, run [\d.]+ s, .*collect [\d.]+ s \([\d.]+ s in all\)$", result.stdout, re.M)
 
 
 def test_stdout_and_stderr_of_every_rank_reach_its_log_and_the_terminal(probe_job, tmp_path: Path) -> None:

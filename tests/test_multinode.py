@@ -34,6 +34,7 @@ def test_three_hosts_allreduce_with_known_answer(tmp_path: Path, lab, base_image
     plan = json.loads((run / "plan.json").read_text())
     assert [n["node_rank"] for n in plan["nodes"]] == [0, 1, 2]
     assert all(f"--master-addr={lab.hosts[0].address}" in n["command"] for n in plan["nodes"])
+    assert {"connect", "build", "ship", "workdir", "start", "run", "collect"} <= set(summary["phases_s"])
     assert containers(lab) == {"h1": [], "h2": [], "h3": []}
     assert all(lab.ssh(h.name, f"test -e /tmp/launch-runs-root/{summary['run_id']}", check=False).returncode == 1 for h in lab.hosts)
 
