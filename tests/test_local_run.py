@@ -300,3 +300,40 @@ def test_a_python_without_torch_is_the_named_root_cause_and_logs_show_it(tmp_pat
     logs = launch("logs", run_id_of(result.stdout), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert logs.returncode == 0 and "No module named 'torch'" in logs.stdout
     assert "torchrun's own output follows" in logs.stderr
+
+
+def test_a_terminal_gets_a_live_status_line(tmp_path: Path) -> None:
+    import pty
+
+    (tmp_path / "steps.py").write_text(
+        "import time\n"
+        "from launcher.node.metrics import MetricsWriter\n"
+        "m = MetricsWriter()\n"
+        "for step in range(60):\n"
+        "    time.sleep(0.1)\n"
+        "    m.log(samples=32, step_time_s=0.1, total_steps=60)\n"
+        "print('finished', flush=True)\n"
+    )
+    (tmp_path / "job.yaml").write_text("name: live\nnproc_per_node: 2\nruntime: host\ncommand: [python, steps.py]\n")
+    main, sub = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs")],
+                            cwd=tmp_path, stdout=sub, stderr=sub, stdin=subprocess.DEVNULL,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    os.close(sub)
+    chunks = []
+    while True:
+        try:
+            data = os.read(main, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    proc.wait(timeout=120)
+    os.close(main)
+    shown = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0, shown[-3000:]
+    statuses = re.findall(r"\r\x1b\[K(elapsed [^\r\n]*)", shown)
+    with_steps = [s for s in statuses if "samples/s over 2 rank(s)" in s]
+    assert with_steps, shown[-3000:]
+    assert re.search(r"step \d+/60 \| [\d,.]+ samples/s over 2 rank\(s\) \| slowest rank \d: 0\.100 s/step \| ETA \d+s", with_steps[-1])

@@ -34,9 +34,11 @@ import threading
 import time
 
 from . import contract
+from .progress import Progress
 from .procs import become_subreaper, descendants, describe_process, die_with_parent, kill_all, signal_group
 
 BEAT_S = 1.0
+PROGRESS_S = 3.0  # how often the ranks' progress is read from their metrics files and sent
 LEASE_GRACE_S = 5.0  # when the lease ran out nobody waits for the ranks: a shorter grace period
 ECHO_QUEUE = 10000  # lines waiting for stdout; more are dropped from stdout (the output file has them)
 JOIN_TIMEOUT_S = 120.0  # how long node 0 waits for every other node's supervisor to report in
@@ -45,7 +47,7 @@ JOIN_TIMEOUT_S = 120.0  # how long node 0 waits for every other node's superviso
 class Supervisor:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.log_dir, _ = contract.node_dirs(args.node_dir, args.host)
+        self.log_dir, self.metrics_dir = contract.node_dirs(args.node_dir, args.host)
         self.lock = threading.Lock()  # the node's state; never held while writing
         self.changed = threading.Condition(self.lock)  # a restart was asked for, or may begin
         self.out_lock = threading.Lock()  # the output file and the agent log
@@ -194,6 +196,15 @@ class Supervisor:
                           "(it was killed, or cut off from this host)")
                 return
 
+    def _watch_progress(self) -> None:
+        """Every PROGRESS_S, what the ranks' metrics files say of their progress, as an event line."""
+        progress, last = Progress(self.metrics_dir), None
+        while not self.stopping.wait(PROGRESS_S):
+            found = progress.read()
+            if found and found != last:
+                self.event("progress", ranks=found)
+                last = found
+
     def _watch_timeout(self) -> None:
         if not self.stopping.wait(self.args.timeout):
             self.stop(contract.STOPPED_BY_TIMEOUT, f"timed out after {self.args.timeout:g} s")
@@ -225,6 +236,7 @@ class Supervisor:
             threading.Thread(target=self._watch_lease, daemon=True).start()
         if self.args.timeout:
             threading.Thread(target=self._watch_timeout, daemon=True).start()
+        threading.Thread(target=self._watch_progress, daemon=True).start()
         code, failed_itself = self._attempts(argv)
         if self.mesh:
             self.mesh.finish(code)

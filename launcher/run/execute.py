@@ -20,6 +20,7 @@ from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
 from ..results.outcome import Phases, RunOutcome, RunState
 from ..results.summary import describe_killed
 from .rundir import RunPaths
+from .status import Board, StatusLine
 from .terminal import SafeOut, printable
 from .transport import NodeProcess, Transport
 
@@ -30,21 +31,33 @@ LOST_AFTER_S = 10.0  # a host that has not answered a renewal for this long is l
 
 
 class Console:
-    """Whole lines to the terminal from several threads, never interleaved, made `printable`."""
+    """Whole lines to the terminal from several threads, never interleaved, made `printable`; on a
+    terminal, a status line kept below them."""
 
     def __init__(self, stream: BinaryIO | None = None) -> None:
         self.stream = stream or sys.stdout.buffer
         self.lock = threading.Lock()
         self.colour = SafeOut(self.stream).colour
+        self.status: bytes | None = None
+
+    def set_status(self, text: str | None) -> None:
+        with self.lock:
+            self.status = printable(text.encode()).rstrip(b"\n") if text else None
+            self._write(b"\r\x1b[K" + (self.status or b""))
 
     def write_line(self, line: bytes) -> None:
         line = printable(line, self.colour)
         with self.lock:
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-            except (OSError, ValueError):  # a closed pipe, or the terminal gone (SIGHUP)
-                pass
+            if self.status is not None:  # the line goes where the status was, the status below it
+                line = b"\r\x1b[K" + line + self.status
+            self._write(line)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.stream.write(data)
+            self.stream.flush()
+        except (OSError, ValueError):  # a closed pipe, or the terminal gone (SIGHUP)
+            pass
 
     def say(self, text: str) -> None:
         self.write_line(text.encode())
@@ -85,6 +98,7 @@ class Attempts:
         self.stopped: str | None = None  # a node was stopped from outside (`launch stop`, a signal): why
         self.stopping = False  # set by the executor once it stops the run itself
         self.last_rank_line = time.monotonic()  # when a rank last printed a line (for the quiet-run warning)
+        self.board = Board()  # the ranks' progress, from the nodes' progress events
         self.before_supervisor: dict[str, list[str]] = {}  # host -> the last lines from before its supervisor ran
 
     def early_lines(self, host: str, line: bytes) -> None:
@@ -100,6 +114,8 @@ class Attempts:
                 self.current = int(event.get("attempt") or 0)
                 self.console.say(f"launch: attempt {self.current + 1} of {self.max_restarts + 1} "
                                  f"(restart {self.current}): the last attempt ended because {event.get('reason')}")
+            elif kind == "progress":
+                self.board.update(event.get("ranks"))
             elif kind == "killed" and event.get("processes"):
                 self.console.say(f"launch: {event.get('host')}: killed what outlived the {event.get('grace')} s grace period: "
                                  f"{describe_killed(event['processes'])}")
@@ -254,9 +270,13 @@ def execute(
             with phases.timing("start"):
                 outcome = _start_all(plan, transport, secrets, procs, readers, paths, console, attempts, heartbeat, verbose)
             if outcome is None:
-                with phases.timing("run"):
-                    outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts, unexpected,
-                                 QuietWatch(hang_warning_s, attempts, paths, console))
+                status = StatusLine(attempts.board, console, started)
+                try:
+                    with phases.timing("run"):
+                        outcome = _watch(plan, procs, interrupt, started, heartbeat, attempts, unexpected,
+                                         QuietWatch(hang_warning_s, attempts, paths, console), status)
+                finally:
+                    status.close()
         except Exception as exc:  # noqa: BLE001 - the safety net: whatever it was, every node is stopped
             unexpected.append(traceback.format_exc())
             outcome = _unexpected_outcome(exc)
@@ -389,10 +409,13 @@ def _minutes(seconds: float) -> str:
 
 
 def _watch(plan: LaunchPlan, procs: dict[str, NodeProcess], interrupt: _Interrupt, started: float,
-           heartbeat: Heartbeat, attempts: Attempts, unexpected: list[str], quiet: QuietWatch | None = None) -> RunOutcome:
+           heartbeat: Heartbeat, attempts: Attempts, unexpected: list[str], quiet: QuietWatch | None = None,
+           status: StatusLine | None = None) -> RunOutcome:
     while True:
         if quiet is not None:
             quiet.tick()
+        if status is not None:
+            status.tick()
         if unexpected:
             last = unexpected[0].strip().splitlines()[-1]
             return RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0,
