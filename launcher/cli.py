@@ -218,25 +218,38 @@ def run_job(args: argparse.Namespace, extra: list[str] | None = None) -> int:
 
 
 def _check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch check", description="Preflight every host of an inventory.")
-    parser.add_argument("cluster", type=Path, help="the inventory (cluster.yaml)")
-    parser.add_argument("--port", type=int, default=29500, help="the rendezvous port that must be free, with the next one (default 29500)")
+    parser = argparse.ArgumentParser(prog="launch check", description="Preflight every host of an inventory, or every "
+                                     "host a job would use as the job needs it (its base image here, a python with the "
+                                     "same torch on runtime: host hosts, GPUs for its processes, the rendezvous port).")
+    parser.add_argument("cluster", type=Path, help="an inventory (cluster.yaml) or a job (job.yaml)")
+    parser.add_argument("--port", type=int, default=None, help="the rendezvous port that must be free, with the next one "
+                        "(default: the job's rdzv_port, or 29500)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .hosts.check import check_cluster
+    from .hosts.check import check_cluster, check_job
+    from .spec import select_hosts
+    from .spec.yamlfile import load_mapping
 
-    if not 1 <= args.port <= 65534:  # and port + 1, the node supervisors'
+    if args.port is not None and not 1 <= args.port <= 65534:  # and port + 1, the node supervisors'
         raise SpecError(f"--port: expected an integer from 1 to 65534, got {args.port}")
-    cluster = load_cluster(args.cluster)
-    results = check_cluster(cluster, args.port)
+    problems: list[str] = []
+    if "command" in load_mapping(args.cluster, str(args.cluster)):  # a job: check it as a launch would need
+        job = load_job(args.cluster)
+        hosts = select_hosts(job, resolve_cluster(job, argparse.Namespace(local=False, cluster=None)))
+        port = args.port or job.rdzv_port or 29500
+        results, problems = check_job(job, hosts, port, sys.executable)
+    else:
+        results = check_cluster(load_cluster(args.cluster), args.port or 29500)
     for result in results:
         print(result.line())
+    for problem in problems:
+        print(f"job: NOT READY: {problem}")
     usable = sum(r.ok for r in results)
-    print(f"{usable} of {len(results)} host(s) usable")
-    return 0 if usable == len(results) else 1
+    print(f"{usable} of {len(results)} host(s) usable" + ("; the job is not ready" if problems else ""))
+    return 0 if usable == len(results) and not problems else 1
 
 
 def _report_parser() -> argparse.ArgumentParser:

@@ -337,3 +337,17 @@ def test_a_terminal_gets_a_live_status_line(tmp_path: Path) -> None:
     with_steps = [s for s in statuses if "samples/s over 2 rank(s)" in s]
     assert with_steps, shown[-3000:]
     assert re.search(r"step \d+/60 \| [\d,.]+ samples/s over 2 rank\(s\) \| slowest rank \d: 0\.100 s/step \| ETA \d+s", with_steps[-1])
+
+
+def test_check_of_a_job_finds_a_python_without_torch(tmp_path: Path) -> None:
+    bare = shutil.which("python3", path="/usr/bin")
+    if not bare or subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
+        pytest.skip("needs a system python3 without torch in /usr/bin")
+    (tmp_path / "cluster.yaml").write_text(f"hosts:\n  - {{name: box, address: local, python: {bare}}}\n")
+    (tmp_path / "job.yaml").write_text("name: bare\nruntime: host\nnproc_per_node: 1\ncommand: [python, -c, 'print(1)']\n")
+    result = launch("check", str(tmp_path / "job.yaml"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"NOT USABLE: {bare} there cannot import torch" in result.stdout and "torch missing" in result.stdout
+    (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: box, address: local}\n")
+    good = launch("check", str(tmp_path / "job.yaml"), cwd=tmp_path)
+    assert good.returncode == 0 and re.search(r"box +this machine +ok .*torch \d", good.stdout), good.stdout

@@ -290,3 +290,16 @@ def test_check_says_a_host_whose_docker_daemon_is_down_is_not_usable(tmp_path: P
     by_host = {line.split()[0]: line for line in result.stdout.splitlines()[:3]}
     assert "NOT USABLE: docker does not answer" in by_host["h3"] and "docker missing" in by_host["h3"]
     assert " ok " in by_host["h1"] and result.stdout.splitlines()[-1] == "2 of 3 host(s) usable"
+
+
+def test_check_of_a_job_checks_what_that_job_needs(tmp_path: Path, lab, base_image: str) -> None:
+    job = host_runtime_job(tmp_path, lab, PROBE, ["--steps", "1"])
+    result = launch("check", str(job), cwd=tmp_path, timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == "3 of 3 host(s) usable" and result.stdout.count(" torch 2.") == 3
+    (tmp_path / "other").mkdir()
+    missing = lab_job(tmp_path / "other", lab, "launch-no-such-base:1", PROBE, ["--steps", "1"])
+    bad = launch("check", str(missing), cwd=tmp_path, timeout=180)
+    assert bad.returncode == 1
+    assert "job: NOT READY: image.base launch-no-such-base:1 is not on this machine" in bad.stdout
+    assert bad.stdout.splitlines()[-1] == "3 of 3 host(s) usable; the job is not ready"

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..errors import LaunchError
-from ..spec import ClusterSpec, Host
+from ..spec import ClusterSpec, Host, JobSpec
 from .parallel import on_every_host
 
 MAX_CLOCK_SKEW_S = 2.0
@@ -26,6 +26,8 @@ printf 'port_busy=%s\n' "$(ss -ltnH "sport = :$0" 2>/dev/null | grep -c . || tru
 printf 'supervisor_port_busy=%s\n' "$(ss -ltnH "sport = :$(($0 + 1))" 2>/dev/null | grep -c . || true)"
 printf 'time=%s\n' "$(date +%s.%N)"
 """
+# $0: a python. Run apart from PROBE: importing torch takes seconds, which would skew the clock reading.
+TORCH_PROBE = "t=\"$(\"$0\" -c 'import torch; print(torch.__version__)' 2>/dev/null)\"; printf 'torch=%s\\n' \"${t:-missing}\""
 
 
 @dataclass
@@ -44,6 +46,8 @@ class HostCheck:
         details = []
         if "docker" in self.facts:
             details.append(f"docker {self.facts['docker']}")
+        if "torch" in self.facts:
+            details.append(f"torch {self.facts['torch']}")
         if "gpus" in self.facts:
             details.append(f"gpus {self.facts['gpus']}/{self.host.gpus}")
         if "port_busy" in self.facts:
@@ -56,12 +60,11 @@ class HostCheck:
         return f"{self.host.name:<12} {where:<16} {verdict}" + (f"  ({', '.join(details)})" if details else "")
 
 
-def check_host(host: Host, port: int) -> HostCheck:
+def check_host(host: Host, port: int, python: str = "", needs_docker: bool = True) -> HostCheck:
+    """One host's preflight; with `python`, also whether that interpreter there has torch."""
     result = HostCheck(host)
     try:
-        sent = time.time()
-        output = _probe(host, port)
-        received = time.time()
+        output, sent, received = _probe(host, port, python)
     except LaunchError as exc:
         result.problems.append(str(exc))
         return result
@@ -70,7 +73,9 @@ def check_host(host: Host, port: int) -> HostCheck:
         if sep:
             result.facts[key.strip()] = value.strip()
     result.facts["port"] = str(port)
-    if result.facts.get("docker", "missing") == "missing" and not host.is_local:
+    if python and result.facts.get("torch", "missing") == "missing":
+        result.problems.append(f"{python} there cannot import torch (runtime: host runs the ranks with it)")
+    if needs_docker and result.facts.get("docker", "missing") == "missing" and not host.is_local:
         result.problems.append("docker does not answer (is dockerd running, may this user use it?)")
     gpus = int(result.facts.get("gpus") or 0)
     if gpus < host.gpus:
@@ -91,18 +96,27 @@ def check_host(host: Host, port: int) -> HostCheck:
     return result
 
 
-def _probe(host: Host, port: int) -> str:
+def _probe(host: Host, port: int, python: str = "") -> tuple[str, float, float]:
+    """PROBE's output (with TORCH_PROBE's, for `python`), and when PROBE was sent and answered."""
     if host.is_local:
         if not shutil.which("sh"):
             raise LaunchError("no sh on this machine")
-        done = subprocess.run(["sh", "-c", PROBE, str(port)], capture_output=True, text=True, timeout=60)
-        return done.stdout
+        sent = time.time()
+        output = subprocess.run(["sh", "-c", PROBE, str(port)], capture_output=True, text=True, timeout=60).stdout
+        received = time.time()
+        if python:
+            output += subprocess.run(["sh", "-c", TORCH_PROBE, python], capture_output=True, text=True, timeout=120).stdout
+        return output, sent, received
     from .ssh import connect, run  # the SSH library only when a remote host is checked
 
     conn = connect(host)
     try:
+        sent = time.time()
         _, output = run(conn, ["sh", "-c", PROBE, str(port)], timeout=60)
-        return output
+        received = time.time()
+        if python:
+            output += run(conn, ["sh", "-c", TORCH_PROBE, python], timeout=120)[1]
+        return output, sent, received
     finally:
         conn.close()
 
@@ -110,3 +124,45 @@ def _probe(host: Host, port: int) -> str:
 def check_cluster(cluster: ClusterSpec, port: int) -> list[HostCheck]:
     results, _ = on_every_host(cluster.hosts, lambda h: check_host(h, port), lambda h: h.name)
     return [results[h.name] for h in cluster.hosts]
+
+
+def check_job(job: JobSpec, hosts: tuple[Host, ...], port: int, local_python: str) -> tuple[list[HostCheck], list[str]]:
+    """`launch check JOB.yaml`: every host the job would use, as the job needs it (docker, or a
+    python with torch, the same version everywhere; GPUs for its processes; the rendezvous port on
+    the first host), and what the job needs here (its base image). Host results, and job problems."""
+    remote = any(not h.is_local for h in hosts)
+    on_host = job.runtime == "host" or not remote
+
+    def one(host: Host) -> HostCheck:
+        python = (host.python or (local_python if host.is_local else "python3")) if on_host else ""
+        return check_host(host, port, python=python, needs_docker=not on_host)
+
+    results, _ = on_every_host(hosts, one, lambda h: h.name)
+    checks = [results[h.name] for h in hosts]
+    for i, check in enumerate(checks):
+        if i > 0:  # only the first host holds the rendezvous
+            check.problems = [p for p in check.problems if not p.startswith("port ")]
+        nproc = job.nproc_per_node
+        gpus = int(check.facts.get("gpus") or 0)
+        if isinstance(nproc, int) and check.host.gpus and nproc > gpus and gpus:
+            check.problems.append(f"nproc_per_node: {nproc} is more than the {gpus} GPU(s) visible there")
+    problems = []
+    versions = {c.facts["torch"] for c in checks if c.facts.get("torch", "missing") != "missing"}
+    if len(versions) > 1:
+        problems.append(f"the hosts have different torch versions ({', '.join(sorted(versions))}); ranks of one run need the same")
+    if job.runtime == "docker" and remote:
+        problems += _base_here(job.image.base)
+    return checks, problems
+
+
+def _base_here(base: str) -> list[str]:
+    try:
+        import docker
+        import docker.errors
+
+        docker.from_env().images.get(base)
+        return []
+    except docker.errors.ImageNotFound:
+        return [f"image.base {base} is not on this machine; docker pull it (or build it) before launching"]
+    except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
+        return [f"this machine's Docker engine does not answer, so the image cannot be built ({exc})"]
