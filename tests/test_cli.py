@@ -153,3 +153,15 @@ def test_overrides_reach_the_ranks(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for rank in (0, 1):
         assert f"[local/{rank}] seen 0.5 2 ['--fixed', '--epochs', '3']" in result.stdout
+
+
+def test_report_looks_run_ids_up_under_runs_dir_and_lists_recent_runs(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere" / "job-1").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "job-1" / "plan.json").write_text("{}")
+    (tmp_path / "elsewhere" / "job-1" / "summary.json").write_text(json.dumps({"status": "failed"}))
+    found = launch("report", "job-1", "--runs-dir", str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert found.returncode == 2 and f"{tmp_path / 'elsewhere' / 'job-1'}: the run failed" in found.stderr
+    unknown = launch("report", "nope", "--runs-dir", str(tmp_path / "elsewhere"), cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert unknown.stderr == (f"launch: error: nope: not a run directory or a run id under {tmp_path / 'elsewhere'}; "
+                              f"recent runs in {tmp_path / 'elsewhere'}: job-1\n")
