@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.console import Console as RichConsole
 
 from ..errors import EXIT_FAILED, LaunchError, SpecError
-from ..image.build import CACHE, image_tag
+from ..image.build import CACHE, PACKAGE, image_tag
 from ..hosts.ports import check_free, free_port_pair, listeners_over
 from ..plan import PlanOptions, make_plan, rdzv_port
 from ..results.scaling import FILES, markdown, write_scaling
@@ -65,7 +65,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         local_checkpoints=str(request.runs_dir.resolve() / "checkpoints"),
         workdir_hash=manifest.hash if remote else None,
         rdzv_port=None if remote or job.rdzv_port or request.dry_run else free_port_pair(),
-        local_lib=str(Path(__file__).resolve().parent.parent.parent),
+        local_lib=str(PACKAGE.parent),
     )
     if request.dry_run:
         print(make_plan(job, hosts, paths.run_id, options).describe())
@@ -128,6 +128,13 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         outcome.phases = {**phases.seconds, **outcome.phases}
     finally:
         transport.close()
+    summary = _finish(plan, outcome, paths, console, request.debug)
+    return outcome.exit_code, summary
+
+
+def _finish(plan, outcome: RunOutcome, paths: rundir.RunPaths, console: Console, debug: bool) -> dict:
+    """summary.json (and the traceback of an unexpected error) written, the summary printed; a
+    file that cannot be written, or a terminal that is gone, does not stop it."""
     summary = build_summary(plan, outcome, paths)
     if outcome.unexpected:
         summary["error"] = {"traceback_file": str(paths.error_file), "message": outcome.unexpected.strip().splitlines()[-1]}
@@ -135,7 +142,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
             rundir.write_text(paths.error_file, outcome.unexpected)
         except LaunchError as exc:
             console.say(f"launch: {exc}")
-        if request.debug:
+        if debug:
             print(outcome.unexpected, file=sys.stderr, end="", flush=True)
     try:
         rundir.write_json(paths.summary_file, summary)
@@ -145,10 +152,10 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         render(summary, RichConsole(highlight=False, soft_wrap=True))
         if outcome.unexpected:
             print(f"launch: the launcher hit an unexpected error; every node was stopped; the traceback is in {paths.error_file}"
-                  + ("" if request.debug else " (--debug prints it)"), file=sys.stderr, flush=True)
+                  + ("" if debug else " (--debug prints it)"), file=sys.stderr, flush=True)
     except OSError:  # the terminal is gone (SIGHUP): summary.json has it all
         pass
-    return outcome.exit_code, summary
+    return summary
 
 
 def _folders(job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions) -> dict[str, str]:
