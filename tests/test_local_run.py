@@ -351,3 +351,14 @@ def test_check_of_a_job_finds_a_python_without_torch(tmp_path: Path) -> None:
     (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: box, address: local}\n")
     good = launch("check", str(tmp_path / "job.yaml"), cwd=tmp_path)
     assert good.returncode == 0 and re.search(r"box +this machine +ok .*torch \d", good.stdout), good.stdout
+
+
+def test_output_without_line_breaks_is_passed_on_in_pieces(tmp_path: Path) -> None:
+    (tmp_path / "flood.py").write_text("import sys\nfor _ in range(200):\n    sys.stdout.write('y' * 100_000)\nsys.stdout.write('\\nend\\n')\n")
+    (tmp_path / "job.yaml").write_text("name: flood\nnproc_per_node: 1\nruntime: host\ncommand: [python, flood.py]\n")
+    result = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pieces = [line for line in result.stdout.splitlines() if line.startswith("[local/0] yyy")]
+    assert len(pieces) >= 300 and max(len(p) for p in pieces) <= (1 << 16) + 20  # 20 MB with no line break, in pieces
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    assert (run / "logs/local/rank0.log").read_bytes() == b"y" * 20_000_000 + b"\nend\n"  # the log keeps the bytes as written

@@ -44,7 +44,8 @@ class SshProcess:
         self.code: int | None = None
 
     def lines(self) -> Iterator[bytes]:
-        yield from iter(self.channel.makefile("rb").readline, b"")
+        stream = self.channel.makefile("rb")
+        yield from iter(lambda: stream.readline(contract.LINE_MAX + 4096), b"")
 
     def poll(self) -> int | None:
         if self.code is None and self.channel.exit_status_ready():

@@ -79,6 +79,8 @@ def parse_rank_file(name: str, suffix: str) -> tuple[int, int | None] | None:
 
 
 # ---- lines: every rank line reaches the console as `[host/rank] text`, torchrun's as `[host] text`
+LINE_MAX = 1 << 16  # a longer line (output with no line break for megabytes) is passed on in pieces of this size
+
 def rank_prefix(host: str, rank: int | str) -> bytes:
     return f"[{host}/{rank}] ".encode()
 

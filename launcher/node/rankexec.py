@@ -98,7 +98,7 @@ def main(argv: list[str]) -> int:
     console_ok = True
     log = _open_log(log_dir, rank, out, prefix)
     assert child.stdout is not None
-    for line in iter(child.stdout.readline, b""):
+    for line in iter(lambda: child.stdout.readline(contract.LINE_MAX), b""):
         if log is not None:
             try:
                 log.write(line)

@@ -330,7 +330,7 @@ class Supervisor:
             self._end_child()
         with _open_or_null(os.path.join(self.log_dir, contract.AGENT_LOG)) as agent_log:
             assert child.stdout is not None
-            for line in iter(child.stdout.readline, b""):
+            for line in iter(lambda: child.stdout.readline(contract.LINE_MAX + 4096), b""):  # a rank's piece and its prefix
                 if not line.endswith(b"\n"):
                     line += b"\n"
                 event = contract.parse_event(line)

@@ -93,7 +93,7 @@ class LocalProcess:
     def lines(self) -> Iterator[bytes]:
         stream: IO[bytes] | None = self.popen.stdout
         assert stream is not None
-        yield from iter(stream.readline, b"")
+        yield from iter(lambda: stream.readline(contract.LINE_MAX + 4096), b"")
 
     def poll(self) -> int | None:
         return self.popen.poll()
