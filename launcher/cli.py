@@ -310,7 +310,7 @@ def _logs(args: argparse.Namespace) -> int:
         existing.describe(run)  # finishes a run that has ended, and collects what a lost host kept
         if run.summary is None:  # still running: what the hosts have so far
             for node in run.plan.nodes:
-                for line in run.transport.read_output(node, 0).splitlines(keepends=True):
+                for line in existing.output_lines(run, node):
                     existing.show_line(line, node.host, args.rank, out, lambda _text: None)
             out.flush()
             return 0

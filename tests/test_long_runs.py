@@ -62,12 +62,13 @@ def test_a_killed_launcher_leaves_no_rank_and_its_logs_come_back(probe_job, tmp_
     record = json.loads((tmp_path / "runs" / run_id / "logs/box/node.status.json").read_text())
     assert (record["state"], record["cause"]) == ("stopped", "lease")
     deadline = time.monotonic() + 30
-    while status(run_id, tmp_path)["status"] == "running" and time.monotonic() < deadline:
-        time.sleep(1)
     # the lease file ages out, then status says what happened and writes the summary
-    while not (tmp_path / "runs" / run_id / "summary.json").exists() and time.monotonic() < deadline:
-        time.sleep(1)
+    while True:
         row = status(run_id, tmp_path)
+        if row["status"] != "running" and (tmp_path / "runs" / run_id / "summary.json").exists():
+            break
+        assert time.monotonic() < deadline, row
+        time.sleep(1)
     assert row["status"] == "lost" and row["hosts"] == {"box": "stopped"}
     summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
     assert summary["status"] == "lost" and "stopped renewing its lease" in summary["reason"]

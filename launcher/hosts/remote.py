@@ -27,7 +27,7 @@ from ..image.build import shipped_files
 from ..node import contract
 from ..plan import REMOTE_LIB, REMOTE_WORKDIR, RUN_LABEL, NodeKind, NodePlan
 from ..run.rundir import RunPaths
-from ..run.transport import EXTRA_WAIT_S
+from ..run.transport import EXTRA_WAIT_S, OUTPUT_CHUNK
 from ..spec import Host
 from .ssh import connect, open_command, pipe_into, run
 
@@ -181,7 +181,7 @@ class SshTransport:
         try:
             with self._sftp(node.host).open(f"{log_dir}/{contract.NODE_OUTPUT}", "rb") as fh:
                 fh.seek(offset)
-                return fh.read()
+                return fh.read(OUTPUT_CHUNK)
         except FileNotFoundError:
             return b""
         except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, Iterator
 
 from ..errors import EXIT_FAILED, EXIT_OK, LaunchError, SpecError
 from ..hosts.parallel import on_every_host
@@ -23,7 +23,7 @@ from ..results.summary import build_summary
 from . import rundir
 from ..results.outcome import RunOutcome, RunState
 from .rundir import RunPaths
-from .transport import LocalTransport, Transport
+from .transport import OUTPUT_CHUNK, LocalTransport, Transport
 
 WATCHED_SLACK_S = 5.0  # an attached run's lease file may be this much older than its lease
 STARTING_S = 120.0  # a node that has not said anything yet is starting, for this long after the plan
@@ -314,6 +314,18 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
         time.sleep(0.5)
 
 
+def output_lines(run: ExistingRun, node: NodePlan) -> Iterator[bytes]:
+    """A node's output so far, line by line, read a chunk at a time."""
+    offset, partial = 0, b""
+    while data := run.transport.read_output(node, offset):
+        offset += len(data)
+        lines = (partial + data).split(b"\n")
+        partial = lines.pop()
+        yield from (line + b"\n" for line in lines)
+    if partial:
+        yield partial + b"\n"
+
+
 def show_line(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None]) -> bool:
     """Print one line of a node's output; True when it is the node's last (its end event)."""
     event = contract.parse_event(line)
@@ -345,14 +357,14 @@ def print_local_logs(paths: RunPaths, rank: int | None, out: BinaryIO) -> None:
                    "launch: no rank of this run wrote a log, and torchrun left none")
         for log in agent_logs:
             with log.open("rb") as fh:
-                for line in fh:
+                for line in iter(lambda: fh.readline(contract.LINE_MAX), b""):
                     out.write(line.rstrip(b"\n") + b"\n")
     for r, log in logs.items():
         if rank is not None and r != rank:
             continue
         prefix = contract.rank_prefix(log.parent.name, r)
         with log.open("rb") as fh:
-            for line in fh:
+            for line in iter(lambda: fh.readline(contract.LINE_MAX), b""):
                 out.write(prefix + line.rstrip(b"\n") + b"\n")
     out.flush()
 
@@ -364,19 +376,24 @@ def follow_watched(run: ExistingRun, rank: int | None, out: BinaryIO) -> bool:
     while True:
         done = run.paths.summary_file.exists()
         gone = not done and not run.watched()
+        more = False
         for r, log in run.paths.rank_logs().items():
             if rank is not None and r != rank:
                 continue
             with log.open("rb") as fh:
                 fh.seek(offsets.get(log, 0))
-                data = fh.read()
-            # whole lines only, so a line being written is not split
-            end = len(data) if done else data.rfind(b"\n") + 1
+                data = fh.read(OUTPUT_CHUNK)
+            full = len(data) == OUTPUT_CHUNK
+            more = more or full
+            # whole lines only, so a line being written is not split (unless one line fills a whole chunk)
+            end = len(data) if done and not full else data.rfind(b"\n") + 1 or (len(data) if full else 0)
             offsets[log] = offsets.get(log, 0) + end
             prefix = contract.rank_prefix(log.parent.name, r)
-            for line in data[:end].splitlines():
+            for line in data[:end].split(b"\n")[: -1 if data[:end].endswith(b"\n") else None]:
                 out.write(prefix + line + b"\n")
         out.flush()
+        if more:
+            continue
         if done:
             return True
         if gone:

@@ -21,6 +21,7 @@ from ..node import contract
 from ..node.procs import alive, signal_group
 from ..plan import DETACHED_OUTPUT, SUPERVISOR_MODULE, NodePlan
 
+OUTPUT_CHUNK = 8 << 20  # at most this much of a node's output is read at once
 EXTRA_WAIT_S = 5.0  # beyond the grace period, for the node's supervisor to finish its own stop
 
 
@@ -54,7 +55,7 @@ class Transport(Protocol):
         whether any process of the node's part still runs."""
 
     def read_output(self, node: NodePlan, offset: int) -> bytes:
-        """The node's output file (`contract.NODE_OUTPUT`) from `offset` on."""
+        """The node's output file (`contract.NODE_OUTPUT`) from `offset` on, at most OUTPUT_CHUNK of it."""
 
     def collect(self, node: NodePlan) -> None:
         """Bring the node's logs and metrics into the run directory, then remove its files there."""
@@ -160,7 +161,7 @@ class LocalTransport:
         try:
             with open(os.path.join(log_dir, contract.NODE_OUTPUT), "rb") as fh:
                 fh.seek(offset)
-                return fh.read()
+                return fh.read(OUTPUT_CHUNK)
         except OSError:
             return b""
 
