@@ -83,8 +83,10 @@ def test_two_ranks_and_accumulation_give_the_parameters_of_one_big_batch(tmp_pat
     assert moved > 1e-3, "three steps must move the parameters, or the comparison proves nothing"
     for name in ("two-ranks", "two-ranks-accum", "one-accum"):
         difference = max_difference(reference, final_parameters(tmp_path, name))
-        # sums in another order differ by ~1e-7; a missing all-reduce or an unscaled loss by about `moved`
-        assert difference < 1e-3 * moved, (name, difference, moved)
+        # sums in another order differ by ~1e-7, and convolution kernels that some CPUs pick by batch size by
+        # up to ~1% of `moved` after three steps (0.8% seen on an AMD EPYC for batch 4 against 16); a missing
+        # all-reduce or an unscaled loss differ by about `moved` itself
+        assert difference < 5e-2 * moved, (name, difference, moved)
 
 
 def test_a_stopped_run_resumed_from_its_checkpoint_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
