@@ -91,10 +91,12 @@ class Bench:
                       "-v", "/tmp/byhand:/w", "-w", "/w", base, "python", "-m", "torch.distributed.run", "--nnodes=3",
                       f"--node-rank={i}", "--nproc-per-node=1", f"--master-addr={self.lab.hosts[0].address}",
                       f"--master-port={port}", *command[1:]]
-            procs.append(subprocess.Popen(self.lab.ssh_argv(h.name, shlex.join(remote)), stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
-        if any(p.wait() != 0 for p in procs):
-            sys.exit("the by-hand run failed")
+            procs.append(subprocess.Popen(self.lab.ssh_argv(h.name, shlex.join(remote)), stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT))
+        outputs = [p.communicate()[0] for p in procs]
+        failed = [(h.name, out) for h, p, out in zip(self.lab.hosts, procs, outputs) if p.returncode != 0]
+        if failed:
+            sys.exit("the by-hand run failed: " + "; ".join(f"{name}: {out.decode(errors='replace')[-1500:]}" for name, out in failed))
 
     def by_hand_ship(self, tag: str) -> None:
         procs = []
