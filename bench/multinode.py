@@ -82,13 +82,15 @@ class Bench:
 
     def by_hand_run(self, base: str, code: Path, command: list[str], port: int = 29511) -> None:
         """Copy the code to every host (tar over ssh), then torchrun in a container on each."""
-        tar = subprocess.run(["tar", "-C", str(code), "--exclude=__pycache__", "-c", "."], capture_output=True, check=True).stdout
+        # the code, and the launcher's metrics writer beside it (the book jobs import launcher.node.metrics)
+        tar = subprocess.run(["tar", "--exclude=__pycache__", "-c", "-C", str(code), ".", "-C", str(ROOT), "launcher/__init__.py",
+                              "launcher/node"], capture_output=True, check=True).stdout
         for h in self.lab.hosts:
             self.lab.ssh(h.name, "rm -rf /tmp/byhand && mkdir -p /tmp/byhand && tar -x -C /tmp/byhand", input=tar, timeout=300)
         procs = []
         for i, h in enumerate(self.lab.hosts):
             remote = ["docker", "run", "--rm", "--network", "host", "-e", "GLOO_SOCKET_IFNAME=eth0", "-e", "OMP_NUM_THREADS=1",
-                      "-v", "/tmp/byhand:/w", "-w", "/w", base, "python", "-m", "torch.distributed.run", "--nnodes=3",
+                      "-e", "PYTHONPATH=/w", "-v", "/tmp/byhand:/w", "-w", "/w", base, "python", "-m", "torch.distributed.run", "--nnodes=3",
                       f"--node-rank={i}", "--nproc-per-node=1", f"--master-addr={self.lab.hosts[0].address}",
                       f"--master-port={port}", *command[1:]]
             procs.append(subprocess.Popen(self.lab.ssh_argv(h.name, shlex.join(remote)), stdout=subprocess.PIPE,
