@@ -258,8 +258,9 @@ def test_a_run_whose_ranks_fall_silent_is_said_to_be_quiet(tmp_path: Path) -> No
     result = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [line for line in result.stdout.splitlines() if line.startswith("launch: warning: no rank has printed")]
-    assert 1 <= len(warnings) <= 2, result.stdout  # at 3 s (and maybe 6 s) of silence, not on every poll
-    assert "for 3 s" in warnings[0]
+    # once per 3 s of silence (a slow start before the first line counts too), not on every poll
+    assert 1 <= len(warnings) <= 4, result.stdout
+    assert all(re.search(r"for (3|6|9|12) s;", w) for w in warnings), warnings
     from launcher.spec import load_job
 
     (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: false\n")
