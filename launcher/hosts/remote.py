@@ -53,13 +53,20 @@ class SshProcess:
         return self.code
 
     def stop(self, grace_s: float) -> str | None:
-        """End the node's part: its containers (by the run's label), or its process group."""
+        """End the node's part: its containers (by the run's label), or its process group. Asked
+        again while the node's command still runs: a container still being created when the first
+        stop looked is found by the next."""
+        forced = None
+        deadline = time.monotonic() + grace_s + EXTRA_WAIT_S + 10
         try:
-            return self.transport.stop(self.node, grace_s)
+            while True:
+                forced = self.transport.stop(self.node, grace_s) or forced
+                settle = time.monotonic() + 2
+                while self.poll() is None and time.monotonic() < settle:
+                    time.sleep(0.05)
+                if self.poll() is not None or time.monotonic() > deadline:
+                    return forced
         finally:
-            deadline = time.monotonic() + 10
-            while self.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
             if self.poll() is None:
                 self.channel.close()
                 self.code = 255
