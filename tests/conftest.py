@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,24 @@ def launch(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: fl
         [sys.executable, "-m", "launcher", *args],
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
+
+
+def start_launcher(job: Path, cwd: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`launch JOB EXTRA...` in the background, its output merged on a text pipe."""
+    return subprocess.Popen([sys.executable, "-m", "launcher", str(job), *extra], cwd=cwd, env=dict(os.environ, **(env or {})),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(proc: subprocess.Popen, done, limit_s: float = 120) -> list[str]:
+    """The launcher's lines until `done(lines)` holds."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + limit_s
+    for line in proc.stdout:
+        seen.append(line)
+        if done(seen) or time.monotonic() > deadline:
+            break
+    return seen
 
 
 def run_id_of(output: str) -> str:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import launch, run_id_of
+from conftest import launch, read_until, run_id_of, start_launcher
 from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
@@ -69,14 +68,8 @@ def test_a_full_disk_under_the_run_directory(tmp_path: Path, small_disk: Path) -
 
 def test_a_run_directory_made_read_only_mid_run(tmp_path: Path, small_disk: Path) -> None:
     job = chatty_job(tmp_path, 40, 0.1)
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--local", "--runs-dir", str(small_disk / "runs")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if sum("] line 5 " in s for s in seen) == 2:
-            break
+    proc = start_launcher(job, tmp_path, "--local", "--runs-dir", str(small_disk / "runs"))
+    seen = read_until(proc, lambda lines: sum("] line 5 " in line for line in lines) == 2)
     runs = small_disk / "runs"  # read-only from now on for whatever opens a file in it
     subprocess.run(["mount", "--bind", str(runs), str(runs)], check=True)
     subprocess.run(["mount", "-o", "remount,bind,ro", str(runs)], check=True)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import PROBE, ROOT, containers, host_runtime_job, lab_job, launch, run_id_of
+from conftest import PROBE, ROOT, containers, host_runtime_job, lab_job, launch, read_until, run_id_of, start_launcher
 from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
@@ -22,8 +21,7 @@ NOTHING = {"h1": [], "h2": [], "h3": []}
 
 
 def start(job: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(cwd / "runs")], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return start_launcher(job, cwd, "--runs-dir", str(cwd / "runs"))
 
 
 def until_every_rank_stepped(proc: subprocess.Popen, step: int = 3) -> str:
@@ -236,12 +234,7 @@ def test_ranks_that_ignore_sigterm_are_killed_on_every_kind_of_node(tmp_path: Pa
     stubborn = ROOT / "tests/jobs/stubborn.py"
     job = lab_job(tmp_path, lab, base_image, stubborn, []) if runtime == "docker" else host_runtime_job(tmp_path, lab, stubborn, [])
     proc = start(job, tmp_path)
-    assert proc.stdout is not None
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if sum("stubborn rank" in s for s in seen) == 3:
-            break
+    seen = read_until(proc, lambda lines: sum("stubborn rank" in line for line in lines) == 3)
     run_id = run_id_of("".join(seen))
     proc.send_signal(2)
     rest, _ = proc.communicate(timeout=120)
@@ -256,9 +249,7 @@ def test_ranks_that_ignore_sigterm_are_killed_on_every_kind_of_node(tmp_path: Pa
 
 def test_closing_the_terminal_of_a_lab_run_stops_it_and_leaves_nothing(tmp_path: Path, lab, base_image: str) -> None:
     job = lab_job(tmp_path, lab, base_image, PROBE, LONG, extra='secrets: [LAB_TOKEN]\n')
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, LAB_TOKEN="hup-secret-value"))
+    proc = start_launcher(job, tmp_path, "--runs-dir", str(tmp_path / "runs"), env={"LAB_TOKEN": "hup-secret-value"})
     run_id = run_id_of(until_every_rank_stepped(proc))
     proc.send_signal(1)  # SIGHUP: what a terminal sends when it closes
     rest, _ = proc.communicate(timeout=120)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_secret_nowhere, launch, run_id_of
+from conftest import ROOT, assert_secret_nowhere, launch, read_until, run_id_of, start_launcher
 from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
@@ -206,14 +206,8 @@ def test_ranks_that_ignore_sigterm_are_killed_and_named(tmp_path: Path, how: str
     shutil.copy(ROOT / "tests/jobs/stubborn.py", tmp_path / "stubborn.py")
     timeout = "timeout: 8s\n" if how == "timeout" else ""
     (tmp_path / "job.yaml").write_text(f"name: stubborn\nnproc_per_node: 2\nruntime: host\ncommand: [python, stubborn.py]\n{timeout}")
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if sum("stubborn rank" in seen for seen in lines) == 2:
-            break
+    proc = start_launcher(tmp_path / "job.yaml", tmp_path, "--local", "--runs-dir", str(tmp_path / "runs"))
+    lines = read_until(proc, lambda seen: sum("stubborn rank" in line for line in seen) == 2)
     run_id = run_id_of("".join(lines))
     if how == "ctrl-c":
         proc.send_signal(signal.SIGINT)
@@ -290,10 +284,16 @@ def test_the_console_shows_ranks_and_the_launcher_and_torchrun_only_with_verbose
     assert loud.returncode == 1 and any(line.startswith("[box] ") for line in loud.stdout.splitlines())
 
 
-def test_a_python_without_torch_is_the_named_root_cause_and_logs_show_it(tmp_path: Path) -> None:
+def python_without_torch() -> str:
+    """The system's python3, which has no torch (the launcher's own venv has it)."""
     bare = shutil.which("python3", path="/usr/bin")
     if not bare or subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
         pytest.skip("needs a system python3 without torch in /usr/bin")
+    return bare
+
+
+def test_a_python_without_torch_is_the_named_root_cause_and_logs_show_it(tmp_path: Path) -> None:
+    bare = python_without_torch()
     (tmp_path / "cluster.yaml").write_text(f"hosts:\n  - {{name: box, address: local, python: {bare}}}\n")
     (tmp_path / "job.yaml").write_text("name: bare\nruntime: host\nnproc_per_node: 1\ncommand: [python, -c, 'print(1)']\n")
     result = launch(str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
@@ -342,9 +342,7 @@ def test_a_terminal_gets_a_live_status_line(tmp_path: Path) -> None:
 
 
 def test_check_of_a_job_finds_a_python_without_torch(tmp_path: Path) -> None:
-    bare = shutil.which("python3", path="/usr/bin")
-    if not bare or subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
-        pytest.skip("needs a system python3 without torch in /usr/bin")
+    bare = python_without_torch()
     (tmp_path / "cluster.yaml").write_text(f"hosts:\n  - {{name: box, address: local, python: {bare}}}\n")
     (tmp_path / "job.yaml").write_text("name: bare\nruntime: host\nnproc_per_node: 1\ncommand: [python, -c, 'print(1)']\n")
     result = launch("check", str(tmp_path / "job.yaml"), cwd=tmp_path)

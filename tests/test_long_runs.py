@@ -10,29 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import launch, run_id_of
+from conftest import launch, read_until, run_id_of, start_launcher
 from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
 
 LONG = ["--steps", "600", "--sleep", "0.1"]
-
-
-def start_launcher(job: Path, cwd: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "launcher", str(job), *extra], cwd=cwd,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def read_until(proc: subprocess.Popen, done, limit_s: float = 120) -> list[str]:
-    """The launcher's lines until `done(lines)` holds."""
-    assert proc.stdout is not None
-    seen: list[str] = []
-    deadline = time.monotonic() + limit_s
-    for line in proc.stdout:
-        seen.append(line)
-        if done(seen) or time.monotonic() > deadline:
-            break
-    return seen
 
 
 def wait_gone(run_id: str, limit_s: float) -> float:
