@@ -150,14 +150,15 @@ def main() -> None:
                 sent = sent_mb(out)
                 bench.clear_hosts()
                 hands.append(timed(lambda: (bench.by_hand_ship(base), bench.by_hand_run(base, code, cmd)))[0])
+                print(f"{name}: launch {launches[-1]:.1f} s, by hand {hands[-1]:.1f} s", file=sys.stderr, flush=True)
             rows[name] = {"launch": launches, "hand": hands, "sent": sent, "size": image_size(out)}
 
-        cold("cold probe", probe, lab_base, work, command)
-        if cpu_base:
+        if cpu_base:  # first: the longest case, and the one most likely to fail
             reference = bench.job("bench-reference", BOOK, ["python", "resnet18_cifar10.py", *REFERENCE_ARGS], cpu_base,
                                   BOOK / "requirements.txt")
             cold("cold reference", reference, cpu_base, BOOK, ["python", "resnet18_cifar10.py", *REFERENCE_ARGS])
-            bench.clear_hosts()
+        cold("cold probe", probe, lab_base, work, command)
+        bench.clear_hosts()
         lab.ensure_image(lab_base)
         out = bench.launch(probe)  # the probe's image and workdir on every host
         warm_l, warm_h = [], []
