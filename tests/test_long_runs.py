@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -170,3 +172,24 @@ def test_stop_of_an_attached_run_from_another_terminal(probe_job, tmp_path: Path
     summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
     assert summary["status"] == "stopped" and "stopped from outside the launcher" in summary["reason"]
     assert processes_of_run(run_id) == []
+
+
+def test_logs_follow_of_a_detached_run_says_its_progress(probe_job, tmp_path: Path, monkeypatch) -> None:
+    from launcher.run import existing
+
+    monkeypatch.setattr(existing, "PLAIN_EVERY_S", 1.0)  # a line every 30 s for users; every second here
+    job = probe_job(["--steps", "60", "--sleep", "0.2"])
+    result = launch(str(job), "--detach", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = existing.open_run(tmp_path / "runs" / result.stdout.split()[2])
+    said: list[str] = []
+    try:
+        summary = existing.follow(run, None, io.BytesIO(), said.append)
+    finally:
+        run.close()
+    assert summary["status"] == "succeeded"
+    progress = [line for line in said if line.startswith("launch: progress: elapsed ")]
+    assert progress, said
+    assert "samples/s over 2 rank(s)" in progress[-1] and "slowest rank" in progress[-1]
+    steps = [int(re.search(r"\| step (\d+)", line).group(1)) for line in progress]
+    assert steps == sorted(steps) and 0 < steps[-1] <= 60

@@ -23,6 +23,7 @@ from ..results.summary import build_summary
 from . import rundir
 from ..results.outcome import RunOutcome, RunState
 from .rundir import RunPaths
+from .status import PLAIN_EVERY_S, Board
 from .transport import OUTPUT_CHUNK, LocalTransport, Transport
 
 WATCHED_SLACK_S = 5.0  # an attached run's lease file may be this much older than its lease
@@ -286,6 +287,8 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
     partial = {n.host: b"" for n in run.plan.nodes}
     ended: set[str] = set()
     last_check = 0.0
+    board, started = Board(), None  # the ranks' progress, said on stderr every PLAIN_EVERY_S
+    last_progress = time.monotonic()
     while True:
         reading = [n for n in run.plan.nodes if n.host not in ended]
         # every host at once: hosts that do not answer cost a round one time-out, not one each
@@ -296,15 +299,20 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
             lines = (partial[node.host] + data).split(b"\n")
             partial[node.host] = lines.pop()
             for line in lines:
-                if show_line(line + b"\n", node.host, rank, out, say):
+                if show_line(line + b"\n", node.host, rank, out, say, board):
                     ended.add(node.host)
         out.flush()
         if len(ended) == len(run.plan.nodes):
             break
         if time.monotonic() - last_check > 3:
             last_check = time.monotonic()
-            if run_state(host_states(run)) is not RunState.RUNNING and not run.watched():
+            hosts = host_states(run)
+            started = started or _times(run, hosts)[0]
+            if run_state(hosts) is not RunState.RUNNING and not run.watched():
                 break
+        if board.ranks and started and time.monotonic() - last_progress >= PLAIN_EVERY_S:
+            last_progress = time.monotonic()
+            say(f"launch: progress: {board.line(time.time() - started)}")
         time.sleep(0.5)
     while True:  # a node says its last line a moment before its processes are gone
         hosts = host_states(run)
@@ -326,11 +334,15 @@ def output_lines(run: ExistingRun, node: NodePlan) -> Iterator[bytes]:
         yield partial + b"\n"
 
 
-def show_line(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None]) -> bool:
-    """Print one line of a node's output; True when it is the node's last (its end event)."""
+def show_line(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None],
+              board: Board | None = None) -> bool:
+    """Print one line of a node's output (a progress event goes on the board); True when it is the
+    node's last (its end event)."""
     event = contract.parse_event(line)
     if event is not None:
-        if event.get("event") == "attempt":
+        if event.get("event") == "progress" and board is not None:
+            board.update(event.get("ranks"))
+        elif event.get("event") == "attempt":
             say(f"launch: {host}: attempt {int(event['attempt']) + 1} of {event.get('attempts')} "
                 f"(restart {event['attempt']}): the last attempt ended because {event.get('reason')}")
         elif event.get("event") == "stopping":
