@@ -21,7 +21,7 @@ from .spec import MAX_NPROC_PER_NODE, ClusterSpec, JobSpec, check_env_name, load
 from .spec.fields import suggest
 
 COMMANDS = ("check", "status", "logs", "stop", "report")
-GLOBAL_FLAGS = ("--debug",)  # taken before or after a command's name
+GLOBAL_FLAGS = {"--debug": 0, "--runs-dir": 1}  # taken before or after a command's name; how many values each takes
 EXIT_CODES = ("exit codes: 0 the run succeeded (or the command did its work); 1 the run failed, was stopped or could "
               "not be carried out; 2 bad input (nothing was started); 130 interrupted (Ctrl-C, SIGTERM, the terminal closed)")
 EXAMPLES = """examples:
@@ -90,8 +90,8 @@ def _unexpected(exc: Exception, debug: bool) -> int:
 def _command_first(argv: list[str]) -> list[str]:
     """`launch --debug logs RUN` as `launch logs RUN --debug`: global flags may come first."""
     lead = 0
-    while lead < len(argv) and argv[lead] in GLOBAL_FLAGS:
-        lead += 1
+    while lead < len(argv) and (argv[lead] in GLOBAL_FLAGS or argv[lead].split("=", 1)[0] in GLOBAL_FLAGS):
+        lead += 1 + (GLOBAL_FLAGS.get(argv[lead], 0) if "=" not in argv[lead] else 0)
     if lead and lead < len(argv) and argv[lead] in COMMANDS:
         return [argv[lead], *argv[lead + 1:], *argv[:lead]]
     return argv

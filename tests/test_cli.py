@@ -129,6 +129,9 @@ def test_version_help_and_a_mistyped_command(tmp_path: Path) -> None:
 def test_a_global_flag_before_the_command(tmp_path: Path) -> None:
     result = launch("--debug", "status", "--runs-dir", str(tmp_path / "none"), cwd=tmp_path)
     assert result.returncode == 0 and result.stdout == f"no runs in {tmp_path / 'none'}\n"
+    for first in (["--runs-dir", str(tmp_path / "other")], [f"--runs-dir={tmp_path / 'other'}", "--debug"]):
+        result = launch(*first, "status", cwd=tmp_path)
+        assert result.returncode == 0 and result.stdout == f"no runs in {tmp_path / 'other'}\n", result.stderr
 
 
 @pytest.mark.parametrize("args, message", [
