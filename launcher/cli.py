@@ -297,16 +297,17 @@ def _logs(args: argparse.Namespace) -> int:
         run.close()
         raise SpecError(f"--rank: {args.rank} is not a rank of run {run.plan.run_id}; its ranks are 0 to {run.plan.world_size - 1}")
     out = SafeOut(sys.stdout.buffer)
+    shown: dict[tuple[str, int], int] = {}  # lines printed per (host, rank), not printed twice
     try:
         if run.summary is None and run.watched():  # its attached launcher is on it: its files fill here
             if not args.follow:
                 existing.print_local_logs(run.paths, args.rank, out)
                 return 0
-            if existing.follow_watched(run, args.rank, out):
+            if existing.follow_watched(run, args.rank, out, shown):
                 return existing.exit_code(run.summary or {})
             existing.stderr_say("launch: the run's launcher stopped watching it (killed, or cut off); following its hosts")
         if run.summary is None and args.follow:
-            return existing.exit_code(existing.follow(run, args.rank, out, existing.stderr_say))
+            return existing.exit_code(existing.follow(run, args.rank, out, existing.stderr_say, shown))
         existing.describe(run)  # finishes a run that has ended, and collects what a lost host kept
         if run.summary is None:  # still running: what the hosts have so far
             for node in run.plan.nodes:

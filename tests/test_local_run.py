@@ -246,6 +246,27 @@ def test_two_one_box_runs_at_once_each_get_a_free_port(probe_job, tmp_path: Path
     assert len(ports) == 2 and 29500 not in ports
 
 
+def test_a_lab_rank_that_only_writes_metrics_is_not_called_quiet(tmp_path: Path) -> None:
+    """On a lab run the metrics files stay on the hosts: the nodes' progress events are the sign of life."""
+    import io
+
+    from launcher.run.execute import Attempts, Console, QuietWatch
+    from launcher.run.rundir import RunPaths
+
+    out = io.BytesIO()
+    console = Console(out)
+    attempts = Attempts(0, console)
+    watch = QuietWatch(2.0, attempts, RunPaths(tmp_path / "run"), console)
+    attempts.last_rank_line -= 5.0  # nothing printed for 5 s
+    attempts.on_event({"event": "progress", "ranks": {"0": {"step": 3, "samples_per_s": 10.0, "step_s": 0.1}}})
+    watch.tick()
+    assert b"no rank has printed" not in out.getvalue()
+    attempts.last_rank_line -= 5.0
+    watch.checked = 0.0
+    watch.tick()
+    assert b"launch: warning: no rank has printed a line or written a metric for 5 s" in out.getvalue()
+
+
 def test_a_run_whose_ranks_fall_silent_is_said_to_be_quiet(tmp_path: Path) -> None:
     (tmp_path / "hang.py").write_text("import time\nprint('before the hang', flush=True)\ntime.sleep(7)\nprint('after', flush=True)\n")
     (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: 3s\n")

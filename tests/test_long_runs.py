@@ -75,6 +75,8 @@ def test_logs_follow_ends_when_the_attached_launcher_is_killed(probe_job, tmp_pa
     out, err = follower.communicate(timeout=60)
     assert follower.returncode == 1, out[-500:] + err
     assert "launcher stopped watching it" in err and "[box/0] step 2" in out.splitlines()
+    lines = [line for line in out.splitlines() if line.startswith("[box/") and line.partition("] ")[2].strip()]
+    assert len(lines) == len(set(lines)), "a line printed from the local logs is not printed again from the host"
 
 
 def test_detached_run_status_follow_and_summary(probe_job, tmp_path: Path) -> None:

@@ -114,8 +114,9 @@ class Attempts:
                 self.current = int(event.get("attempt") or 0)
                 self.console.say(f"launch: attempt {self.current + 1} of {self.max_restarts + 1} "
                                  f"(restart {self.current}): the last attempt ended because {event.get('reason')}")
-            elif kind == "progress":
+            elif kind == "progress":  # sent when a rank's metrics moved on: a sign of life on any host
                 self.board.update(event.get("ranks"))
+                self.last_rank_line = time.monotonic()
             elif kind == "killed" and event.get("processes"):
                 self.console.say(f"launch: {event.get('host')}: killed what outlived the {event.get('grace')} s grace period: "
                                  f"{describe_killed(event['processes'])}")
@@ -370,8 +371,9 @@ def _unexpected_outcome(exc: BaseException) -> RunOutcome:
 
 
 class QuietWatch:
-    """Says when no rank has printed a line or written a metric (here) for `after_s`, and again each
-    `after_s` more: a hung collective gives no error, only silence."""
+    """Says when no rank has printed a line or written a metric for `after_s`, and again each `after_s`
+    more: a hung collective gives no error, only silence. Metrics count from the nodes' progress
+    events, and from the metrics files here (one-box runs, whose events may lag)."""
 
     def __init__(self, after_s: float | None, attempts: Attempts, paths: RunPaths, console: Console) -> None:
         self.after_s, self.attempts, self.paths, self.console = after_s, attempts, paths, console

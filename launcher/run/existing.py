@@ -280,9 +280,11 @@ def stop(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Any]:
     return finish(run, hosts, state)
 
 
-def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str], None]) -> dict[str, Any]:
+def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str], None],
+           shown: dict[tuple[str, int], int] | None = None) -> dict[str, Any]:
     """Print every node's output from its host as it comes, until every node has ended; then finish
-    the run and return its summary."""
+    the run and return its summary. `shown`: how many lines of each (host, rank) were printed
+    already (from the local logs of a run whose launcher stopped watching it), not printed again."""
     offsets = {n.host: 0 for n in run.plan.nodes}
     partial = {n.host: b"" for n in run.plan.nodes}
     ended: set[str] = set()
@@ -299,7 +301,7 @@ def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str
             lines = (partial[node.host] + data).split(b"\n")
             partial[node.host] = lines.pop()
             for line in lines:
-                if show_line(line + b"\n", node.host, rank, out, say, board):
+                if show_line(line + b"\n", node.host, rank, out, say, board, shown):
                     ended.add(node.host)
         out.flush()
         if len(ended) == len(run.plan.nodes):
@@ -335,9 +337,9 @@ def output_lines(run: ExistingRun, node: NodePlan) -> Iterator[bytes]:
 
 
 def show_line(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None],
-              board: Board | None = None) -> bool:
-    """Print one line of a node's output (a progress event goes on the board); True when it is the
-    node's last (its end event)."""
+              board: Board | None = None, shown: dict[tuple[str, int], int] | None = None) -> bool:
+    """Print one line of a node's output (a progress event goes on the board; a rank line counted
+    in `shown` is skipped); True when it is the node's last (its end event)."""
     event = contract.parse_event(line)
     if event is not None:
         if event.get("event") == "progress" and board is not None:
@@ -352,6 +354,9 @@ def show_line(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Call
     if split is None:
         if rank is None:
             out.write(line)
+        return False
+    if shown and shown.get((host, split[0]), 0) > 0:
+        shown[(host, split[0])] -= 1
         return False
     if rank is None or split[0] == rank:
         out.write(line)
@@ -381,9 +386,10 @@ def print_local_logs(paths: RunPaths, rank: int | None, out: BinaryIO) -> None:
     out.flush()
 
 
-def follow_watched(run: ExistingRun, rank: int | None, out: BinaryIO) -> bool:
+def follow_watched(run: ExistingRun, rank: int | None, out: BinaryIO, shown: dict[tuple[str, int], int]) -> bool:
     """Follow the local rank logs of a run its attached launcher is watching; True when the run ended
-    with a summary, False when its launcher stopped watching it without one."""
+    with a summary, False when its launcher stopped watching it without one. `shown` counts the
+    lines printed per (host, rank)."""
     offsets: dict[Path, int] = {}
     while True:
         done = run.paths.summary_file.exists()
@@ -403,6 +409,7 @@ def follow_watched(run: ExistingRun, rank: int | None, out: BinaryIO) -> bool:
             prefix = contract.rank_prefix(log.parent.name, r)
             for line in data[:end].split(b"\n")[: -1 if data[:end].endswith(b"\n") else None]:
                 out.write(prefix + line + b"\n")
+                shown[(log.parent.name, r)] = shown.get((log.parent.name, r), 0) + 1
         out.flush()
         if more:
             continue
