@@ -182,10 +182,10 @@ def with_overrides(job: JobSpec, env: list[str], nproc: int | None, extra: list[
 def _on_one_box(job: JobSpec, nodes: int | None) -> JobSpec:
     """--local takes every job: its nodes' processes all run on this machine, as one node."""
     count = nodes if nodes is not None else job.nodes
-    if not count or count == 1:
-        return dataclasses.replace(job, nodes=None)
-    if count < 1:
+    if count is not None and count < 1:
         raise SpecError(f"--nodes: expected a positive integer, got {count}")
+    if count is None or count == 1:
+        return dataclasses.replace(job, nodes=None)
     if isinstance(job.nproc_per_node, int):
         print(f"launch: --local: the job's {count} nodes x {job.nproc_per_node} process(es) run as "
               f"{count * job.nproc_per_node} processes on this machine", file=sys.stderr, flush=True)
@@ -208,7 +208,9 @@ def run_job(args: argparse.Namespace, extra: list[str] | None = None) -> int:
             raise SpecError("--sweep runs every node count of the job's scaling; leave out --nodes")
         if args.detach:
             raise SpecError("--sweep runs one node count after the other and cannot --detach")
-        return sweep(job, cluster, args.runs_dir, args.dry_run)
+        if args.resume:
+            raise SpecError("--sweep measures every node count from the start and cannot --resume")
+        return sweep(job, cluster, RunRequest(args.runs_dir, dry_run=args.dry_run, debug=args.debug, verbose=args.verbose))
     label = "--nodes" if args.nodes is not None else None
     if args.local:
         job, args.nodes = _on_one_box(job, args.nodes), None
@@ -240,7 +242,7 @@ def _check(args: argparse.Namespace) -> int:
         job = load_job(args.cluster)
         hosts = select_hosts(job, resolve_cluster(job, argparse.Namespace(local=False, cluster=None)))
         port = args.port or job.rdzv_port or 29500
-        results, problems = check_job(job, hosts, port, sys.executable)
+        results, problems = check_job(job, hosts, port, sys.executable, port_fixed=bool(args.port or job.rdzv_port))
     else:
         results = check_cluster(load_cluster(args.cluster), args.port or 29500)
     for result in results:

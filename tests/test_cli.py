@@ -168,3 +168,16 @@ def test_report_looks_run_ids_up_under_runs_dir_and_lists_recent_runs(tmp_path: 
     assert unknown.returncode == 2
     assert unknown.stderr == (f"launch: error: nope: not a run directory or a run id under {tmp_path / 'elsewhere'}; "
                               f"recent runs in {tmp_path / 'elsewhere'}: job-1\n")
+
+
+def test_a_sweep_runs_each_count_with_the_flags_given(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher import cli
+    from launcher.run import conduct
+
+    asked = []
+    monkeypatch.setattr(conduct, "run_once", lambda job, cluster, request: (asked.append(request), (1, None))[1])
+    (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: box, address: local}\n")
+    (tmp_path / "job.yaml").write_text("cluster: cluster.yaml\ncommand: [python, x.py]\nscaling: [1]\n")
+    assert cli.main([str(tmp_path / "job.yaml"), "--sweep", "--verbose", "--debug", "--runs-dir", str(tmp_path / "runs")]) == 1
+    assert [(r.nodes, r.verbose, r.debug, r.dry_run, r.resume, r.runs_dir.parent) for r in asked] == [
+        (1, True, True, False, False, (tmp_path / "runs").resolve())]

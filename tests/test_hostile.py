@@ -224,6 +224,8 @@ def test_a_special_file_as_the_inventory_is_refused(tmp_path: Path, capsys: pyte
 CLI_CASES = [
     ("local-with-cluster", ["--local", "--cluster", "cluster.yaml"], r"--local runs every process on this machine.*leave out --cluster"),
     ("nodes-zero", ["--nodes", "0"], r"--nodes: expected a positive integer, got 0"),
+    ("local-nodes-zero", ["--local", "--nodes", "0"], r"--nodes: expected a positive integer, got 0"),
+    ("sweep-resume", ["--sweep", "--resume"], r"--sweep measures every node count from the start and cannot --resume"),
     ("nodes-too-many", ["--nodes", "99"], r"--nodes: 99 is more than the 1 host"),
     ("nproc-over-slots", [], r"nproc_per_node: 64 is more than the 8 slot\(s\) of host 'a'"),
     ("nproc-over-local-cores", ["--local"], r"nproc_per_node: 64 is more than 8 per core of this machine's"),
@@ -236,7 +238,7 @@ def test_hostile_flags_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
                                                args: list[str], pattern: str) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     nproc = 64 if "nproc" in pattern else 1
-    (tmp_path / "job.yaml").write_text(JOB + f"nproc_per_node: {nproc}\n")
+    (tmp_path / "job.yaml").write_text(JOB + f"nproc_per_node: {nproc}\nscaling: [1]\n")
     (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: a, address: 10.0.0.1, slots: 8}\n")
     monkeypatch.chdir(tmp_path)
     runs = [] if "--runs-dir" in args else ["--runs-dir", str(tmp_path / "runs")]

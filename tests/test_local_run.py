@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -372,6 +373,24 @@ def test_check_of_a_job_finds_a_python_without_torch(tmp_path: Path) -> None:
     (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: box, address: local}\n")
     good = launch("check", str(tmp_path / "job.yaml"), cwd=tmp_path)
     assert good.returncode == 0 and re.search(r"box +this machine +ok .*torch \d", good.stdout), good.stdout
+    with socket.socket() as held:  # the default port busy: a one-box run picks a free pair, so no problem
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        try:
+            default = socket.create_server(("0.0.0.0", 29500))
+        except OSError:  # already in use, as wanted
+            default = None
+        try:
+            assert launch("check", str(tmp_path / "job.yaml"), cwd=tmp_path).returncode == 0
+        finally:
+            if default:
+                default.close()
+        with (tmp_path / "job.yaml").open("a") as fh:
+            fh.write(f"rdzv_port: {port}\n")
+        fixed = launch("check", str(tmp_path / "job.yaml"), cwd=tmp_path)
+        assert fixed.returncode == 1 and f"port {port} is in use" in fixed.stdout, fixed.stdout
 
 
 def test_output_without_line_breaks_is_passed_on_in_pieces(tmp_path: Path) -> None:

@@ -126,10 +126,12 @@ def check_cluster(cluster: ClusterSpec, port: int) -> list[HostCheck]:
     return [results[h.name] for h in cluster.hosts]
 
 
-def check_job(job: JobSpec, hosts: tuple[Host, ...], port: int, local_python: str) -> tuple[list[HostCheck], list[str]]:
+def check_job(job: JobSpec, hosts: tuple[Host, ...], port: int, local_python: str,
+              port_fixed: bool = True) -> tuple[list[HostCheck], list[str]]:
     """`launch check JOB.yaml`: every host the job would use, as the job needs it (docker, or a
     python with torch, the same version everywhere; GPUs for its processes; the rendezvous port on
-    the first host), and what the job needs here (its base image). Host results, and job problems."""
+    the first host, unless the run picks a free one: a one-box job whose port is not `port_fixed`),
+    and what the job needs here (its base image). Host results, and job problems."""
     remote = any(not h.is_local for h in hosts)
     on_host = job.runtime == "host" or not remote
 
@@ -140,7 +142,7 @@ def check_job(job: JobSpec, hosts: tuple[Host, ...], port: int, local_python: st
     results, _ = on_every_host(hosts, one, lambda h: h.name)
     checks = [results[h.name] for h in hosts]
     for i, check in enumerate(checks):
-        if i > 0:  # only the first host holds the rendezvous
+        if i > 0 or not (remote or port_fixed):  # only the first host holds it; a one-box run picks a free pair
             check.problems = [p for p in check.problems if not p.startswith("port ")]
         nproc = job.nproc_per_node
         gpus = int(check.facts.get("gpus") or 0)

@@ -64,7 +64,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         fresh_checkpoints=not (request.resume or job.resume),
         local_checkpoints=str(request.runs_dir.resolve() / "checkpoints"),
         workdir_hash=manifest.hash if remote else None,
-        rdzv_port=None if remote or job.rdzv_port or request.dry_run else free_port_pair(),
+        rdzv_port=None if remote or job.rdzv_port else free_port_pair(),  # a dry run shows the pair a run would take now
         local_lib=str(PACKAGE.parent),
     )
     if request.dry_run:
@@ -181,8 +181,10 @@ def _local_inventory_text(cluster: ClusterSpec) -> str:
     return f"# --local: this machine\nhosts:\n  - name: {host.name}\n    address: local\n    gpus: {host.gpus}\n    slots: {host.slots}\n"
 
 
-def sweep(job: JobSpec, cluster: ClusterSpec, runs_dir: Path, dry_run: bool) -> int:
-    """The job at every node count of `scaling`, then scaling.json/.md/.png beside those runs."""
+def sweep(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> int:
+    """The job at every node count of `scaling`, then scaling.json/.md/.png beside those runs; each
+    run as `request` asks (its dry_run, debug, verbose), in a folder of the sweep under its runs_dir."""
+    runs_dir, dry_run = request.runs_dir, request.dry_run
     if not job.scaling:
         raise SpecError(f"{job.path}: scaling: --sweep needs node counts, e.g. scaling: [1, 2, 3]")
     label = f"{job.path}: scaling"
@@ -195,7 +197,7 @@ def sweep(job: JobSpec, cluster: ClusterSpec, runs_dir: Path, dry_run: bool) -> 
         if not dry_run:
             print(f"launch: sweep {sweep_dir.name}: {count} node(s)", flush=True)
         try:
-            code, summary = run_once(job, cluster, RunRequest(sweep_dir, count, label, dry_run))
+            code, summary = run_once(job, cluster, dataclasses.replace(request, runs_dir=sweep_dir, nodes=count, nodes_label=label))
         except LaunchError as exc:  # keep what the finished counts measured
             print(f"launch: error: {exc}", file=sys.stderr)
             code, summary = exc.exit_code, None
