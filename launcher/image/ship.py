@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import queue
 import tarfile
 import threading
@@ -51,7 +52,7 @@ class LayerDirs:
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")  # two launches at once each write their own
         tmp.write_text(json.dumps(self.dirs))
         tmp.replace(self.path)
 
