@@ -333,6 +333,7 @@ def _status_parser() -> argparse.ArgumentParser:
 
 def _status(args: argparse.Namespace) -> int:
     from .run import existing
+    from .run.status import duration
 
     roots = [existing.find_run(r, args.runs_dir) for r in args.runs] or existing.list_runs(args.runs_dir)
     rows = []
@@ -358,19 +359,13 @@ def _status(args: argparse.Namespace) -> int:
     table = [("run", "status", "started", "elapsed", "hosts")]
     for row in rows:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["start_time"])) if row["start_time"] else "-"
-        elapsed = _duration(row["elapsed_s"]) if row["elapsed_s"] is not None else "-"
+        elapsed = duration(row["elapsed_s"]) if row["elapsed_s"] is not None else "-"
         hosts = ", ".join(f"{h} {s}" for h, s in row["hosts"].items())
         table.append((row["run_id"] + (" (detached)" if row["detached"] else ""), row["status"], started, elapsed, hosts))
     widths = [max(len(r[i]) for r in table) for i in range(4)]
     for r in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)) + "  " + r[4])
     return 0
-
-
-def _duration(seconds: float) -> str:
-    minutes, sec = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m{sec:02d}s" if hours else f"{minutes}m{sec:02d}s" if minutes else f"{sec}s"
 
 
 def _stop_parser() -> argparse.ArgumentParser:
