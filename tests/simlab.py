@@ -143,9 +143,10 @@ class Lab:
             sh("ip", "-n", host.netns, "link", "set", "lo", "up")
 
     def _host_files(self, host: SimHost) -> None:
-        for sub in ("tmp", "run", "root", "etc/docker"):
+        for sub in ("tmp", "var-tmp", "run", "root", "etc/docker"):
             (host.dir / sub).mkdir(parents=True)
         (host.dir / "tmp").chmod(0o1777)
+        (host.dir / "var-tmp").chmod(0o1777)
         (host.dir / "run" / "sshd").mkdir()
         host.data_root.mkdir(parents=True, exist_ok=True)
         for target in ("/etc/docker", "/var/lib/docker"):  # mount points for the host's own copies
@@ -162,6 +163,7 @@ class Lab:
             (host.dir / "etc" / "resolv.conf", "/etc/resolv.conf"),
             (host.dir / "etc" / "docker", "/etc/docker"),
             (host.dir / "tmp", "/tmp"),
+            (host.dir / "var-tmp", "/var/tmp"),  # each host its own: job copies and checkpoints live there
             (host.dir / "root", "/root"),
             (host.data_root, "/var/lib/docker"),
             (host.dir / "run", "/run"),  # last: the paths above must stay reachable while mounting
@@ -191,7 +193,15 @@ class Lab:
         return ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--"]
 
     def start_services(self, host: SimHost, timeout: float = 60) -> None:
-        """Start the host's dockerd and sshd (again) and wait until both answer."""
+        """Start the host's dockerd and sshd (again) and wait until both answer.
+
+        A dockerd that was told to stop closes its socket long before it ends (it stops its
+        containerd first); a new one started meanwhile finds the old one's pid file and exits."""
+        deadline = time.monotonic() + timeout
+        old = host.dir / "run" / "docker.pid"
+        pid = old.read_text().strip() if old.exists() else ""
+        while pid.isdigit() and _running(int(pid)) and time.monotonic() < deadline:
+            time.sleep(0.2)
         host.docker_socket.unlink(missing_ok=True)
         for argv, log in (
             (["dockerd", "--host=unix:///run/docker.sock", "--data-root=/var/lib/docker"], "dockerd.log"),
@@ -199,13 +209,13 @@ class Lab:
         ):
             with open(host.dir / log, "ab") as out:
                 subprocess.Popen(self._enter(host) + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
-        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             docker_ok = sh("docker", "-H", f"unix://{host.docker_socket}", "version", check=False).returncode == 0
             if docker_ok and self.ssh(host.name, "true", check=False, timeout=5).returncode == 0:
                 return
             time.sleep(0.2)
-        raise RuntimeError(f"lab {host.name}: dockerd or sshd did not come up in {timeout:.0f} s; see {host.dir}")
+        tails = "".join(f"\n--- the end of {log}:\n" + _tail(host.dir / log) for log in ("dockerd.log", "sshd.log"))
+        raise RuntimeError(f"lab {host.name}: dockerd or sshd did not come up in {timeout:.0f} s{tails}")
 
     def _write_known_hosts(self) -> None:
         lines = []
@@ -345,6 +355,22 @@ def _shared_toolchain() -> list[Path]:
 
 def _launcher_rule(direction: str, address: str, prefix: str) -> list[str]:
     return [direction, address, "-j", "DROP", "-m", "comment", "--comment", f"launch-lab {prefix} launcher-cut"]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"({exc})"
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
 
 
 def _forward_rule(bridge: str) -> list[str]:

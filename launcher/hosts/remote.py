@@ -32,6 +32,7 @@ from ..spec import Host
 from .ssh import connect, open_command, pipe_into, run
 
 RENEW_TIMEOUT_S = 5.0
+COLLECT_TIMEOUT_S = 60.0  # a host silent this long while its files come back has failed the copy
 
 
 class SshProcess:
@@ -244,7 +245,10 @@ class SshTransport:
     def collect(self, node: NodePlan) -> None:
         """Copy the node's logs and metrics into the run directory, then remove its part of the run."""
         conn = self.control(node.host)
-        sftp = self._sftp(node.host)  # its reads time out: a host that goes silent now cannot hang the launcher
+        sftp = self._sftp(node.host)
+        # its reads time out, so a host that goes silent now cannot hang the launcher; longer than a
+        # renewal's, as a busy host may pause between the chunks of a large log
+        sftp.get_channel().settimeout(COLLECT_TIMEOUT_S)
         remote_logs, remote_metrics = contract.node_dirs(node.node_dir, node.host)
         for remote, local in ((remote_logs, self.paths.host_logs_dir(node.host)), (remote_metrics, self.paths.metrics_dir)):
             local.mkdir(parents=True, exist_ok=True)
@@ -258,10 +262,13 @@ class SshTransport:
         run(conn, ["sh", "-c", 'rm -rf "$0"; rmdir "${0%/*}" 2>/dev/null; true', node.node_dir])
 
     def close(self) -> None:
-        for client in self.sftps.values():
+        # a lease renewal still finishing in its thread may add or drop a session meanwhile
+        with self.lock:
+            sftps, self.sftps = list(self.sftps.values()), {}
+        for client in sftps:
             try:
                 client.close()
             except Exception:  # noqa: BLE001 - closing a connection that may be gone already
                 pass
-        for conn in self.conns.values():
+        for conn in list(self.conns.values()):
             conn.close()

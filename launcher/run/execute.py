@@ -289,7 +289,8 @@ def execute(
             heartbeat.stop()
         outcome.forced = forced
         outcome.unexpected = unexpected[0] if unexpected else None
-        outcome.before_supervisor = dict(attempts.before_supervisor)
+        with attempts.lock:  # a reader that outlived its join may still be adding to it
+            outcome.before_supervisor = dict(attempts.before_supervisor)
         for host, reader in readers:
             reader.join(timeout=0 if host in unreachable else grace_s)
         outcome.node_exit_codes = {host: proc.poll() for host, proc in procs.items()}
