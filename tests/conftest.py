@@ -104,6 +104,10 @@ def host_runtime_job(tmp_path: Path, lab, script: Path, args: list[str]) -> Path
     return job
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.get_closest_marker("last") is not None)  # stable: the order is kept otherwise
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Under CI nothing may be skipped: a skip there hides a missing piece of the set-up."""
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

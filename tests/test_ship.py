@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 from launcher.image.prune import stale
-from launcher.image.ship import LayerDirs, Receiver, chain_ids, split_save
+from launcher.image.ship import LayerDirs, Receiver, chain_ids, must_learn, split_save
 
 LAYERS = [b"base layer " * 5000, b"deps layer " * 3000, b"code v1"]
 
@@ -84,6 +84,25 @@ def test_oci_layout_skips_blobs_the_host_has(tmp_path: Path) -> None:
     assert (r.sent_layers, r.skipped_layers) == (1, 2)
     assert f"blobs/sha256/{diffs[2].split(':')[1]}" in files and f"blobs/sha256/{diffs[0].split(':')[1]}" not in files
     assert "blobs/sha256/" + "c" * 64 in files and "index.json" in files
+
+
+def test_a_new_image_needs_no_learning_pass_when_hosts_hold_only_known_layers(tmp_path: Path) -> None:
+    known = LayerDirs(tmp_path / "dirs.json")
+    split_save(chunks(legacy_save(LAYERS)), [Receiver("cold", set(), io.BytesIO().write)], known)
+    chains = chain_ids([diff_id(d) for d in LAYERS[:2] + [b"requirements changed", b"code"]])
+    assert not must_learn([Receiver("cold", set(), print)], known)
+    assert not must_learn([Receiver("warm", set(chains[:2]), print), Receiver("cold", set(), print)], known)
+    # a host holding a layer this machine never sent (loaded there some other way): its directory must be learned
+    stranger = chain_ids([diff_id(b"loaded by hand")])
+    assert must_learn([Receiver("other", set(chains[:2]) | set(stranger), print)], LayerDirs(tmp_path / "dirs.json"))
+
+
+def test_a_learning_pass_over_the_oci_layout_stops_at_its_first_entry(tmp_path: Path) -> None:
+    diffs = [diff_id(d) for d in LAYERS]
+    data = archive([(f"blobs/sha256/{d.split(':')[1]}", layer) for d, layer in zip(diffs, LAYERS)] + [("index.json", b"{}")])
+    read = []
+    split_save((read.append(c) or c for c in chunks(data)), [], LayerDirs(tmp_path / "dirs.json"))
+    assert 0 < sum(map(len, read)) < len(LAYERS[0]) < len(data)
 
 
 def test_stale_images_are_all_but_the_newest_few_and_never_the_current_one() -> None:

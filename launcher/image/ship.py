@@ -24,6 +24,7 @@ from typing import Callable, Iterable, Iterator
 from ..errors import RunError
 
 BLOCK = 512
+OCI_NAMES = ("blobs", "oci-layout", "index.json")  # what only the OCI layout of `docker save` (Engine 25+) holds
 CHUNK = 1 << 20
 
 
@@ -114,6 +115,8 @@ def split_save(chunks: Iterable[bytes], receivers: list[Receiver], known: LayerD
     manifest: list[dict] | None = None
     counted: set[tuple[str, str]] = set()
     for member in tar:
+        if not receivers and member.name.split("/", 1)[0] in OCI_NAMES:
+            return  # a pass to learn directories, over the OCI layout: it names layers by their digests already
         top = member.name.split("/", 1)[0]
         if member.name.startswith("blobs/sha256/"):
             top = member.name
@@ -156,6 +159,14 @@ def split_save(chunks: Iterable[bytes], receivers: list[Receiver], known: LayerD
         r.send(b"\0" * (2 * BLOCK))
     if manifest:
         _learn(manifest, hashes, known)
+
+
+def must_learn(receivers: list[Receiver], known: LayerDirs) -> bool:
+    """Whether a pass that sends nothing must first learn which save directory holds which layer:
+    only when a host holds a layer of the image whose directory is not known. A directory not known
+    goes to every host, which is right for the layers no host has (a new image's new layers)."""
+    held = set().union(*(r.chains for r in receivers))
+    return not held <= set(known.dirs.values())
 
 
 def _learn(manifest: list[dict], hashes: dict[str, str], known: LayerDirs) -> None:
@@ -302,7 +313,7 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
     if receivers:
         known = LayerDirs(known_path)
         try:
-            if any(r.chains for r in receivers) and not set(chains[:-1]) <= set(known.dirs.values()):
+            if must_learn(receivers, known):
                 split_save(local.save(chunk_size=CHUNK, named=tag), [], known)  # learn where the layers are, send nothing
             split_save(local.save(chunk_size=CHUNK, named=tag), receivers, known, dict(zip(local.attrs["RootFS"]["Layers"], chains)))
         except Exception as exc:  # noqa: BLE001 - the SDK and tarfile raise several kinds; every host hears of it
