@@ -193,29 +193,34 @@ class Lab:
         return ["nsenter", f"--target={pid}", "--mount", "--uts", "--net", "--"]
 
     def start_services(self, host: SimHost, timeout: float = 60) -> None:
-        """Start the host's dockerd and sshd (again) and wait until both answer.
+        """Start the host's dockerd and sshd (again, where they are not up) and wait until both answer.
 
         A dockerd that was told to stop closes its socket long before it ends (it stops its
         containerd first); a new one started meanwhile finds the old one's pid file and exits."""
         deadline = time.monotonic() + timeout
         old = host.dir / "run" / "docker.pid"
         pid = old.read_text().strip() if old.exists() else ""
+        services = {"dockerd.log": ["dockerd", "--host=unix:///run/docker.sock", "--data-root=/var/lib/docker"],
+                    "sshd.log": ["/usr/sbin/sshd", "-D", "-e", "-f", str(host.dir / "sshd_config")]}
         while pid.isdigit() and _running(int(pid)) and time.monotonic() < deadline:
+            if self._docker_answers(host):  # up, not stopping: it stays
+                del services["dockerd.log"]
+                break
             time.sleep(0.2)
-        host.docker_socket.unlink(missing_ok=True)
-        for argv, log in (
-            (["dockerd", "--host=unix:///run/docker.sock", "--data-root=/var/lib/docker"], "dockerd.log"),
-            (["/usr/sbin/sshd", "-D", "-e", "-f", str(host.dir / "sshd_config")], "sshd.log"),
-        ):
+        if "dockerd.log" in services:
+            host.docker_socket.unlink(missing_ok=True)
+        for log, argv in services.items():  # a second sshd finds the port taken and exits
             with open(host.dir / log, "ab") as out:
                 subprocess.Popen(self._enter(host) + argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
         while time.monotonic() < deadline:
-            docker_ok = sh("docker", "-H", f"unix://{host.docker_socket}", "version", check=False).returncode == 0
-            if docker_ok and self.ssh(host.name, "true", check=False, timeout=5).returncode == 0:
+            if self._docker_answers(host) and self.ssh(host.name, "true", check=False, timeout=5).returncode == 0:
                 return
             time.sleep(0.2)
         tails = "".join(f"\n--- the end of {log}:\n" + _tail(host.dir / log) for log in ("dockerd.log", "sshd.log"))
         raise RuntimeError(f"lab {host.name}: dockerd or sshd did not come up in {timeout:.0f} s{tails}")
+
+    def _docker_answers(self, host: SimHost) -> bool:
+        return self.docker(host.name, "version", check=False, timeout=20).returncode == 0
 
     def _write_known_hosts(self) -> None:
         lines = []
