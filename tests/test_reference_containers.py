@@ -24,7 +24,7 @@ def wipe(lab) -> None:
 
 
 @pytest.mark.timeout(1800)
-def test_the_reference_job_runs_in_containers_from_empty_host_stores(tmp_path: Path, lab, base_image: str, cpu_base_image: str) -> None:
+def test_the_reference_job_runs_in_containers_from_empty_host_stores(tmp_path: Path, lab, cpu_base_image: str) -> None:
     book = ROOT / "jobs/book"
     job = tmp_path / "job.yaml"
     job.write_text(
