@@ -25,7 +25,8 @@ import paramiko
 from ..errors import RunError
 from ..image.build import shipped_files
 from ..node import contract
-from ..plan import REMOTE_LIB, REMOTE_WORKDIR, RUN_LABEL, NodeKind, NodePlan
+from ..plan import REMOTE_LIB, RUN_LABEL, LaunchPlan, NodeKind, NodePlan
+from ..run import outputs
 from ..run.rundir import RunPaths
 from ..run.transport import EXTRA_WAIT_S, OUTPUT_CHUNK
 from ..spec import Host
@@ -113,9 +114,9 @@ class SshTransport:
         conn = self.control(node.host)
         # umask 077: the run's folders (and the user's folder above them) are private to the SSH user;
         # the lease is there before the node starts, so renewing it never fails on a healthy host
-        make = 'umask 077 && mkdir -p "$0" "$1" "$2" && touch "$3"'
+        make = 'umask 077 && mkdir -p "$0" "$1" "$2" "$3" && touch "$4"'
         code, out = run(conn, ["sh", "-c", make, *contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir,
-                               f"{node.node_dir}/{contract.LEASE_FILE}"])
+                               f"{node.state_dir}/{contract.STATE_WORK}", f"{node.node_dir}/{contract.LEASE_FILE}"])
         if code != 0:
             raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()}")
         if node.kind is NodeKind.HOST_PROCESS:
@@ -139,13 +140,8 @@ class SshTransport:
             raise RunError(f"{node.host}: the node did not start (exit code {code}): {out.strip()[-300:]}")
 
     def _copy_job(self, conn: fabric.Connection, node: NodePlan) -> None:
-        """runtime: host: a private copy of the host's copy of the workdir (ranks may write in their
-        folder; the shared copy must not change), and what ships with the ranks, as a tar over SSH."""
-        if node.workdir_copy is None:
-            raise RunError(f"{node.host}: no copy of the workdir to run in")
-        code, output = run(conn, ["cp", "-R", node.workdir_copy, f"{node.node_dir}/{REMOTE_WORKDIR}"], timeout=600)
-        if code != 0:
-            raise RunError(f"{node.host}: cannot copy the job to {node.node_dir}: {output.strip()[-300:]}")
+        """runtime: host: what ships with the ranks, as a tar over SSH (the node's supervisor copies
+        the job's code into the run's own working directory)."""
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
             for path, name in shipped_files():
@@ -242,8 +238,9 @@ class SshTransport:
             return f"the node's container did not end {grace_s + EXTRA_WAIT_S:g} s after SIGTERM and was removed by force"
         return None
 
-    def collect(self, node: NodePlan) -> None:
-        """Copy the node's logs and metrics into the run directory, then remove its part of the run."""
+    def collect(self, node: NodePlan, plan: LaunchPlan) -> None:
+        """Copy the node's logs, metrics and outputs into the run directory, then remove its part of
+        the run (its own folder, which keeps checkpoints and outputs for --resume, stays)."""
         conn = self.control(node.host)
         sftp = self._sftp(node.host)
         # its reads time out, so a host that goes silent now cannot hang the launcher; longer than a
@@ -259,7 +256,35 @@ class SshTransport:
             for entry in entries:
                 if stat.S_ISREG(entry.st_mode or 0) and not entry.filename.endswith(".tmp"):
                     sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
-        run(conn, ["sh", "-c", 'rm -rf "$0"; rmdir "${0%/*}" 2>/dev/null; true', node.node_dir])
+        if node.state_dir:
+            self._collect_outputs(sftp, node, plan)
+        # a run's own folder that kept nothing (its container could not remove its mount points) goes too
+        run(conn, ["sh", "-c", 'rm -rf "$0"; rmdir "${0%/*}" "$1/checkpoints" "$1/work" "$1" 2>/dev/null; true',
+                   node.node_dir, node.state_dir or "/nonexistent"])
+
+    def _collect_outputs(self, sftp: paramiko.SFTPClient, node: NodePlan, plan: LaunchPlan) -> None:
+        """What the ranks wrote in their working directory (`launcher.run.outputs`), up to the limit."""
+        work = f"{node.state_dir}/{contract.STATE_WORK}"
+        found: list[tuple[str, int]] = []
+        pending = [""]
+        while pending:  # links are not followed, nor brought back
+            rel = pending.pop()
+            try:
+                entries = sftp.listdir_attr(f"{work}/{rel}" if rel else work)
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                path = f"{rel}/{entry.filename}" if rel else entry.filename
+                if stat.S_ISDIR(entry.st_mode or 0):
+                    pending.append(path)
+                elif stat.S_ISREG(entry.st_mode or 0):
+                    found.append((path, entry.st_size or 0))
+        choice = outputs.choose(found, plan.outputs, plan.outputs_limit, outputs.code_sizes(self.paths))
+        for rel, _ in choice.take:
+            target = outputs.local_destination(self.paths, node.host, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            sftp.get(f"{work}/{rel}", str(target))
+        outputs.keep_record(self.paths, node, choice, plan)
 
     def close(self) -> None:
         # a lease renewal still finishing in its thread may add or drop a session meanwhile

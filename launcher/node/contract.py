@@ -32,6 +32,10 @@ LEASE_FILE = "lease"  # in a node's folder: its mtime is renewed by an attached 
 AGENT_LOG = "torchrun.log"  # torchrun's own output on a host
 NODE_STATUS = "node.status.json"  # the node supervisor's state: running, then how the node ended
 NODE_OUTPUT = "node.out"  # everything the node printed, prefixed lines included (for `logs --follow`)
+# a run's own folder on each host (`launcher.node.workspace`), never shared with another run
+STATE_CHECKPOINTS = "checkpoints"  # LAUNCH_CHECKPOINT_DIR
+STATE_WORK = "work"  # the ranks' working directory: the job's code, then what the run writes
+OUTPUTS = "outputs"  # in the run directory: outputs/<host>/..., what the ranks wrote in their working directory
 
 # ---- a node's states (NODE_STATUS "state"), and why a supervisor stopped its node ("cause")
 RUNNING, SUCCEEDED, FAILED, STOPPED = "running", "succeeded", "failed", "stopped"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import queue
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,7 +32,7 @@ import sys
 import threading
 import time
 
-from . import contract
+from . import contract, workspace
 from .progress import Progress
 from .procs import become_subreaper, descendants, describe_process, die_with_parent, kill_all, signal_group
 
@@ -68,6 +67,7 @@ class Supervisor:
         self.mesh: Mesh | None = None
         self.killed: list[dict] = []  # processes that outlived the grace period and were killed
         self.agent_log_failed = False
+        self.resumed: dict[str, int] = {}  # files that came from the run resumed from, by kind
 
     # ---- output and state
     def emit(self, line: bytes, agent_log=None) -> None:
@@ -213,10 +213,6 @@ class Supervisor:
     def run(self, argv: list[str]) -> int:
         os.makedirs(self.log_dir, exist_ok=True)
         become_subreaper()
-        if self.args.checkpoint_dir:
-            if self.args.fresh_checkpoints:
-                _empty(self.args.checkpoint_dir)
-            os.makedirs(self.args.checkpoint_dir, exist_ok=True)
         if self.args.lease:  # the lease runs from the node's start, whatever the launcher did before
             lease = os.path.join(self.args.node_dir, contract.LEASE_FILE)
             with open(lease, "a"):
@@ -228,7 +224,8 @@ class Supervisor:
             echo.start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        self.write_status(contract.RUNNING)
+        prepared = self._prepare_workspace()
+        self.write_status(contract.RUNNING, resumed=self.resumed)
         if self.args.peers > 1:
             self.mesh = Mesh(self)
             self.mesh.start()
@@ -237,7 +234,8 @@ class Supervisor:
         if self.args.timeout:
             threading.Thread(target=self._watch_timeout, daemon=True).start()
         threading.Thread(target=self._watch_progress, daemon=True).start()
-        code, failed_itself = self._attempts(argv)
+        code, failed_itself = self._attempts(argv) if prepared else (1, True)
+        kept = self._finish_workspace()
         if self.mesh:
             self.mesh.finish(code)
         if failed_itself:
@@ -251,7 +249,7 @@ class Supervisor:
         with self.lock:
             killed = list(self.killed)
         self.write_status(state, exit_code=code, end_time=time.time(), cause=self.cause, reason=self.stop_reason,
-                          lost=self.lost, killed=killed)
+                          lost=self.lost, killed=killed, resumed=self.resumed, kept=kept)
         if echo and self.echo is not None:
             self.echo.put(None)  # what is queued goes out first, unless stdout is stuck
             echo.join(timeout=5)
@@ -263,6 +261,32 @@ class Supervisor:
                     pass
             self.output = None
         return code
+
+    def _prepare_workspace(self) -> bool:
+        """The run's own folder: its checkpoint folder and the ranks' working directory (the code,
+        on top of what the run resumed from keeps), entered; False when it cannot be made."""
+        if not self.args.state_dir:
+            return True
+        try:
+            self.resumed = workspace.prepare(self.args.state_dir, self.args.code_from, self.args.code_list,
+                                             self.args.resume_from, self.args.work_dir)
+            os.chdir(workspace.state_paths(self.args.state_dir, self.args.work_dir)[1])
+            return True
+        except (OSError, ValueError, KeyError) as exc:
+            self.emit(contract.agent_prefix(self.args.host) + f"cannot prepare the run's folder {self.args.state_dir}: "
+                      f"{type(exc).__name__}: {exc}\n".encode())
+            self.stop_reason = f"cannot prepare the run's folder {self.args.state_dir}: {exc}"
+            return False
+
+    def _finish_workspace(self) -> dict[str, int]:
+        """What the run keeps in its folder, once the unchanged code is out of the working directory."""
+        if not self.args.state_dir:
+            return {}
+        try:
+            return workspace.finish(self.args.state_dir, self.args.work_dir)
+        except OSError as exc:
+            self.emit(contract.agent_prefix(self.args.host) + f"cannot tidy the run's folder: {exc}\n".encode())
+            return {}
 
     def _attempts(self, argv: list[str]) -> tuple[int, bool]:
         """Run torchrun, again for every restart of the group; its last exit code, and whether that
@@ -624,21 +648,6 @@ def _open_or_null(path: str):
         return open(os.devnull, "ab", buffering=0)
 
 
-def _empty(folder: str) -> None:
-    """Remove what `folder` holds, not the folder (it may be a mount point)."""
-    if not os.path.isdir(folder):
-        return
-    for name in os.listdir(folder):
-        path = os.path.join(folder, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-
-
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     if "--" not in argv:
         raise SystemExit("usage: python -m launcher.node.supervisor [options] -- COMMAND [ARG ...]")
@@ -654,8 +663,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--timeout", type=float, default=0.0, help="seconds; stop the node after them (0: never)")
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("--max-restarts", type=int, default=0, help="restarts of the whole group on every node")
-    parser.add_argument("--checkpoint-dir", default="")
-    parser.add_argument("--fresh-checkpoints", action="store_true")
+    parser.add_argument("--state-dir", default="", help="the run's own folder: checkpoints and the working directory")
+    parser.add_argument("--work-dir", default="", help="the working directory, where it is not seen inside --state-dir")
+    parser.add_argument("--code-from", default="", help="the job's code, copied into the working directory")
+    parser.add_argument("--code-list", default="", help="a workdir record naming the files of --code-from that are the code")
+    parser.add_argument("--resume-from", default="", help="the folder of the run to resume from (its checkpoints and outputs)")
     parser.add_argument("--echo", action="store_true", help="also write the node's output to stdout")
     return parser.parse_args(argv[:split]), argv[split + 1 :]
 

@@ -212,7 +212,7 @@ def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> di
             outcome.collect_errors[node.host] = f"{host.detail}; its logs stay on it ({node.node_dir})"
             continue
         try:
-            run.transport.collect(node)
+            run.transport.collect(node, run.plan)
         except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
             outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
     failed = [h for h, s in hosts.items() if s.state == contract.FAILED]
@@ -243,7 +243,7 @@ def collect_missing(run: ExistingRun) -> dict[str, Any] | None:
     def collect(node: NodePlan) -> None:
         if run.transport.state(node).get("alive"):
             raise LaunchError("its part of the run is still going")
-        run.transport.collect(node)
+        run.transport.collect(node, run.plan)
 
     collected, errors = on_every_host(nodes, collect, lambda n: n.host)
     if not collected:

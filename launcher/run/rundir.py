@@ -15,6 +15,9 @@ from ..errors import RunError
 from ..node import contract
 
 
+JOBS_FOLDER = "jobs"  # under the runs folder: runs' own folders on this machine, <job>/<host>/<run id>/
+
+
 def new_run_id(job_name: str, now: float | None = None) -> str:
     """`<job>-<UTC date>-<time>-<4 hex>`: sortable by start time, unique in practice."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now if now is not None else time.time()))
@@ -87,6 +90,14 @@ class RunPaths:
     def node_status(self, host: str) -> Path:
         """The node supervisor's record of how the host's part went."""
         return self.host_logs_dir(host) / contract.NODE_STATUS
+
+    def outputs_dir(self, host: str) -> Path:
+        """What the ranks of `host` wrote in their working directory, brought back."""
+        return self.root / contract.OUTPUTS / host
+
+    def outputs_record(self, host: str) -> Path:
+        """What came back from `host` into outputs_dir, and what stayed on it (over the size limit)."""
+        return self.host_logs_dir(host) / "outputs.json"
 
     def metrics_file(self, rank: int) -> Path:
         """The step records the rank's job wrote itself."""

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import IO, Any, Iterator, Protocol
 
 from ..errors import RunError
 from ..node import contract
 from ..node.procs import alive, signal_group
-from ..plan import DETACHED_OUTPUT, SUPERVISOR_MODULE, NodePlan
+from ..plan import DETACHED_OUTPUT, SUPERVISOR_MODULE, LaunchPlan, NodePlan
+from . import outputs
+from .rundir import RunPaths
 
 OUTPUT_CHUNK = 8 << 20  # at most this much of a node's output is read at once
 EXTRA_WAIT_S = 5.0  # beyond the grace period, for the node's supervisor to finish its own stop
@@ -57,8 +61,8 @@ class Transport(Protocol):
     def read_output(self, node: NodePlan, offset: int) -> bytes:
         """The node's output file (`contract.NODE_OUTPUT`) from `offset` on, at most OUTPUT_CHUNK of it."""
 
-    def collect(self, node: NodePlan) -> None:
-        """Bring the node's logs and metrics into the run directory, then remove its files there."""
+    def collect(self, node: NodePlan, plan: LaunchPlan) -> None:
+        """Bring the node's logs, metrics and outputs into the run directory, then remove its files there."""
 
     def close(self) -> None:
         """Let go of connections."""
@@ -117,8 +121,8 @@ class LocalTransport:
         env.setdefault("PYTHONUNBUFFERED", "1")
         os.makedirs(contract.node_dirs(node.node_dir, node.host)[0], exist_ok=True)
         try:
-            return subprocess.Popen(
-                list(node.argv), cwd=node.cwd, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
+            return subprocess.Popen(  # in the run directory: the supervisor enters the ranks' working directory
+                list(node.argv), cwd=node.node_dir, env=env, stdin=subprocess.DEVNULL, stdout=stdout,
                 stderr=subprocess.STDOUT, start_new_session=True,
             )
         except OSError as exc:
@@ -165,8 +169,25 @@ class LocalTransport:
         except OSError:
             return b""
 
-    def collect(self, node: NodePlan) -> None:
-        """Local ranks write straight into the run directory: nothing to bring back."""
+    def collect(self, node: NodePlan, plan: LaunchPlan) -> None:
+        """Local ranks write their logs and metrics straight into the run directory; their outputs
+        are copied there from the run's own folder (which keeps them, for --resume)."""
+        if not node.state_dir:
+            return
+        paths = RunPaths(Path(node.node_dir))
+        work = Path(node.state_dir) / contract.STATE_WORK
+        found = []
+        for root, _, files in os.walk(work):  # links are not followed, nor brought back
+            for name in files:
+                path = Path(root) / name
+                if path.is_file() and not path.is_symlink():
+                    found.append((path.relative_to(work).as_posix(), path.stat().st_size))
+        choice = outputs.choose(found, plan.outputs, plan.outputs_limit, outputs.code_sizes(paths))
+        for rel, _ in choice.take:
+            target = outputs.local_destination(paths, node.host, rel)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(work / rel, target)
+        outputs.keep_record(paths, node, choice, plan)
 
     def close(self) -> None:
         pass
