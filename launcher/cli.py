@@ -20,7 +20,7 @@ from . import __version__
 from .spec import MAX_NPROC_PER_NODE, ClusterSpec, JobSpec, check_env_name, load_cluster, load_job, local_cluster
 from .spec.fields import suggest
 
-COMMANDS = ("check", "status", "logs", "stop", "report")
+COMMANDS = ("check", "status", "logs", "stop", "report", "runs", "rm", "prune")
 GLOBAL_FLAGS = {"--debug": 0, "--runs-dir": 1}  # taken before or after a command's name; how many values each takes
 EXIT_CODES = ("exit codes: 0 the run succeeded (or the command did its work); 1 the run failed, was stopped or could "
               "not be carried out; 2 bad input (nothing was started); 130 interrupted (Ctrl-C, SIGTERM, the terminal closed)")
@@ -51,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             return _status(_status_parser().parse_args(argv[1:]))
         if command == "stop":
             return _stop(_stop_parser().parse_args(argv[1:]))
+        if command == "runs":
+            return _runs(_runs_parser().parse_args(argv[1:]))
+        if command == "rm":
+            return _rm(_rm_parser().parse_args(argv[1:]))
+        if command == "prune":
+            return _prune(_prune_parser().parse_args(argv[1:]))
         _not_a_mistyped_command(argv)
         return run_job(_run_parser().parse_args(_split_extra(argv)[0]), _split_extra(argv)[1])
     except LaunchError as exc:
@@ -69,20 +75,29 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _unexpected(exc: Exception, debug: bool) -> int:
-    """An error the launcher did not expect, outside a run (a run keeps its own in its directory)."""
+    """An error the launcher did not expect, in one line that says where its traceback is: the
+    launcher-error.txt of the run directory this launch made, while that run has not ended (an error
+    while deploying or writing its inputs; `execute` keeps its own), else ~/.cache/launch/last-error.txt."""
+    from .image.wheels import CACHE
+    from .run import rundir
+
     text = traceback.format_exc()
     if debug:
         print(text, file=sys.stderr, end="")
+    places = [CACHE / "last-error.txt"]
+    if rundir.MADE and not rundir.MADE[-1].summary_file.exists():  # the run had not ended: the error is its own
+        places.insert(0, rundir.MADE[-1].error_file)
     kept = ""
-    try:
-        from .image.wheels import CACHE
-
-        CACHE.mkdir(parents=True, exist_ok=True)
-        (CACHE / "last-error.txt").write_text(text)
-        kept = f"; the traceback is in {CACHE / 'last-error.txt'}"
-    except OSError:
-        pass
-    print(f"launch: unexpected error: {type(exc).__name__}: {exc}{kept}" + ("" if debug else " (--debug prints it)"),
+    for place in places:
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            place.write_text(text)
+        except OSError:
+            continue
+        kept = f"; the traceback is in {place}"
+        break
+    message = " ".join(str(exc).split()).encode("utf-8", "backslashreplace").decode()  # one line, whatever it holds
+    print(f"launch: unexpected error: {type(exc).__name__}: {message}{kept}" + ("" if debug else " (--debug prints it)"),
           file=sys.stderr)
     return EXIT_FAILED
 
@@ -118,9 +133,34 @@ def _sigterm(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+class _Parser(argparse.ArgumentParser):
+    """A command's parser (built with allow_abbrev=False, so `--dry` is not `--dry-run`) that refuses an
+    unknown option in one line naming the option it most likely meant."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        given = list(sys.argv[1:] if args is None else args)
+        for arg in given[: given.index("--") if "--" in given else len(given)]:  # after `--`: arguments
+            name = arg.split("=", 1)[0]
+            if self._unknown_option(name):
+                close = suggest(name, [o for o in self._option_string_actions if o.startswith("--")])
+                hint = f"did you mean '{close}'?" if close else f"{self.prog} --help lists the options"
+                raise SpecError(f"unknown option '{name}'; {hint}")
+        return super().parse_args(given, namespace)
+
+    def _unknown_option(self, name: str) -> bool:
+        if not name.startswith("-") or name == "-" or name in self._option_string_actions:
+            return False
+        if name[1:].replace(".", "", 1).isdigit():  # a negative number: a value (`--rank -1`)
+            return False
+        return name.startswith("--") or name[:2] not in self._option_string_actions  # `-vv`: short flags run together
+
+
 def _run_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .spec.yamlfile import file_in_folder
+
+    parser = _Parser(
         prog="launch",
+        allow_abbrev=False,
         usage="launch JOB.yaml [options] [-- ARGS...]\n       launch {check,status,logs,stop,report} ... (each has --help)",
         description="Run a distributed PyTorch job on the hosts of a cluster inventory. "
         "Other commands: launch check CLUSTER.yaml|JOB.yaml, launch status [RUN ...], launch logs RUN [--follow], "
@@ -129,7 +169,8 @@ def _run_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"launch {__version__}")
-    parser.add_argument("job", type=Path, help="the job file (job.yaml)")
+    parser.add_argument("job", type=lambda given: file_in_folder(given, ("job.yaml",)),
+                        help="the job file (job.yaml), or the folder that holds it")
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                         help="set a variable for every rank, over the job's env (repeatable)")
     parser.add_argument("--nproc-per-node", type=int, metavar="N", help="processes per node instead of the job's nproc_per_node")
@@ -141,8 +182,9 @@ def _run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sweep", action="store_true", help="run at every node count in the job's `scaling` and compare")
     parser.add_argument("--detach", action="store_true", help="return once every node has started; the run goes on without "
                         "this terminal (see launch status, logs --follow, stop)")
-    parser.add_argument("--resume", action="store_true", help="keep the job's checkpoint directory (LAUNCH_CHECKPOINT_DIR) "
-                        "from earlier runs instead of starting with it empty")
+    parser.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                        help="start from the checkpoints and outputs of the job's newest earlier run that kept any, "
+                        "or of RUN (copied: that run's files stay as they are)")
     parser.add_argument("--verbose", "-v", action="store_true", help="show torchrun's own lines too (always in logs/<host>/torchrun.log)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     return parser
@@ -220,10 +262,13 @@ def run_job(args: argparse.Namespace, extra: list[str] | None = None) -> int:
 
 
 def _check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch check", description="Preflight every host of an inventory, or every "
-                                     "host a job would use as the job needs it (its base image here, a python with the "
-                                     "same torch on runtime: host hosts, GPUs for its processes, the rendezvous port).")
-    parser.add_argument("cluster", type=Path, help="an inventory (cluster.yaml) or a job (job.yaml)")
+    from .spec.yamlfile import file_in_folder
+
+    parser = _Parser(prog="launch check", allow_abbrev=False, description="Preflight every host of an inventory, or every "
+                     "host a job would use as the job needs it (its base image here, a python with the "
+                     "same torch on runtime: host hosts, GPUs for its processes, the rendezvous port).")
+    parser.add_argument("cluster", type=lambda given: file_in_folder(given, ("job.yaml", "cluster.yaml")),
+                        help="an inventory (cluster.yaml) or a job (job.yaml), or a folder holding one (the job first)")
     parser.add_argument("--port", type=int, default=None, help="the rendezvous port that must be free, with the next one "
                         "(default: the job's rdzv_port, or 29500)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -255,7 +300,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _report_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch report", description="Compare runs of one job across node counts.")
+    parser = _Parser(prog="launch report", allow_abbrev=False, description="Compare runs of one job across node counts.")
     parser.add_argument("runs", type=Path, nargs="+", help="run directories (or run ids under ./runs)")
     parser.add_argument("--out", type=Path, help="where scaling.json/.md/.png go (default: the runs' common folder)")
     _existing_run_flags(parser)
@@ -263,20 +308,30 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from .results.runplot import FILE, plot_path, write_steps_plot
     from .run.existing import find_run
 
     # a folder as given (it must hold summary.json), else a run id under --runs-dir
     runs = [run if run.is_dir() else find_run(run, args.runs_dir) for run in args.runs]
     summaries = load_summaries(runs)
-    out = args.out or Path(os.path.commonpath([str(run.resolve().parent) for run in runs]))
-    rows = write_scaling(out, summaries)
-    print(markdown(rows, next(iter(summaries.values()))["job"]))
-    print(f"launch: scaling results in {out}: {', '.join(FILES)}")
+    if len(summaries) > 1:
+        out = args.out or Path(os.path.commonpath([str(run.resolve().parent) for run in runs]))
+        rows = write_scaling(out, summaries)
+        print(markdown(rows, next(iter(summaries.values()))["job"]))
+        print(f"launch: scaling results in {out}: {', '.join(FILES)}")
+    else:  # a table of one run compares nothing
+        print("launch: one run: no scaling table (it compares two runs or more)")
+    for label, summary in summaries.items():
+        path = plot_path(Path(label), summary, args.out)
+        if write_steps_plot(Path(label), summary, path):
+            print(f"launch: steps of run {summary.get('run_id')}: {path}")
+        else:
+            print(f"launch: run {summary.get('run_id')} has no step metrics: no {FILE} made")
     return 0
 
 
 def _logs_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch logs", description="Print the logs of a run, prefixed [host/rank].")
+    parser = _Parser(prog="launch logs", allow_abbrev=False, description="Print the logs of a run, prefixed [host/rank].")
     parser.add_argument("run", type=Path, help="a run directory, or a run id under --runs-dir")
     parser.add_argument("--rank", type=int, help="only this global rank")
     parser.add_argument("--follow", "-f", action="store_true",
@@ -286,6 +341,9 @@ def _logs_parser() -> argparse.ArgumentParser:
 
 
 def _existing_run_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command about existing runs; its parser made strict as `_Parser` is, whichever
+    class built it."""
+    parser.__class__, parser.allow_abbrev = _Parser, False
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run ids are looked up (default: ./runs)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
@@ -324,7 +382,7 @@ def _logs(args: argparse.Namespace) -> int:
 
 
 def _status_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch status", description="The state of runs, per host (asked of the hosts).")
+    parser = _Parser(prog="launch status", allow_abbrev=False, description="The state of runs, per host (asked of the hosts).")
     parser.add_argument("runs", type=Path, nargs="*", help="run directories or run ids (default: every run under --runs-dir)")
     parser.add_argument("--json", action="store_true", help="one JSON object per run")
     _existing_run_flags(parser)
@@ -369,8 +427,8 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch stop", description="Stop every host's part of a run "
-                                     "(SIGTERM, then kill after the grace period) and collect its logs.")
+    parser = _Parser(prog="launch stop", allow_abbrev=False, description="Stop every host's part of a run "
+                     "(SIGTERM, then kill after the grace period) and collect its logs.")
     parser.add_argument("run", type=Path, help="a run directory, or a run id under --runs-dir")
     _existing_run_flags(parser)
     return parser
@@ -392,3 +450,94 @@ def _stop(args: argparse.Namespace) -> int:
         return 0
     finally:
         run.close()
+
+
+def _runs_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch runs", description="List runs, newest first, from their run directories "
+                                     "(launch status asks the hosts of runs that have not ended).")
+    parser.add_argument("--job", help="only the runs of this job")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run")
+    _existing_run_flags(parser)
+    return parser
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from .run.housekeeping import rows
+    from .run.status import duration
+
+    found = rows(args.runs_dir, args.job)
+    if args.json:
+        for row in found:
+            print(json.dumps(row.to_json()), flush=True)
+        return 0
+    if not found:
+        print(f"no runs in {args.runs_dir}" + (f" of job {args.job}" if args.job else ""))
+        return 0
+    table = [("run", "job", "status", "started", "wall", "nodes")]
+    for row in found:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.start_time))
+        wall = duration(row.wall_time_s) if row.wall_time_s is not None else "-"
+        table.append((row.run_id, row.job, row.status, started, wall, str(row.nodes)))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _rm_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch rm", description="Remove runs that have ended: their run directories, and "
+                                     "with --checkpoints their checkpoints and outputs on every host. Each removal is said.")
+    parser.add_argument("runs", type=Path, nargs="+", help="run directories, or run ids under --runs-dir")
+    parser.add_argument("--checkpoints", action="store_true", help="also remove each run's own folder on its hosts "
+                        "(its checkpoints and the files its ranks wrote); without it they stay")
+    _existing_run_flags(parser)
+    return parser
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from .run.existing import find_run
+    from .run.housekeeping import remove
+
+    roots = [find_run(run, args.runs_dir) for run in args.runs]  # every name checked before anything goes
+    failed = 0
+    for root in roots:
+        try:
+            remove(root, args.checkpoints, print)
+        except LaunchError as exc:
+            print(f"launch: error: {exc}", file=sys.stderr)
+            failed += 1
+    return EXIT_FAILED if failed else 0
+
+
+def _prune_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch prune", description="Remove the ended runs of each job beyond the newest "
+                                     "KEEP, as launch rm does. Runs still going are never counted or removed.")
+    parser.add_argument("--keep", type=int, required=True, help="how many ended runs of each job to keep (newest first)")
+    parser.add_argument("--job", help="only the runs of this job")
+    parser.add_argument("--checkpoints", action="store_true", help="also remove those runs' checkpoints and outputs on their hosts")
+    parser.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    _existing_run_flags(parser)
+    return parser
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .run.housekeeping import remove, rows, to_prune
+
+    if args.keep < 0:
+        raise SpecError(f"--keep: expected 0 or more, got {args.keep}")
+    doomed = to_prune(rows(args.runs_dir, args.job), args.keep)
+    if not doomed:
+        print(f"launch: nothing to prune in {args.runs_dir} (keeping {args.keep} ended run(s) per job)")
+        return 0
+    failed = 0
+    for row in doomed:
+        if args.dry_run:
+            print(f"launch: would remove run {row.run_id} ({row.job}, {row.status})"
+                  + (" with its checkpoints and outputs" if args.checkpoints else ""))
+            continue
+        try:
+            remove(row.root, args.checkpoints, print)
+        except LaunchError as exc:
+            print(f"launch: error: {exc}", file=sys.stderr)
+            failed += 1
+    return EXIT_FAILED if failed else 0

@@ -48,7 +48,7 @@ def test_missing_job_file(tmp_path: Path) -> None:
 def test_usage_error_exits_2(tmp_path: Path) -> None:
     result = launch("--no-such-flag", cwd=tmp_path)
     assert result.returncode == 2
-    assert "usage: launch" in result.stderr
+    assert result.stderr == "launch: error: unknown option '--no-such-flag'; launch --help lists the options\n"
 
 
 @pytest.mark.parametrize(
@@ -123,7 +123,7 @@ def test_version_help_and_a_mistyped_command(tmp_path: Path) -> None:
     assert "examples:" in helped.stdout and "--env KEY=VALUE" in helped.stdout
     typo = launch("stauts", cwd=tmp_path)
     assert typo.returncode == 2
-    assert typo.stderr == "launch: error: unknown command 'stauts'; did you mean 'status'? (commands: check, status, logs, stop, report, or a job file)\n"
+    assert typo.stderr == "launch: error: unknown command 'stauts'; did you mean 'status'? (commands: check, status, logs, stop, report, runs, rm, prune, or a job file)\n"
 
 
 def test_a_global_flag_before_the_command(tmp_path: Path) -> None:
@@ -180,4 +180,143 @@ def test_a_sweep_runs_each_count_with_the_flags_given(tmp_path: Path, monkeypatc
     (tmp_path / "job.yaml").write_text("cluster: cluster.yaml\ncommand: [python, x.py]\nscaling: [1]\n")
     assert cli.main([str(tmp_path / "job.yaml"), "--sweep", "--verbose", "--debug", "--runs-dir", str(tmp_path / "runs")]) == 1
     assert [(r.nodes, r.verbose, r.debug, r.dry_run, r.resume, r.runs_dir.parent) for r in asked] == [
-        (1, True, True, False, False, (tmp_path / "runs").resolve())]
+        (1, True, True, False, None, (tmp_path / "runs").resolve())]
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    from launcher.cli import main
+
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["job.yaml", "--dryrun"], "unknown option '--dryrun'; did you mean '--dry-run'?"),
+    (["job.yaml", "--dry"], "unknown option '--dry'; did you mean '--dry-run'?"),
+    (["job.yaml", "--nproc", "2"], "unknown option '--nproc'; did you mean '--nproc-per-node'?"),
+    (["job.yaml", "--nproc=2"], "unknown option '--nproc'; did you mean '--nproc-per-node'?"),
+    (["job.yaml", "--loc"], "unknown option '--loc'; did you mean '--local'?"),
+    (["--no-such-flag"], "unknown option '--no-such-flag'; launch --help lists the options"),
+    (["job.yaml", "-x"], "unknown option '-x'; launch --help lists the options"),
+    (["logs", "r1", "--follw"], "unknown option '--follw'; did you mean '--follow'?"),
+    (["logs", "r1", "--fol"], "unknown option '--fol'; did you mean '--follow'?"),
+    (["status", "--jsn"], "unknown option '--jsn'; did you mean '--json'?"),
+    (["stop", "r1", "--runs-dri", "x"], "unknown option '--runs-dri'; did you mean '--runs-dir'?"),
+    (["stop", "r1", "--runs"], "unknown option '--runs'; did you mean '--runs-dir'?"),
+    (["report", "r1", "--ot", "x"], "unknown option '--ot'; did you mean '--out'?"),
+    (["check", "c.yaml", "--prot", "1"], "unknown option '--prot'; did you mean '--port'?"),
+    (["check", "--po", "1", "c.yaml"], "unknown option '--po'; did you mean '--port'?"),
+    (["runs", "--jsn"], "unknown option '--jsn'; did you mean '--json'?"),  # parsers built elsewhere, made strict
+    (["rm", "r1", "--checkpoint"], "unknown option '--checkpoint'; did you mean '--checkpoints'?"),
+])
+def test_an_unknown_or_shortened_option_is_one_line_with_a_suggestion(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                      monkeypatch: pytest.MonkeyPatch, argv: list[str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert run_main(capsys, *argv) == (2, "", f"launch: error: {message}\n")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_usage_for_a_missing_job_file(tmp_path: Path) -> None:
+    result = launch(cwd=tmp_path)
+    assert result.returncode == 2 and "usage: launch" in result.stderr
+
+
+@pytest.fixture
+def runs_asked(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The (job, request) of each run the command line asks for; none is started."""
+    from launcher import cli
+
+    asked: list = []
+    monkeypatch.setattr(cli, "run_once", lambda job, cluster, request: (asked.append((job, request)), (0, None))[1])
+    return asked
+
+
+def test_options_in_full_and_arguments_after_the_double_dash(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            monkeypatch: pytest.MonkeyPatch, runs_asked: list) -> None:
+    (tmp_path / "job.yaml").write_text("command: [python, x.py]\n")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_main(capsys, "job.yaml", "--local", "--nproc-per-node=2", "--runs-dir=r", "--dry-run",
+                            "--", "--dryrun", "-x", "--nproc", "-1")
+    assert code == 0, err
+    job, request = runs_asked[0]
+    assert job.command == ("python", "x.py", "--dryrun", "-x", "--nproc", "-1") and job.nproc_per_node == 2
+    assert request.dry_run and request.runs_dir == Path("r")
+
+
+def test_a_folder_holding_job_yaml_is_that_job(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch, runs_asked: list) -> None:
+    (tmp_path / "jobs" / "a").mkdir(parents=True)
+    (tmp_path / "jobs" / "a" / "job.yaml").write_text("command: [python, x.py]\n")
+    monkeypatch.chdir(tmp_path)
+    for folder in ("jobs/a", "jobs/a/", "jobs/a/../a"):
+        assert run_main(capsys, folder, "--local", "--dry-run")[0] == 0
+        assert runs_asked.pop()[0].path == Path("jobs/a/job.yaml")
+    (tmp_path / "empty").mkdir()
+    assert run_main(capsys, "empty", "--local") == (2, "", "launch: error: empty: is a directory holding no job.yaml; "
+                                                           "name the job file\n")
+    assert run_main(capsys, "check", "empty") == (2, "", "launch: error: empty: is a directory holding no job.yaml or "
+                                                         "cluster.yaml; name the file\n")
+
+
+def test_check_takes_a_folder_as_its_job_or_else_its_inventory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher.hosts import check
+
+    checked: list = []
+    monkeypatch.setattr(check, "check_job", lambda job, hosts, *a, **k: (checked.append(job.path), ([], []))[1])
+    monkeypatch.setattr(check, "check_cluster", lambda cluster, *a, **k: (checked.append(cluster.path), [])[1])
+    (tmp_path / "lab").mkdir()
+    (tmp_path / "lab" / "cluster.yaml").write_text(CLUSTER)
+    monkeypatch.chdir(tmp_path)
+    assert run_main(capsys, "check", "lab")[0] == 0
+    (tmp_path / "lab" / "job.yaml").write_text("command: [python, x.py]\n")
+    assert run_main(capsys, "check", "lab")[0] == 0
+    assert checked == [Path("lab/cluster.yaml"), Path("lab/job.yaml")]
+
+
+def test_an_unexpected_error_once_the_run_directory_exists_is_kept_there(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher import cli
+    from launcher.image import wheels
+    from launcher.run import rundir
+
+    monkeypatch.setattr(wheels, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(rundir, "MADE", [])
+    made: list = []
+
+    def fails_after_making_the_run_directory(job, cluster, request):
+        made.append(rundir.new_run_paths(request.runs_dir, job.name))
+        rundir.create(made[-1])
+        raise RuntimeError("boom while deploying")
+
+    monkeypatch.setattr(cli, "run_once", fails_after_making_the_run_directory)
+    (tmp_path / "job.yaml").write_text("command: [python, x.py]\n")
+    code, out, err = run_main(capsys, str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"))
+    error_file = made[0].root / "launcher-error.txt"
+    assert (code, out) == (1, "")
+    assert err == f"launch: unexpected error: RuntimeError: boom while deploying; the traceback is in {error_file} (--debug prints it)\n"
+    assert "Traceback" in error_file.read_text() and "boom while deploying" in error_file.read_text()
+    assert not (tmp_path / "cache" / "last-error.txt").exists()
+    # once the run has ended (its summary written), a later error is not the run's
+    rundir.write_json(made[0].summary_file, {"status": "succeeded"})
+    monkeypatch.setattr(cli, "run_once", lambda *a: (_ for _ in ()).throw(RuntimeError("late error")))
+    code, _, err = run_main(capsys, str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"))
+    assert code == 1 and f"the traceback is in {tmp_path / 'cache' / 'last-error.txt'}" in err
+    assert "late error" in (tmp_path / "cache" / "last-error.txt").read_text() and "late error" not in error_file.read_text()
+
+
+def test_an_unexpected_error_writing_a_runs_inputs_is_kept_in_its_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher.image import wheels
+    from launcher.run import rundir
+
+    monkeypatch.setattr(wheels, "CACHE", tmp_path / "cache")
+    monkeypatch.setattr(rundir, "MADE", [])
+    monkeypatch.setattr(rundir, "copy_input", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("disk gremlin")))
+    (tmp_path / "job.yaml").write_text("command: [python, x.py]\nruntime: host\n")
+    code, _, err = run_main(capsys, str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"))
+    [run] = [p for p in (tmp_path / "runs").iterdir() if p.name != "checkpoints"]
+    assert code == 1, err
+    assert err.startswith(f"launch: unexpected error: RuntimeError: disk gremlin; the traceback is in {run / 'launcher-error.txt'}")
+    assert "disk gremlin" in (run / "launcher-error.txt").read_text()

@@ -4,6 +4,7 @@ the file and the key, exit code 2, no traceback, nothing created. Fast: nothing 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -153,6 +154,10 @@ CLUSTER_CASES = [
     ("gpus-negative-id", "hosts:\n  - {name: a, address: x, gpus: ['-1']}\n", r"hosts\[0\]\.gpus\[0\]: expected a GPU index"),
     ("gpus-list-in-id", "hosts:\n  - {name: a, address: x, gpus: ['0,1,2']}\n", r"hosts\[0\]\.gpus\[0\]: expected a GPU index"),
     ("gpus-id-injection", "hosts:\n  - {name: a, address: x, gpus: ['0;id']}\n", r"hosts\[0\]\.gpus\[0\]: expected a GPU index"),
+    ("gpus-uuid-too-short", "hosts:\n  - {name: a, address: x, gpus: [GPU-abc]}\n", r"hosts\[0\]\.gpus\[0\]: expected a GPU index"),
+    ("gpus-uuid-not-hex", "hosts:\n  - {name: a, address: x, gpus: [GPU-5c1c2d3e-aaaa-bbbb-cccc-ddddeeeeffzz]}\n", r"gpus\[0\]: expected a GPU index"),
+    ("gpus-scalar-not-an-id", "hosts:\n  - {name: a, address: x, gpus: GPU-abc}\n", r"hosts\[0\]\.gpus: expected a GPU count from 0 to 256, a GPU index or a device UUID"),
+    ("gpus-scalar-word", "hosts:\n  - {name: a, address: x, gpus: four}\n", r"hosts\[0\]\.gpus: expected a GPU count"),
     ("gpus-billion", "hosts:\n  - {name: a, address: x, gpus: 1000000000}\n", r"hosts\[0\]\.gpus: expected an integer from 0 to 256"),
     ("slots-billion", "hosts:\n  - {name: a, address: x, slots: 1000000000}\n", r"hosts\[0\]\.slots: expected an integer from 1 to 1024"),
     ("duplicate-names", "hosts:\n  - {name: a, address: x}\n  - {name: a, address: y}\n", r"hosts\[1\]\.name: 'a' is already"),
@@ -175,14 +180,28 @@ def test_a_hostile_inventory_is_one_line_and_exit_2(tmp_path: Path, capsys: pyte
     assert_refused(code, output, pattern, tmp_path)
 
 
+UUID = "GPU-5c1c2d3e-aaaa-4b2c-9d1e-0123456789ab"
+
+
+@pytest.mark.parametrize("gpus, ids", [(UUID, (UUID,)), ("'3'", ("3",)), (f"[GPU-{UUID[4:].upper()}, 1]", (f"GPU-{UUID[4:].upper()}", "1")),
+                                       ("MIG-" + UUID[4:], ("MIG-" + UUID[4:],)),
+                                       (f"[MIG-{UUID}/1/0]", (f"MIG-{UUID}/1/0",)), ("2", None)])
+def test_gpus_as_a_count_a_device_id_or_a_list_of_them(tmp_path: Path, gpus: str, ids: tuple[str, ...] | None) -> None:
+    from launcher.spec import load_cluster
+
+    (tmp_path / "cluster.yaml").write_text(f"hosts:\n  - {{name: a, address: x, gpus: {gpus}}}\n")
+    host = load_cluster(tmp_path / "cluster.yaml").hosts[0]
+    assert (host.gpus, host.gpu_ids) == ((len(ids), ids) if ids else (2, None))
+
+
 @pytest.mark.parametrize("address, shown", [("10.0.0.7", "10.0.0.7"), ("fd00::7", "fd00::7"), ("[fd00::7]", "fd00::7"),
                                             ("node-1.lab.example", "node-1.lab.example"), ("gpu_box", "gpu_box")])
 def test_good_addresses_are_taken(tmp_path: Path, address: str, shown: str) -> None:
     from launcher.spec import load_cluster
 
-    (tmp_path / "cluster.yaml").write_text(f"hosts:\n  - {{name: a, address: '{address}', user: deploy.bot, nic: enp3s0f1, gpus: ['0', GPU-5c1c2d3e-aaaa]}}\n")
+    (tmp_path / "cluster.yaml").write_text(f"hosts:\n  - {{name: a, address: '{address}', user: deploy.bot, nic: enp3s0f1, gpus: ['0', {UUID}]}}\n")
     host = load_cluster(tmp_path / "cluster.yaml").hosts[0]
-    assert host.address == shown and host.ssh.user == "deploy.bot" and host.gpu_ids == ("0", "GPU-5c1c2d3e-aaaa")
+    assert host.address == shown and host.ssh.user == "deploy.bot" and host.gpu_ids == ("0", UUID)
 
 
 def special_file(tmp_path: Path, kind: str) -> str:
@@ -260,3 +279,83 @@ def test_rank_output_is_made_safe_for_a_terminal(line: bytes, plain: bytes, tty:
     from launcher.run.terminal import printable
 
     assert printable(line) == plain and printable(line, colour=True) == tty
+
+
+# A byte no YAML file may hold: (id, bytes, column of the byte on line 2, what the line says)
+BAD_BYTES = [
+    ("nul", b"\x00", r"a NUL byte \(0x00\)"),
+    ("soh", b"\x01", r"the control byte 0x01"),
+    ("escape", b"\x1b", r"the control byte 0x1b"),
+    ("delete", b"\x7f", r"the control byte 0x7f"),
+    ("c1-control", "\u009b".encode(), r"the control character U\+009B"),
+    ("non-character", "\ufffe".encode(), r"the character U\+FFFE"),
+    ("invalid-utf8", b"\xff", r"not UTF-8 text \(byte 0xff: invalid start byte\)"),
+    ("truncated-utf8", b"\xc3(", r"not UTF-8 text \(byte 0xc3: invalid continuation byte\)"),
+    ("encoded-surrogate", b"\xed\xa0\xbd", r"not UTF-8 text \(byte 0xed: invalid continuation byte\)"),
+]
+
+
+@pytest.mark.parametrize("raw, what", [pytest.param(b, w, id=i) for i, b, w in BAD_BYTES])
+@pytest.mark.parametrize("where", ["job", "cluster"])
+def test_a_raw_control_or_non_utf8_byte_is_one_line_naming_line_and_column(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], raw: bytes, what: str, where: str) -> None:
+    job = (JOB + "cluster: cluster.yaml\n").encode()
+    cluster = CLUSTER.encode()
+    if where == "job":
+        job += b"name: '\xc3\xa9" + raw + b"'\n"  # line 3, the byte in column 9: the two bytes of \u00e9 are one column
+    else:
+        cluster = cluster.replace(b"address: 10.0.0.1", b"address: '10.0.0.1" + raw + b"'")  # line 2, column 33
+    (tmp_path / "job.yaml").write_bytes(job)
+    (tmp_path / "cluster.yaml").write_bytes(cluster)
+    code, output = run_cli(capsys, str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"))
+    name = "job.yaml: line 3, column 9" if where == "job" else "cluster.yaml: line 2, column 33"
+    assert_refused(code, output, re.escape(name) + ": (holds )?" + what, tmp_path)
+
+
+def test_a_json_job_with_an_escaped_emoji_is_the_emoji(tmp_path: Path) -> None:
+    import json
+
+    from launcher.spec import load_cluster, load_job
+
+    (tmp_path / "job.yaml").write_text(json.dumps({"command": ["python", "x.py", "\U0001F642"], "env": {"E\u00e9": "1"},
+                                                  "name": "x"}, ensure_ascii=True).replace("E\\u00e9", "E"))
+    assert "\\ud83d\\ude42" in (tmp_path / "job.yaml").read_text()  # what json.dumps writes
+    assert load_job(tmp_path / "job.yaml").command == ("python", "x.py", "\U0001F642")
+    (tmp_path / "cluster.yaml").write_text('{"hosts": [{"name": "a", "address": "local", "python": "/opt/\\ud83d\\ude42/python"}]}')
+    assert load_cluster(tmp_path / "cluster.yaml").hosts[0].python == "/opt/\U0001F642/python"
+
+
+LONE_SURROGATES = [
+    ("job", 'command: [python, "x\\ud83d"]\n', r"job\.yaml: command\[1\]: holds half a UTF-16 surrogate pair, '\\ud83d'"),
+    ("job", JOB + 'env: {X: "\\ude42\\ud83d"}\n', r"job\.yaml: env\.X: holds half a UTF-16 surrogate pair, '\\ude42'"),
+    ("job", JOB + '"\\udc00": 1\n', r"job\.yaml: \\udc00: holds half a UTF-16 surrogate pair, '\\udc00'"),
+    ("cluster", 'hosts:\n  - {name: a, address: x, identity_file: "k\\udfff"}\n',
+     r"cluster\.yaml: hosts\[0\]\.identity_file: holds half a UTF-16 surrogate pair, '\\udfff'"),
+]
+
+
+@pytest.mark.parametrize("where, text, pattern", LONE_SURROGATES)
+def test_a_lone_surrogate_escape_is_one_line_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                            where: str, text: str, pattern: str) -> None:
+    (tmp_path / "job.yaml").write_text((text if where == "job" else JOB) + "cluster: cluster.yaml\n")
+    (tmp_path / "cluster.yaml").write_text(text if where == "cluster" else CLUSTER)
+    code, output = run_cli(capsys, str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"))
+    assert_refused(code, output, pattern, tmp_path)
+
+
+@pytest.mark.parametrize("job_arg, job_text, message", [
+    ("jobs/x/job.yaml", JOB + "cluster: ../../cluster.yaml\n", "cluster.yaml: hosts: expected a non-empty list of hosts, got a list"),
+    ("jobs/x/../x/./job.yaml", JOB + "nproc_per_nod: 2\n", "jobs/x/job.yaml: unknown key 'nproc_per_nod'; did you mean 'nproc_per_node'?"),
+    ("jobs/x/job.yaml", JOB + "workdir: ../../nowhere\n", "jobs/x/job.yaml: workdir: '../../nowhere' is not a directory (resolved to nowhere)"),
+    ("jobs/x/job.yaml", JOB + "image: {requirements: ../y/../r.txt}\n",
+     "jobs/x/job.yaml: image.requirements: '../y/../r.txt' is not a file (resolved to jobs/r.txt)"),
+    ("{tmp}/jobs/x/job.yaml", JOB + "cluster: ../../cluster.yaml\n", "{tmp}/cluster.yaml: hosts: expected a non-empty list of hosts, got a list"),
+])
+def test_errors_name_files_by_normalised_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                               job_arg: str, job_text: str, message: str) -> None:
+    (tmp_path / "jobs" / "x").mkdir(parents=True)
+    (tmp_path / "jobs" / "x" / "job.yaml").write_text(job_text)
+    (tmp_path / "cluster.yaml").write_text("hosts: []\n")
+    monkeypatch.chdir(tmp_path)
+    code, output = run_cli(capsys, job_arg.format(tmp=tmp_path), "--runs-dir", str(tmp_path / "runs"))
+    assert (code, output) == (2, f"launch: error: {message.format(tmp=tmp_path)}\n")

@@ -148,18 +148,30 @@ def test_a_rank_that_fails_once_restarts_keeps_both_attempts_and_resumes(probe_j
     assert json.loads((run / "logs/box/rank1.attempt0.status.json").read_text())["exit_code"] == 3
 
 
-def test_checkpoint_dir_is_kept_with_resume_and_emptied_otherwise(probe_job, tmp_path: Path) -> None:
+def test_every_run_has_its_own_checkpoints_a_rerun_keeps_the_earlier_ones_and_resume_copies_them(probe_job, tmp_path: Path) -> None:
     job = probe_job(["--steps", "4", "--checkpoint"], nproc=1)
     first = launch(str(job), cwd=tmp_path)
     assert first.returncode == 0, first.stdout + first.stderr
-    plan = json.loads((tmp_path / "runs" / run_id_of(first.stdout) / "plan.json").read_text())
+    first_id = run_id_of(first.stdout)
+    plan = json.loads((tmp_path / "runs" / first_id / "plan.json").read_text())
     checkpoints = Path(plan["nodes"][0]["env"]["LAUNCH_CHECKPOINT_DIR"])
-    assert checkpoints == tmp_path / "runs/checkpoints/probe/box" and (checkpoints / "rank0.step").read_text() == "4"
+    assert checkpoints == tmp_path / f"runs/jobs/probe/box/{first_id}/checkpoints"
+    assert (checkpoints / "rank0.step").read_text() == "4"
     job.write_text(job.read_text().replace('"4"', '"6"'))
     resumed = launch(str(job), "--resume", cwd=tmp_path)
+    assert f"launch: resuming from run {first_id}" in resumed.stdout
     assert "[box/0] resumed from step 4" in resumed.stdout.splitlines() and "[box/0] step 5" in resumed.stdout
+    resumed_summary = json.loads((tmp_path / "runs" / run_id_of(resumed.stdout) / "summary.json").read_text())
+    assert resumed_summary["resumed_from"] == first_id
+    assert (checkpoints / "rank0.step").read_text() == "4", "the run resumed from keeps its own files as they were"
     fresh = launch(str(job), cwd=tmp_path)
     assert "resumed" not in fresh.stdout and "[box/0] step 0" in fresh.stdout.splitlines()
+    assert (checkpoints / "rank0.step").read_text() == "4", "a plain rerun deletes no earlier run's checkpoints"
+    newest = launch(str(job), "--resume", cwd=tmp_path)  # the newest run that kept checkpoints: the fresh one, at 6
+    assert f"launch: resuming from run {run_id_of(fresh.stdout)}" in newest.stdout
+    assert "[box/0] resumed from step 6" in newest.stdout.splitlines()
+    chosen = launch(str(job), "--resume", first_id, cwd=tmp_path)  # a run named
+    assert "[box/0] resumed from step 4" in chosen.stdout.splitlines(), chosen.stdout
 
 
 def test_stop_of_an_attached_run_from_another_terminal(probe_job, tmp_path: Path) -> None:

@@ -197,7 +197,7 @@ def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> N
 
     (tmp_path / "cluster.yaml").write_text(lab.cluster_file.read_text().replace("gpus: 0", "gpus: 2", 1))
     listeners = {}
-    for host, port in (("h2", 29500), ("h1", 29501)):  # the rendezvous port, and the node supervisors'
+    for host, port in (("h1", 29500), ("h1", 29501), ("h2", 29500)):  # the rendezvous port, the node supervisors'; h2's: no run needs it
         # SO_REUSEADDR and retries: the previous test's nodes may still be letting go of the port
         lab.ssh(host, "cat > /tmp/listen.py <<'EOF'\n"
                       "import socket, sys, time\n"
@@ -212,7 +212,7 @@ def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> N
                       "s.listen()\n"
                       "time.sleep(120)\n"
                       "EOF")
-        listeners[host] = lab.ssh(host, f"nohup python3 /tmp/listen.py {port} >/dev/null 2>&1 & echo $!").stdout.decode().strip()
+        listeners[(host, port)] = lab.ssh(host, f"nohup python3 /tmp/listen.py {port} >/dev/null 2>&1 & echo $!").stdout.decode().strip()
         deadline = time.monotonic() + 40
         while str(port) not in lab.ssh(host, f"ss -ltnH 'sport = :{port}'").stdout.decode():
             assert time.monotonic() < deadline, f"no listener on {host}:{port}"
@@ -222,15 +222,16 @@ def test_check_says_which_hosts_are_usable_and_why_not(tmp_path: Path, lab) -> N
         bad = launch("check", str(tmp_path / "cluster.yaml"), cwd=tmp_path, timeout=120)
     finally:
         lab.restore_link("h3")
-        for host, pid in listeners.items():
+        for (host, _), pid in listeners.items():
             lab.ssh(host, f"kill {pid}", check=False)
     assert bad.returncode == 1
     by_host = {line.split()[0]: line for line in bad.stdout.splitlines()[:3]}
     assert "NOT USABLE: 0 GPU(s) visible, the inventory says 2" in by_host["h1"]
-    assert "port 29501 (the node supervisors', rendezvous port + 1) is in use" in by_host["h1"]
-    assert "NOT USABLE: port 29500 is in use" in by_host["h2"]
+    assert "port 29500 is in use (the rendezvous port)" in by_host["h1"]
+    assert "port 29501 is in use (the node supervisors' port, rendezvous + 1, needed for multi-node runs)" in by_host["h1"]
+    assert " ok " in by_host["h2"] and "29500" not in by_host["h2"], "only the first host's ports matter to a run"
     assert f"NOT USABLE: h3 (root@{lab.hosts[2].address}:22): cannot connect" in by_host["h3"]
-    assert bad.stdout.splitlines()[-1] == "0 of 3 host(s) usable"
+    assert bad.stdout.splitlines()[-1] == "1 of 3 host(s) usable"
 
 
 def test_ctrl_c_during_a_remote_command_reaches_the_launcher(tmp_path: Path, lab) -> None:

@@ -62,9 +62,15 @@ JOB_ERRORS = [
     pytest.param(
         JOB + "flavour: blue\n",
         "unknown key 'flavour'; valid keys: name, cluster, nodes, nproc_per_node, backend, workdir, command, env, "
-        "secrets, image, runtime, rdzv_port, max_restarts, timeout, scaling, warmup_steps, resume, hang_warning",
+        "secrets, image, runtime, rdzv_port, max_restarts, timeout, scaling, warmup_steps, resume, hang_warning, outputs, outputs_limit",
         id="unknown-key-lists-valid-keys",
     ),
+    pytest.param(JOB + "outputs: [../x]\n", "outputs[0]: expected a glob relative to the working directory, such as '*.pt' or "
+                 "'out/*', got '../x'", id="outputs-leave-the-folder"),
+    pytest.param(JOB + "outputs: [/etc/*]\n", "outputs[0]: expected a glob relative to the working directory, such as '*.pt' or "
+                 "'out/*', got '/etc/*'", id="outputs-absolute"),
+    pytest.param(JOB + "outputs_limit: lots\n", "outputs_limit: expected a size such as 500MB or 2GB, got 'lots'", id="outputs-limit-word"),
+    pytest.param(JOB + "outputs_limit: 2PB\n", "outputs_limit: expected a size such as 500MB or 2GB, got '2PB'", id="outputs-limit-unit"),
     pytest.param(JOB + "image:\n  bse: python:3.12\n", "image: unknown key 'bse'; did you mean 'base'?", id="unknown-key-in-image"),
     pytest.param(JOB + "image: python:3.12\n", "image: expected a mapping, got 'python:3.12'", id="image-not-mapping"),
     pytest.param(JOB + "image: {base: 3}\n", "image.base: expected a string, got 3", id="image-base-int"),
@@ -189,7 +195,7 @@ def test_file_that_is_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfecommand: [a]\n")
     with pytest.raises(SpecError) as info:
         load_job(path)
-    assert str(info.value) == f"{path}: cannot read: not UTF-8 text (invalid start byte at byte 0)"
+    assert str(info.value) == f"{path}: line 1, column 1: not UTF-8 text (byte 0xff: invalid start byte)"
 
 
 @pytest.mark.parametrize(
@@ -291,7 +297,7 @@ CLUSTER_ERRORS = [
     ),
     pytest.param(
         "hosts:\n  - {name: a, address: x, gpus: four}\n",
-        "hosts[0].gpus: expected an integer from 0 to 256, got 'four'",
+        "hosts[0].gpus: expected a GPU count from 0 to 256, a GPU index or a device UUID (GPU-<8-4-4-4-12 hex digits>, MIG-...), got 'four'",
         id="gpus-word",
     ),
     pytest.param("hosts:\n  - {name: a, address: x, gpus: -1}\n", "hosts[0].gpus: expected an integer from 0 to 256, got -1", id="gpus-negative"),
@@ -435,8 +441,8 @@ def test_cluster_ssh_defaults_when_no_ssh_section(tmp_path: Path) -> None:
 
 
 def test_host_gpu_ids_as_strings(tmp_path: Path) -> None:
-    cluster = hosts_of(tmp_path, "hosts:\n  - {name: a, address: x, gpus: [GPU-aa, 1]}\n")
-    assert (cluster.hosts[0].gpus, cluster.hosts[0].gpu_ids) == (2, ("GPU-aa", "1"))
+    cluster = hosts_of(tmp_path, "hosts:\n  - {name: a, address: x, gpus: [GPU-5c1c2d3e-aaaa-4b2c-9d1e-0123456789ab, 1]}\n")
+    assert (cluster.hosts[0].gpus, cluster.hosts[0].gpu_ids) == (2, ("GPU-5c1c2d3e-aaaa-4b2c-9d1e-0123456789ab", "1"))
 
 
 def test_local_host(tmp_path: Path) -> None:
@@ -664,6 +670,27 @@ def test_nccl_on_cpu_host_not_selected_is_fine(tmp_path: Path) -> None:
     assert [h.name for h in select_hosts(job, cluster)] == ["g1"]
 
 
+@pytest.mark.parametrize("nproc, slots, message", [
+    (1024, "", "nproc_per_node: 1024 is more than 8 per core of this machine's 2 (host 'box' in {cluster} gives no slots, "
+               "so its cores bound it)"),
+    (17, "", "nproc_per_node: 17 is more than 8 per core of this machine's 2 (host 'box' in {cluster} gives no slots, "
+             "so its cores bound it)"),
+    (16, "", None),
+    (5, ", slots: 4", "nproc_per_node: 5 is more than the 4 slot(s) of host 'box' in {cluster}"),
+    (32, ", slots: 32", None),  # slots the inventory gives are the bound, even above 8 per core
+])
+def test_nproc_bounded_by_a_local_hosts_slots_or_cores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nproc: int,
+                                                       slots: str, message: str | None) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    job, cluster = pair(tmp_path, JOB + f"nproc_per_node: {nproc}\n", f"hosts:\n  - {{name: box, address: local{slots}}}\n")
+    if message is None:
+        assert [h.name for h in select_hosts(job, cluster)] == ["box"]
+        return
+    with pytest.raises(SpecError) as info:
+        select_hosts(job, cluster)
+    assert str(info.value) == f"{tmp_path / 'job.yaml'}: " + message.format(cluster=tmp_path / "cluster.yaml")
+
+
 def test_nproc_more_than_gpus_with_nccl(tmp_path: Path) -> None:
     job, cluster = pair(tmp_path, JOB + "nproc_per_node: 3\nbackend: nccl\n", GPU_HOSTS)
     with pytest.raises(SpecError) as info:
@@ -715,3 +742,25 @@ def test_backend_for_no_hosts_is_gloo(tmp_path: Path) -> None:
 def test_backend_for_first_gpu_host_only(tmp_path: Path) -> None:
     job, cluster = pair(tmp_path, JOB, MIXED_HOSTS)
     assert backend_for(job, cluster.hosts[:1]) == "nccl"
+
+
+def test_shown_path_is_normalised_unless_a_link_takes_dotdot_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher.spec.yamlfile import shown_path
+
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "jobs/x/job.yaml", JOB)
+    write(tmp_path, "other/sub/keep", "")
+    write(tmp_path, "other/job.yaml", JOB)
+    (tmp_path / "link").symlink_to(tmp_path / "other" / "sub")
+    assert shown_path(Path("jobs/x/../x/./job.yaml")) == Path("jobs/x/job.yaml")
+    assert shown_path(tmp_path / "jobs" / "x" / ".." / ".." / "cluster.yaml") == tmp_path / "cluster.yaml"
+    assert shown_path(Path("link/../job.yaml")) == Path("link/../job.yaml")  # the OS reads other/job.yaml
+    assert load_job(Path("link/../job.yaml")).path == Path("link/../job.yaml")
+
+
+@pytest.mark.parametrize("given, size", [("1GB", 1024**3), ("500MB", 500 * 1024**2), ("1.5GiB", int(1.5 * 1024**3)),
+                                         ("4kB", 4096), (123, 123), ("7", 7)])
+def test_outputs_limit_takes_sizes_with_units(tmp_path: Path, given, size) -> None:
+    (tmp_path / "job.yaml").write_text(JOB + f"outputs_limit: {given}\noutputs: ['*.pt', 'out/*']\n")
+    job = load_job(tmp_path / "job.yaml")
+    assert job.outputs_limit == size and job.outputs == ("*.pt", "out/*")

@@ -13,7 +13,8 @@ this module does the rest, each acceleration behind a flag that is off by defaul
 - `--workers N`: DataLoader worker processes, persistent, with pinned memory on CUDA;
 - checkpoints: every `--checkpoint-every` optimizer steps and at each epoch's end, local rank 0 of each
   host writes model, optimizer, scaler, epoch and position in the epoch atomically into
-  `LAUNCH_CHECKPOINT_DIR` (else `--checkpoint-dir`); a run starts from the latest one it finds there.
+  `--checkpoint-dir` when given, else `LAUNCH_CHECKPOINT_DIR`, else `checkpoints`; a run starts from the
+  latest one it finds there.
 
 The learning rate follows the linear scaling rule: `--lr` is the rate for a global batch of 256
 samples, and the run uses lr x (batch x world size x accum steps) / 256, so that the same job at more
@@ -56,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, batch_size: int, lr: float
     add("--accum-steps", type=int, default=1, help="micro-batches per optimizer step")
     add("--workers", type=int, default=0, help="DataLoader worker processes per rank")
     add("--checkpoint-every", type=int, default=0, help="optimizer steps between checkpoints (0: at epoch ends only)")
-    add("--checkpoint-dir", default="checkpoints", help="where checkpoints go outside launch (LAUNCH_CHECKPOINT_DIR wins)")
+    add("--checkpoint-dir", default=None, help="where checkpoints go (default: LAUNCH_CHECKPOINT_DIR under launch, else checkpoints)")
     add("--log-every", type=int, default=20, help="optimizer steps between progress lines")
     if image_model:
         add("--channels-last", action="store_true", help="model and inputs in channels-last memory format")
@@ -245,7 +246,8 @@ class Trainer:
         self.train_loader = loader(job.train_data, self.sampler, args.batch_size, args.workers, ctx.device)
         self.eval_loader = loader(job.eval_data, EvalSampler(len(job.eval_data), ctx), max(args.batch_size, 256),
                                   args.workers, ctx.device, drop_last=False)
-        directory = os.environ.get("LAUNCH_CHECKPOINT_DIR") or args.checkpoint_dir
+        # a folder the user names wins; under launch, the run's own checkpoint folder
+        directory = args.checkpoint_dir or os.environ.get("LAUNCH_CHECKPOINT_DIR") or "checkpoints"
         self.checkpoints = Checkpoints(directory, writer=ctx.local_rank == 0)
         self.steps_per_epoch = len(job.train_data) // ctx.world // args.batch_size // args.accum_steps
         if self.steps_per_epoch < 1:

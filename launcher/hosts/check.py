@@ -1,6 +1,7 @@
-"""`launch check CLUSTER.yaml`: preflight every host (SSH, docker, GPUs, free port, clock, disk).
+"""`launch check CLUSTER.yaml`: preflight every host (SSH, docker, GPUs, free ports, clock, disk).
 
 One probe per host, all hosts in parallel; one line per host; usable only when nothing is wrong.
+Ports are checked where a launch checks them: on the first host, as `ports.ports_needed` says.
 """
 
 from __future__ import annotations
@@ -13,19 +14,27 @@ from dataclasses import dataclass, field
 from ..errors import LaunchError
 from ..spec import ClusterSpec, Host, JobSpec
 from .parallel import on_every_host
+from .ports import SUPERVISORS_ROLE, ports_needed
 
 MAX_CLOCK_SKEW_S = 2.0
 MIN_FREE_DISK_GB = 5.0
 
 # Prints key=value lines; every command may be missing on a host, which the report then says.
+# $@: the ports to check (busy_PORT=listeners on it), none on a host that needs none.
 PROBE = r"""
 v="$(docker version --format '{{.Server.Version}}' 2>/dev/null)"; printf 'docker=%s\n' "${v:-missing}"
 printf 'gpus=%s\n' "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 printf 'disk_kb=%s\n' "$(df -Pk /tmp 2>/dev/null | awk 'NR==2 {print $4}')"
-printf 'port_busy=%s\n' "$(ss -ltnH "sport = :$0" 2>/dev/null | grep -c . || true)"
-printf 'supervisor_port_busy=%s\n' "$(ss -ltnH "sport = :$(($0 + 1))" 2>/dev/null | grep -c . || true)"
+if command -v ss >/dev/null 2>&1; then
+  for p in "$@"; do printf 'busy_%s=%s\n' "$p" "$(ss -ltnH "sport = :$p" 2>/dev/null | grep -c . || true)"; done
+else
+  echo 'ss=missing'
+fi
 printf 'time=%s\n' "$(date +%s.%N)"
 """
+# the role of a port that only runs of several nodes need: in use, it is a note, not a problem
+MULTI_NODE_ROLE = f"{SUPERVISORS_ROLE}, needed for multi-node runs"
+
 # $0: a python. Run apart from PROBE: importing torch takes seconds, which would skew the clock reading.
 TORCH_PROBE = "t=\"$(\"$0\" -c 'import torch; print(torch.__version__)' 2>/dev/null)\"; printf 'torch=%s\\n' \"${t:-missing}\""
 
@@ -36,6 +45,13 @@ class HostCheck:
     facts: dict[str, str] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     skew_s: float | None = None
+    ports: dict[int, str] = field(default_factory=dict)  # the ports checked there, each with its role
+    notes: list[str] = field(default_factory=list)  # what limits the host without making it unusable
+
+    def busy(self, port: int) -> bool | None:
+        """Whether something listens on a checked `port`; None when that could not be told."""
+        found = self.facts.get(f"busy_{port}", "")
+        return None if self.facts.get("ss") == "missing" or not found.isdigit() else found != "0"
 
     @property
     def ok(self) -> bool:
@@ -50,21 +66,33 @@ class HostCheck:
             details.append(f"torch {self.facts['torch']}")
         if "gpus" in self.facts:
             details.append(f"gpus {self.facts['gpus']}/{self.host.gpus}")
-        if "port_busy" in self.facts:
-            details.append(f"port {self.facts['port']} {'in use' if self.facts['port_busy'] != '0' else 'free'}")
+        details += self._port_details()
         if self.skew_s is not None:
             details.append(f"clock {self.skew_s:+.2f} s")
         if self.facts.get("disk_kb", "").isdigit():
             details.append(f"/tmp {int(self.facts['disk_kb']) / 1e6:.1f} GB free")
         verdict = "ok" if self.ok else "NOT USABLE: " + "; ".join(self.problems)
+        verdict += "".join(f"; note: {note}" for note in self.notes)
         return f"{self.host.name:<12} {where:<16} {verdict}" + (f"  ({', '.join(details)})" if details else "")
 
+    def _port_details(self) -> list[str]:
+        """`port 29500 free` for each port checked (none on a host that needs none)."""
+        if not self.ports or not self.facts:  # none to check, or the probe never ran
+            return []
+        if self.facts.get("ss") == "missing":
+            return ["ports not checked (no ss there)"]
+        states = {True: "in use", False: "free", None: "unknown"}
+        return [f"port {port} {states[self.busy(port)]}" + (" (for multi-node runs)" if role == MULTI_NODE_ROLE else "")
+                for port, role in self.ports.items()]
 
-def check_host(host: Host, port: int, python: str = "", needs_docker: bool = True) -> HostCheck:
-    """One host's preflight; with `python`, also whether that interpreter there has torch."""
-    result = HostCheck(host)
+
+
+def check_host(host: Host, ports: dict[int, str] | None = None, python: str = "", needs_docker: bool = True) -> HostCheck:
+    """One host's preflight; `ports` (port -> role) must be free there, except that one whose role is
+    MULTI_NODE_ROLE only gets a note; with `python`, also whether that interpreter there has torch."""
+    result = HostCheck(host, ports=dict(ports or {}))
     try:
-        output, sent, received = _probe(host, port, python)
+        output, sent, received = _probe(host, list(result.ports), python)
     except LaunchError as exc:
         result.problems.append(str(exc))
         return result
@@ -72,7 +100,6 @@ def check_host(host: Host, port: int, python: str = "", needs_docker: bool = Tru
         key, sep, value = line.partition("=")
         if sep:
             result.facts[key.strip()] = value.strip()
-    result.facts["port"] = str(port)
     if python and result.facts.get("torch", "missing") == "missing":
         result.problems.append(f"{python} there cannot import torch (runtime: host runs the ranks with it)")
     if needs_docker and result.facts.get("docker", "missing") == "missing" and not host.is_local:
@@ -80,10 +107,9 @@ def check_host(host: Host, port: int, python: str = "", needs_docker: bool = Tru
     gpus = int(result.facts.get("gpus") or 0)
     if gpus < host.gpus:
         result.problems.append(f"{gpus} GPU(s) visible, the inventory says {host.gpus}")
-    if result.facts.get("port_busy", "0") not in ("0", ""):
-        result.problems.append(f"port {port} is in use")
-    if result.facts.get("supervisor_port_busy", "0") not in ("0", ""):
-        result.problems.append(f"port {port + 1} (the node supervisors', rendezvous port + 1) is in use")
+    for port, role in result.ports.items():
+        if result.busy(port):
+            (result.notes if role == MULTI_NODE_ROLE else result.problems).append(f"port {port} is in use ({role})")
     try:
         result.skew_s = float(result.facts["time"]) - (sent + received) / 2
     except (KeyError, ValueError):
@@ -96,13 +122,14 @@ def check_host(host: Host, port: int, python: str = "", needs_docker: bool = Tru
     return result
 
 
-def _probe(host: Host, port: int, python: str = "") -> tuple[str, float, float]:
-    """PROBE's output (with TORCH_PROBE's, for `python`), and when PROBE was sent and answered."""
+def _probe(host: Host, ports: list[int], python: str = "") -> tuple[str, float, float]:
+    """PROBE's output for `ports` (with TORCH_PROBE's, for `python`), and when PROBE was sent and answered."""
+    argv = ["sh", "-c", PROBE, "probe", *map(str, ports)]
     if host.is_local:
         if not shutil.which("sh"):
             raise LaunchError("no sh on this machine")
         sent = time.time()
-        output = subprocess.run(["sh", "-c", PROBE, str(port)], capture_output=True, text=True, timeout=60).stdout
+        output = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
         received = time.time()
         if python:
             output += subprocess.run(["sh", "-c", TORCH_PROBE, python], capture_output=True, text=True, timeout=120).stdout
@@ -112,7 +139,7 @@ def _probe(host: Host, port: int, python: str = "") -> tuple[str, float, float]:
     conn = connect(host)
     try:
         sent = time.time()
-        _, output = run(conn, ["sh", "-c", PROBE, str(port)], timeout=60)
+        _, output = run(conn, argv, timeout=60)
         received = time.time()
         if python:
             output += run(conn, ["sh", "-c", TORCH_PROBE, python], timeout=120)[1]
@@ -121,29 +148,38 @@ def _probe(host: Host, port: int, python: str = "") -> tuple[str, float, float]:
         conn.close()
 
 
+def inventory_ports(port: int) -> dict[int, str]:
+    """What `launch check CLUSTER.yaml` checks on the inventory's first host (the first host of every
+    run from it): the rendezvous port; port + 1 only as needed for multi-node runs."""
+    several = ports_needed(port, nodes=2)  # what any run of several nodes needs
+    return {number: role if number in ports_needed(port, nodes=1) else MULTI_NODE_ROLE for number, role in several.items()}
+
+
 def check_cluster(cluster: ClusterSpec, port: int) -> list[HostCheck]:
-    results, _ = on_every_host(cluster.hosts, lambda h: check_host(h, port), lambda h: h.name)
+    """Every host of the inventory; the ports on its first only (a run's other hosts listen on none)."""
+    first = cluster.hosts[0].name if cluster.hosts else None
+    results, _ = on_every_host(cluster.hosts, lambda h: check_host(h, inventory_ports(port) if h.name == first else {}),
+                               lambda h: h.name)
     return [results[h.name] for h in cluster.hosts]
 
 
 def check_job(job: JobSpec, hosts: tuple[Host, ...], port: int, local_python: str,
               port_fixed: bool = True) -> tuple[list[HostCheck], list[str]]:
     """`launch check JOB.yaml`: every host the job would use, as the job needs it (docker, or a
-    python with torch, the same version everywhere; GPUs for its processes; the rendezvous port on
-    the first host, unless the run picks a free one: a one-box job whose port is not `port_fixed`),
-    and what the job needs here (its base image). Host results, and job problems."""
+    python with torch, the same version everywhere; GPUs for its processes; on the first host the
+    ports the launch checks (`ports_needed`), none when the run takes a free one: a one-box job whose
+    port is not `port_fixed`), and what the job needs here (its base image). Host results, and job problems."""
     remote = any(not h.is_local for h in hosts)
     on_host = job.runtime == "host" or not remote
+    first_ports = ports_needed(port, len(hosts)) if remote or port_fixed else {}
 
     def one(host: Host) -> HostCheck:
         python = (host.python or (local_python if host.is_local else "python3")) if on_host else ""
-        return check_host(host, port, python=python, needs_docker=not on_host)
+        return check_host(host, first_ports if host.name == hosts[0].name else {}, python=python, needs_docker=not on_host)
 
     results, _ = on_every_host(hosts, one, lambda h: h.name)
     checks = [results[h.name] for h in hosts]
-    for i, check in enumerate(checks):
-        if i > 0 or not (remote or port_fixed):  # only the first host holds it; a one-box run picks a free pair
-            check.problems = [p for p in check.problems if not p.startswith("port ")]
+    for check in checks:
         nproc = job.nproc_per_node
         gpus = int(check.facts.get("gpus") or 0)
         if isinstance(nproc, int) and check.host.gpus and nproc > gpus and gpus:

@@ -55,11 +55,24 @@ def _here(port: int) -> str:
     return ""
 
 
-def check_free(where: str, port: int, with_next: bool, listeners: Callable[[int], str] = _here) -> None:
-    """RunError naming the holder when `port` (or, `with_next`, port + 1) is taken on `where`."""
-    for number, role in ((port, "the rendezvous port"), (port + 1, "the node supervisors' port (rendezvous + 1)")):
-        if number == port + 1 and not with_next:
-            continue
+RENDEZVOUS_ROLE = "the rendezvous port"
+SUPERVISORS_ROLE = "the node supervisors' port, rendezvous + 1"
+
+
+def ports_needed(port: int, nodes: int) -> dict[int, str]:
+    """The ports a run of `nodes` nodes with rendezvous port `port` needs free on its first host (rank
+    0's), each with its role: torchrun's rendezvous; with several nodes, also the node supervisors'
+    coordinator at port + 1 (plan.py). Every other host needs neither: what runs there connects out."""
+    needed = {port: RENDEZVOUS_ROLE}
+    if nodes > 1:
+        needed[port + 1] = SUPERVISORS_ROLE
+    return needed
+
+
+def check_free(where: str, port: int, nodes: int, listeners: Callable[[int], str] = _here) -> None:
+    """RunError naming the holder when a port that a run of `nodes` nodes needs (`ports_needed`) is
+    taken on `where`, its first host."""
+    for number, role in ports_needed(port, nodes).items():
         taken = holder(listeners(number))
         if taken:
             raise RunError(f"port {number} on {where} ({role}) is in use by {taken}; stop it, or set rdzv_port in the job "

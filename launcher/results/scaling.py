@@ -6,8 +6,12 @@ Two bases, one per comparison (`Basis`):
   speedup(N) = T(N) / T(N0) and efficiency(N) = T(N) / ((N / N0) x T(N0)).
 - wall time (no run has step metrics): strong scaling, the same whole job on more nodes:
   speedup(N) = wall(N0) / wall(N) and efficiency(N) = speedup(N) / (N / N0).
-Several runs at one node count count by their median. Runs with and without throughput are not
-compared: a run without is most often one whose metrics went missing, not a job without any.
+Several runs at one node count and world size count by their median. Runs at one node count with
+different world sizes (another nproc_per_node) are not merged: each (nodes, world size) is a row, and
+a row compares only with rows of as many processes per node (a series), against the series' smallest
+node count; efficiency is relative to world size: speedup / (W / W0), the same as N / N0 within a series.
+Runs with and without throughput are not compared: a run without is most often one whose metrics went
+missing, not a job without any.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import enum
 import json
 import statistics
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -61,33 +66,75 @@ def check_comparable(summaries: dict[str, dict[str, Any]]) -> Basis:
     return basis
 
 
+Key = tuple[int, int]  # (nodes, world size): one row of a scaling table
+
+
 def scaling_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per node count, ascending: `{nodes, world_size, throughput_samples_per_s, wall_time_s,
-    speedup, efficiency, runs, basis}`; throughput is None on the wall-time basis."""
+    """One row per (node count, world size), ascending: `{nodes, world_size, throughput_samples_per_s,
+    wall_time_s, speedup, efficiency, runs, basis}`; throughput is None on the wall-time basis.
+    Speedup and efficiency are against the row's baseline (`baselines`)."""
     basis = basis_of(summaries)
-    by_nodes: dict[int, list[dict[str, Any]]] = {}
+    groups: dict[Key, list[dict[str, Any]]] = {}
     for summary in summaries:
-        by_nodes.setdefault(int(summary["nodes"]), []).append(summary)
-    counts = sorted(by_nodes)
-    throughput = {n: _median(s.get("throughput_samples_per_s") for s in by_nodes[n]) for n in counts}
-    wall = {n: _median(s.get("wall_time_s") for s in by_nodes[n]) for n in counts}
-    # how fast each count gets through its work: samples per second, or whole jobs per second
-    rate = throughput if basis is Basis.THROUGHPUT else {n: 1 / wall[n] if wall[n] else 0.0 for n in counts}
-    base_n = counts[0]
+        groups.setdefault((int(summary["nodes"]), int(summary["world_size"])), []).append(summary)
+    keys = sorted(groups)
+    throughput = {k: _median(s.get("throughput_samples_per_s") for s in groups[k]) for k in keys}
+    wall = {k: _median(s.get("wall_time_s") for s in groups[k]) for k in keys}
+    # how fast each row gets through its work: samples per second, or whole jobs per second
+    rate = throughput if basis is Basis.THROUGHPUT else {k: 1 / wall[k] if wall[k] else 0.0 for k in keys}
+    base = baselines(keys)
     rows = []
-    for n in counts:
-        speedup = rate[n] / rate[base_n] if rate[base_n] else 0.0
+    for key in keys:
+        speedup = rate[key] / rate[base[key]] if rate[base[key]] else 0.0
         rows.append({
-            "nodes": n,
-            "world_size": max(int(s["world_size"]) for s in by_nodes[n]),
-            "throughput_samples_per_s": _rounded(throughput[n], 3),
-            "wall_time_s": _rounded(wall[n], 3),
+            "nodes": key[0],
+            "world_size": key[1],
+            "throughput_samples_per_s": _rounded(throughput[key], 3),
+            "wall_time_s": _rounded(wall[key], 3),
             "speedup": _significant(speedup),
-            "efficiency": _significant(speedup / (n / base_n)),
-            "runs": sorted(s["run_id"] for s in by_nodes[n]),
+            "efficiency": _significant(speedup / _size_ratio(key, base[key])),
+            "runs": sorted(s["run_id"] for s in groups[key]),
             "basis": basis.value,
         })
     return rows
+
+
+def per_node(key: Key) -> Fraction:
+    """Processes per node of a (nodes, world size) row: rows with as many compare with each other."""
+    nodes, world_size = key
+    return Fraction(world_size, nodes) if nodes else Fraction(world_size)
+
+
+def baselines(keys: list[Key]) -> dict[Key, Key]:
+    """Each row's baseline: the row of the smallest node count with as many processes per node, so a
+    row is never compared with runs that packed more or fewer ranks into each node."""
+    first: dict[Fraction, Key] = {}
+    for key in sorted(keys):
+        first.setdefault(per_node(key), key)
+    return {key: first[per_node(key)] for key in keys}
+
+
+def _size_ratio(key: Key, base: Key) -> float:
+    """How many times the baseline's ranks (its nodes, for runs of no ranks) a row has."""
+    return key[1] / base[1] if base[1] else key[0] / base[0]
+
+
+def mixed_world_sizes(rows: list[dict[str, Any]]) -> str | None:
+    """The one line that says which node counts have rows of several world sizes, or None."""
+    sizes: dict[int, list[int]] = {}
+    for r in rows:
+        sizes.setdefault(r["nodes"], []).append(r["world_size"])
+    parts = [f"runs at {_nodes(n)} have world sizes {_and(sorted(w))}" for n, w in sorted(sizes.items()) if len(w) > 1]
+    return "; ".join(parts) + ": one row each" if parts else None
+
+
+def _nodes(count: int) -> str:
+    return f"{count} node" if count == 1 else f"{count} nodes"
+
+
+def _and(values: list[int]) -> str:
+    text = [str(v) for v in values]
+    return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " and " + text[-1]
 
 
 def _median(values) -> float | None:
@@ -106,55 +153,82 @@ def _significant(value: float, digits: int = 6) -> float:
 
 
 def markdown(rows: list[dict[str, Any]], job: str) -> str:
-    base = rows[0]["nodes"]
+    """scaling.md: the table, which rows compare with which, and how the numbers were worked out."""
+    base = baselines([(r["nodes"], r["world_size"]) for r in rows])
+    several = len(set(base.values())) > 1  # series of different processes per node
+    n0 = rows[0]["nodes"]
     if rows[0]["basis"] == Basis.THROUGHPUT.value:
         column, key, spec = "throughput (samples/s)", "throughput_samples_per_s", ".1f"
-        how = (f"Weak scaling at a fixed per-rank batch: speedup and efficiency against {base} node(s); "
-               f"efficiency = throughput_N / ((N / {base}) x throughput_{base}).")
+        how = (f"Weak scaling at a fixed per-rank batch: speedup and efficiency against {n0} node(s); "
+               f"efficiency = throughput_N / ((N / {n0}) x throughput_{n0}).")
+        if several:
+            how = ("Weak scaling at a fixed per-rank batch: each row against the smallest node count with as many "
+                   "processes per node (column 'against'); efficiency = throughput / ((world size / its world size) "
+                   "x its throughput).")
     else:
         column, key, spec = "wall time (s)", "wall_time_s", ".2f"
         how = (f"Strong scaling from wall time (the runs have no step metrics): speedup and efficiency against "
-               f"{base} node(s); speedup = wall_{base} / wall_N, efficiency = speedup / (N / {base}).")
-    lines = [
-        f"# Scaling of {job}",
-        "",
-        f"| nodes | world size | {column} | speedup | efficiency |",
-        "|---:|---:|---:|---:|---:|",
-    ]
+               f"{n0} node(s); speedup = wall_{n0} / wall_N, efficiency = speedup / (N / {n0}).")
+        if several:
+            how = ("Strong scaling from wall time (the runs have no step metrics): each row against the smallest node "
+                   "count with as many processes per node (column 'against'); speedup = its wall time / wall time, "
+                   "efficiency = speedup / (world size / its world size).")
+    header = f"| nodes | world size | {column} | speedup | efficiency |" + (" against |" if several else "")
+    lines = [f"# Scaling of {job}", ""]
+    mixed = mixed_world_sizes(rows)
+    if mixed:
+        lines += [mixed[0].upper() + mixed[1:] + ".", ""]
+    lines += [header, "|---:|---:|---:|---:|---:|" + ("---|" if several else "")]
     for r in rows:
-        lines.append(f"| {r['nodes']} | {r['world_size']} | {r[key]:{spec}} | {r['speedup']:.2f} | {r['efficiency']:.1%} |")
+        line = f"| {r['nodes']} | {r['world_size']} | {r[key]:{spec}} | {r['speedup']:.2f} | {r['efficiency']:.1%} |"
+        if several:
+            n, w = base[(r["nodes"], r["world_size"])]
+            line += f" {_nodes(n)}, world size {w} |"
+        lines.append(line)
     lines += ["", how]
     return "\n".join(lines) + "\n"
 
 
 def plot(rows: list[dict[str, Any]], job: str, path: Path) -> None:
-    """Throughput (or wall time) and efficiency against node count, each with its ideal line."""
+    """Throughput (or wall time) and efficiency against node count, each with its ideal line; one
+    line of each per series of as many processes per node."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    nodes = [r["nodes"] for r in rows]
-    base_n = rows[0]["nodes"]
-    if rows[0]["basis"] == Basis.THROUGHPUT.value:
-        measured = [r["throughput_samples_per_s"] for r in rows]
-        ideal = [measured[0] * n / base_n for n in nodes]  # linear in N
+    throughput = rows[0]["basis"] == Basis.THROUGHPUT.value
+    if throughput:
         title, ylabel, kind = "Throughput", "samples/s", "weak scaling at a fixed per-rank batch"
     else:
-        measured = [r["wall_time_s"] for r in rows]
-        ideal = [measured[0] * base_n / n for n in nodes]  # 1/N
         title, ylabel, kind = "Wall time", "s", "strong scaling from wall time"
+    series: dict[Fraction, list[dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault(per_node((r["nodes"], r["world_size"])), []).append(r)
+    several = len(series) > 1
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), dpi=100)
-    left.plot(nodes, ideal, "--", color="gray", label="ideal")
-    left.plot(nodes, measured, "o-", color="tab:blue", label="measured")
-    left.set(title=title, xlabel="nodes", ylabel=ylabel, xticks=nodes)
+    for i, (procs, members) in enumerate(sorted(series.items())):
+        nodes = [r["nodes"] for r in members]
+        ratio = [_size_ratio((r["nodes"], r["world_size"]), (members[0]["nodes"], members[0]["world_size"])) for r in members]
+        if throughput:
+            measured = [r["throughput_samples_per_s"] for r in members]
+            ideal = [measured[0] * x for x in ratio]  # linear in the ranks
+        else:
+            measured = [r["wall_time_s"] for r in members]
+            ideal = [measured[0] / x for x in ratio]  # 1/N
+        colour = f"C{i}" if several else None
+        name = f"{procs} ranks/node: " if several else ""
+        left.plot(nodes, ideal, "--", color=colour or "gray", alpha=0.6 if several else 1.0, label=f"{name}ideal")
+        left.plot(nodes, measured, "o-", color=colour or "tab:blue", label=f"{name}measured")
+        right.plot(nodes, [1.0] * len(nodes), "--", color="gray", label=None if i else "ideal")
+        right.plot(nodes, [r["efficiency"] for r in members], "o-", color=colour or "tab:orange", label=f"{name}measured")
+    ticks = sorted({r["nodes"] for r in rows})
+    left.set(title=title, xlabel="nodes", ylabel=ylabel, xticks=ticks)
     left.set_ylim(bottom=0)
-    left.legend()
-    right.plot(nodes, [1.0] * len(nodes), "--", color="gray", label="ideal")
-    right.plot(nodes, [r["efficiency"] for r in rows], "o-", color="tab:orange", label="measured")
-    right.set(title="Scaling efficiency", xlabel="nodes", ylabel="efficiency", xticks=nodes)
+    left.legend(fontsize="small" if several else None)
+    right.set(title="Scaling efficiency", xlabel="nodes", ylabel="efficiency", xticks=ticks)
     right.set_ylim(0, max(1.1, max(r["efficiency"] for r in rows) * 1.1))
-    right.legend()
+    right.legend(fontsize="small" if several else None)
     fig.suptitle(f"{job}: {kind}")
     fig.tight_layout()
     fig.savefig(path)

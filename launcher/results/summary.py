@@ -13,6 +13,7 @@ from rich.table import Table
 
 from .outcome import RunOutcome, RunState
 from .stats import STRAGGLER_THRESHOLD, MetricsSource, pick_source, rank_stats, read_records, stragglers
+from ..node import contract
 from ..plan import LaunchPlan
 from ..run.rundir import RunPaths
 from ..run.terminal import printable_text
@@ -98,7 +99,47 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
         summary["killed"] = killed
     if outcome.status == RunState.FAILED.value:
         summary["failure"] = first_failure(outcome, statuses, paths)
+    summary["resumed_from"] = plan.resumed_from
+    summary["run_folders"] = {n.host: n.state_dir for n in plan.nodes if n.state_dir}
+    summary["outputs"] = _outputs(plan, paths)
     return summary
+
+
+def _outputs(plan: LaunchPlan, paths: RunPaths) -> dict[str, dict]:
+    """Per host: what the ranks wrote in their working directory that came back, and what stayed."""
+    found = {}
+    for node in plan.nodes:
+        try:
+            found[node.host] = json.loads(paths.outputs_record(node.host).read_text())
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def describe_outputs(summary: dict[str, Any]) -> list[str]:
+    """The summary's lines about outputs and the run's own folders."""
+    lines = []
+    for host, record in (summary.get("outputs") or {}).items():
+        if record.get("files"):
+            lines.append(f"outputs of {host}: {record['files']} file(s), {_size(record.get('bytes', 0))}, in "
+                         f"{contract.OUTPUTS}/{host}/")
+        if record.get("left_on_host_count"):
+            named = ", ".join(record.get("left_on_host") or [])
+            more = record["left_on_host_count"] - len(record.get("left_on_host") or [])
+            lines.append(f"outputs of {host} over the {_size(record.get('limit_bytes') or 0)} limit (outputs_limit) stay on it: "
+                         f"{record['left_on_host_count']} file(s), {_size(record.get('left_on_host_bytes', 0))}, in "
+                         f"{record.get('left_at')}: {named}" + (f" and {more} more" if more > 0 else ""))
+    if summary.get("resumed_from"):
+        lines.append(f"started from the checkpoints and outputs of run {summary['resumed_from']}")
+    return lines
+
+
+def _size(count: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
 
 
 def describe_killed(processes: list[dict]) -> str:
@@ -200,7 +241,7 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
         console.print("time: " + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items())
                       + f" ({sum(phases.values()):.1f} s in all)", highlight=False)
     if summary["throughput_samples_per_s"] is not None:
-        console.print(f"step times leave out each rank's first {summary['warmup_steps']} step(s) (warm-up)", highlight=False)
+        console.print(warmup_sentence(summary), highlight=False)
     if any(r.get("metrics_source") == MetricsSource.AUTO.value for r in summary["ranks"]):
         console.print("step metrics measured by launch (optimizer steps, DataLoader batch sizes): the job wrote none", highlight=False)
     if slow or summary["stragglers"]["hosts"]:
@@ -215,6 +256,8 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
         console.print(f"no metrics from rank(s) {missing}: throughput counts only the ranks that reported", highlight=False)
     if summary.get("reason"):
         console.print(summary["reason"], highlight=False)
+    for text in describe_outputs(summary):
+        console.print(text, highlight=False, markup=False)
     for host, processes in (summary.get("killed") or {}).items():
         console.print(f"had to be killed on {host} (they outlived the stop's grace period): {describe_killed(processes)}",
                       highlight=False, markup=False)
@@ -227,6 +270,50 @@ def render(summary: dict[str, Any], console: RichConsole) -> None:
             console.print(f"[bold red]first failure:[/] {who} (no log from it here)", highlight=False)
         for text in failure["last_lines"][-10:]:
             console.print(f"  | {printable_text(text)}", markup=False, highlight=False)
+
+
+def warmup_sentence(summary: dict[str, Any]) -> str:
+    """What the step times left out, as it happened: each measured rank's `warmup_steps_excluded`
+    (a rank with no more steps than `warmup_steps` is measured on all of them)."""
+    warmup = summary.get("warmup_steps") or 0
+    by_excluded: dict[int, list[int]] = {}
+    for r in summary["ranks"]:
+        if r.get("samples_per_s") is not None:  # ranks without step records are named elsewhere
+            by_excluded.setdefault(int(r.get("warmup_steps_excluded") or 0), []).append(r["rank"])
+    if not warmup:
+        return "step times count every step (warmup_steps: 0)"
+    left_out = {k: ranks for k, ranks in by_excluded.items() if k}
+    kept = by_excluded.get(0, [])
+    if not left_out:
+        return f"no warm-up steps left out: {_every_rank(kept)} had {_steps(warmup)} or fewer, so all of them count"
+    if not kept and len(left_out) == 1:
+        return f"step times leave out each rank's first {_steps(next(iter(left_out)))} (warm-up)"
+    parts = [f"the first {_steps(k)} of {_rank_list(ranks)}" for k, ranks in sorted(left_out.items())]
+    text = "step times leave out " + "; ".join(parts) + " (warm-up)"
+    if kept:
+        text += f"; none of {_rank_list(kept)}: {'it' if len(kept) == 1 else 'they'} had {_steps(warmup)} or fewer"
+    return text
+
+
+def _every_rank(ranks: list[int]) -> str:
+    return "the rank" if len(ranks) == 1 else "every rank"
+
+
+def _steps(count: int) -> str:
+    return "1 step" if count == 1 else f"{count} steps"
+
+
+def _rank_list(ranks: list[int]) -> str:
+    """`rank 3`, `ranks 0-3, 6`: runs of consecutive ranks as ranges, so a large world stays one line."""
+    ordered = sorted(ranks)
+    spans: list[list[int]] = []
+    for rank in ordered:
+        if spans and rank == spans[-1][1] + 1:
+            spans[-1][1] = rank
+        else:
+            spans.append([rank, rank])
+    text = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
+    return f"rank {text}" if len(ordered) == 1 else f"ranks {text}"
 
 
 def _fmt(value: Any, spec: str = "") -> str:

@@ -15,7 +15,7 @@ from rich.console import Console as RichConsole
 from ..errors import EXIT_FAILED, LaunchError, SpecError
 from ..image.build import CACHE, PACKAGE, image_tag
 from ..hosts.ports import check_free, free_port_pair, listeners_over
-from ..plan import PlanOptions, make_plan, rdzv_port
+from ..plan import PlanOptions, check_hosts, make_plan, rdzv_port
 from ..results.scaling import FILES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, Host, select_hosts
@@ -23,6 +23,7 @@ from ..sync.manifest import link_warning, scan, size_warning
 from . import rundir
 from ..results.outcome import Phases, RunOutcome, RunState
 from .execute import Console, execute, start_detached
+from .resume import LATEST, ResumeSource, find_source
 from .transport import LocalTransport, Transport
 
 
@@ -35,7 +36,7 @@ class RunRequest:
     nodes_label: str | None = None  # what to name in an error about `nodes` (--nodes, scaling)
     dry_run: bool = False
     detach: bool = False  # start every node in the background and return
-    resume: bool = False  # keep the job's checkpoint directory from earlier runs
+    resume: str | None = None  # start from an earlier run's checkpoints and outputs: a run, or resume.LATEST
     debug: bool = False  # print tracebacks
     verbose: bool = False  # torchrun's own lines on the console too
 
@@ -50,6 +51,11 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
 
         hosts = as_ssh_reaches(hosts)
     paths = rundir.new_run_paths(request.runs_dir, job.name)
+    which = request.resume or (LATEST if job.resume else None)
+    source = find_source(request.runs_dir, job.name, [h.name for h in hosts], which) if which else None
+    if which and source is None:
+        print(f"launch: {'--resume' if request.resume else f'{job.path}: resume'}: no earlier run of job '{job.name}' in "
+              f"{request.runs_dir} kept checkpoints or outputs on these hosts; starting fresh", file=sys.stderr, flush=True)
     manifest = scan(job.workdir, CACHE)
     for warning in (size_warning(job.workdir, manifest), link_warning(job.workdir, manifest) if remote else None):
         if warning:
@@ -61,8 +67,10 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         image=image_tag(job) if remote and job.runtime == "docker" else None,
         local_user=getpass.getuser(),
         detach=request.detach,
-        fresh_checkpoints=not (request.resume or job.resume),
-        local_checkpoints=str(request.runs_dir.resolve() / "checkpoints"),
+        local_jobs=str(request.runs_dir.resolve() / rundir.JOBS_FOLDER),
+        resume_from=source.run_id if source else None,
+        resume_dirs=dict(source.folders) if source else {},
+        code_list=str(paths.workdir_file),
         workdir_hash=manifest.hash if remote else None,
         rdzv_port=None if remote or job.rdzv_port else free_port_pair(),  # a dry run shows the pair a run would take now
         local_lib=str(PACKAGE.parent),
@@ -86,7 +94,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
             reached = reach(hosts)
         try:
             first = hosts[0]
-            check_free(f"{first.name} (rank 0's host)", rdzv_port(job, options), len(hosts) > 1,
+            check_free(f"{first.name} (rank 0's host)", rdzv_port(job, options), len(hosts),
                        listeners_over(reached.conns[first.name]))
             plan = make_plan(job, hosts, paths.run_id, PlanOptions(**{**options.__dict__, "nics": reached.nics}))
             if options.image:
@@ -101,7 +109,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, reached.conns)
     else:
         if job.rdzv_port:
-            check_free("this machine", job.rdzv_port, len(hosts) > 1)
+            check_free("this machine", job.rdzv_port, len(hosts))
         plan = make_plan(job, hosts, paths.run_id, options)
         transport = LocalTransport()
     plan = dataclasses.replace(plan, workdir_hash=manifest.digest)
@@ -124,6 +132,8 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
                   + (f"   (add --runs-dir {request.runs_dir})" if request.runs_dir != Path("runs") else ""), flush=True)
             return 0, None
         console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
+        if source:
+            console.say(_resuming(source))
         outcome = execute(plan, transport, paths, secrets, console, hang_warning_s=job.hang_warning_s, verbose=request.verbose)
         outcome.phases = {**phases.seconds, **outcome.phases}
     finally:
@@ -158,6 +168,14 @@ def _finish(plan, outcome: RunOutcome, paths: rundir.RunPaths, console: Console,
     return summary
 
 
+def _resuming(source: ResumeSource) -> str:
+    """The console's line about the run a run starts from."""
+    kept = [f"{host}: {kinds.get('checkpoints', 0)} checkpoint file(s), {kinds.get('work', 0)} output file(s)"
+            for host, kinds in source.kept.items()]
+    return (f"launch: resuming from run {source.run_id}: its checkpoints and outputs are copied into this run's own folders"
+            + (f" ({'; '.join(kept)})" if kept else ""))
+
+
 def _folders(job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions) -> dict[str, str]:
     from ..hosts.deploy import workdir_folders
 
@@ -188,8 +206,8 @@ def sweep(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> int:
     if not job.scaling:
         raise SpecError(f"{job.path}: scaling: --sweep needs node counts, e.g. scaling: [1, 2, 3]")
     label = f"{job.path}: scaling"
-    for count in job.scaling:
-        select_hosts(job, cluster, count, label)
+    for count in job.scaling:  # every count is checked before the first run starts
+        check_hosts(job, select_hosts(job, cluster, count, label))
     sweep_dir = runs_dir.resolve() / rundir.new_run_id(f"{job.name}-sweep")
     summaries: dict[str, dict] = {}
     code = 0

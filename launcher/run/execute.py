@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, LaunchError
 from ..node import contract
@@ -89,15 +89,19 @@ class _Interrupt:
 class Attempts:
     """What the nodes' event lines say: restarts (and why), and hosts the nodes found lost."""
 
-    def __init__(self, max_restarts: int, console: Console) -> None:
+    def __init__(self, max_restarts: int, console: Console, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_restarts = max_restarts
         self.console = console
+        self.clock = clock  # the quiet-run warning's clock (monotonic seconds)
         self.lock = threading.Lock()
         self.current = 0
         self.lost: dict[str, str] = {}  # host -> the reason a node gave
         self.stopped: str | None = None  # a node was stopped from outside (`launch stop`, a signal): why
         self.stopping = False  # set by the executor once it stops the run itself
-        self.last_rank_line = time.monotonic()  # when a rank last printed a line (for the quiet-run warning)
+        # for the quiet-run warning: when the first rank started (None until one has: torchrun may wait
+        # long for its peers before that), and when a rank last started, printed a line or moved its metrics
+        self.first_rank_at: float | None = None
+        self.last_rank_line = clock()
         self.board = Board()  # the ranks' progress, from the nodes' progress events
         self.before_supervisor: dict[str, list[str]] = {}  # host -> the last lines from before its supervisor ran
 
@@ -107,16 +111,24 @@ class Attempts:
             kept.append(line.decode(errors="replace").rstrip("\n"))
             del kept[:-20]
 
+    def sign_of_life(self) -> None:
+        """A rank started, printed a line or moved its metrics: the quiet-run warning counts from now."""
+        self.last_rank_line = self.clock()
+        if self.first_rank_at is None:
+            self.first_rank_at = self.last_rank_line
+
     def on_event(self, event: dict) -> None:
         kind = event.get("event")
         with self.lock:
-            if kind == "attempt" and int(event.get("attempt") or 0) > self.current:
+            if kind == "rank-start":
+                self.sign_of_life()
+            elif kind == "attempt" and int(event.get("attempt") or 0) > self.current:
                 self.current = int(event.get("attempt") or 0)
                 self.console.say(f"launch: attempt {self.current + 1} of {self.max_restarts + 1} "
                                  f"(restart {self.current}): the last attempt ended because {event.get('reason')}")
             elif kind == "progress":  # sent when a rank's metrics moved on: a sign of life on any host
                 self.board.update(event.get("ranks"))
-                self.last_rank_line = time.monotonic()
+                self.sign_of_life()
             elif kind == "killed" and event.get("processes"):
                 self.console.say(f"launch: {event.get('host')}: killed what outlived the {event.get('grace')} s grace period: "
                                  f"{describe_killed(event['processes'])}")
@@ -204,7 +216,7 @@ def _pump(node: NodePlan, proc: NodeProcess, paths: RunPaths, console: Console, 
                 continue
             rank_line = contract.split_rank_line(line, node.host)
             if rank_line:
-                attempts.last_rank_line = time.monotonic()
+                attempts.sign_of_life()
             if rank_line and not node.is_local:
                 _live_copy(*rank_line, node.host, paths, live, console)
             if rank_line:
@@ -308,7 +320,7 @@ def _collect_all(plan: LaunchPlan, transport: Transport, unreachable: set[str], 
             outcome.collect_errors[node.host] = f"unreachable; its logs stay on it ({node.node_dir})"
         else:
             try:
-                transport.collect(node)
+                transport.collect(node, plan)
                 continue
             except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
                 outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
@@ -327,7 +339,7 @@ def start_detached(plan: LaunchPlan, transport: Transport, secrets: dict[str, st
             for other in started:
                 try:
                     transport.stop(other, grace_s)
-                    transport.collect(other)
+                    transport.collect(other, plan)
                 except Exception as err:  # noqa: BLE001 - said, and the other nodes go on stopping
                     console.say(f"launch: could not stop node {other.host}: {err}")
             raise LaunchError(f"could not start node {node.host}: {exc}; stopped the {len(started)} node(s) started before it") from None
@@ -374,28 +386,36 @@ def _unexpected_outcome(exc: BaseException) -> RunOutcome:
 class QuietWatch:
     """Says when no rank has printed a line or written a metric for `after_s`, and again each `after_s`
     more: a hung collective gives no error, only silence. Metrics count from the nodes' progress
-    events, and from the metrics files here (one-box runs, whose events may lag)."""
+    events, and from the metrics files here (one-box runs, whose events may lag). The silence counts
+    from the first rank's start: before it, torchrun may wait long for its peers, and says nothing
+    (the job's `timeout` still ends such a run). Time is `attempts.clock`."""
 
     def __init__(self, after_s: float | None, attempts: Attempts, paths: RunPaths, console: Console) -> None:
         self.after_s, self.attempts, self.paths, self.console = after_s, attempts, paths, console
         self.said_at = 0.0  # the silence (seconds) last warned about
-        self.checked = 0.0
+        self.checked = float("-inf")  # when the silence was last measured
 
-    def last_sign(self) -> float:
-        last = self.attempts.last_rank_line
+    def last_sign(self, now: float) -> float | None:
+        """When a rank last started, printed a line or wrote a metric; None while no rank has started."""
+        last = self.attempts.last_rank_line if self.attempts.first_rank_at is not None else None
         try:  # metrics files here (one-box runs): a job may step for hours without printing
-            newest = max((p.stat().st_mtime for p in self.paths.metrics_dir.iterdir()), default=0.0)
-            last = max(last, time.monotonic() - (time.time() - newest))
+            newest = max((p.stat().st_mtime for p in self.paths.metrics_dir.iterdir()), default=None)
         except OSError:
-            pass
+            newest = None
+        if newest is not None:  # a metrics file is written by a started rank
+            seen = now - (time.time() - newest)
+            last = seen if last is None else max(last, seen)
         return last
 
     def tick(self) -> None:
-        now = time.monotonic()
+        now = self.attempts.clock()
         if not self.after_s or now - self.checked < 1.0:
             return
         self.checked = now
-        silent = now - self.last_sign()
+        last = self.last_sign(now)
+        if last is None:  # no rank yet: torchrun's start-up and rendezvous, however long, is not a quiet run
+            return
+        silent = now - last
         if silent < self.after_s:
             self.said_at = 0.0
             return

@@ -136,6 +136,9 @@ def new_run_paths(runs_dir: Path, job_name: str) -> RunPaths:
     return RunPaths(runs_dir.resolve() / new_run_id(job_name))
 
 
+MADE: list[RunPaths] = []  # the run directories this process made: an unexpected error's traceback goes in the last
+
+
 def create(paths: RunPaths) -> None:
     """Make the run's directory; refuse one that exists, since a run directory is never reused."""
     try:
@@ -144,6 +147,7 @@ def create(paths: RunPaths) -> None:
         raise RunError(f"run directory {paths.root} exists already; run directories are never reused") from None
     except OSError as exc:
         raise RunError(f"cannot create the run directory {paths.root}: {exc.strerror}") from None
+    MADE.append(paths)
     try:
         paths.logs_dir.mkdir()
         paths.metrics_dir.mkdir()

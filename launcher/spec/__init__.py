@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 from ..errors import SpecError
 from ..node import contract
 from .fields import Section
-from .yamlfile import load_mapping
+from .yamlfile import load_mapping, shown_path
 
 LOCAL_ADDRESS = "local"
 HOST_KEY_POLICIES = ["strict", "accept-new"]
@@ -22,7 +23,11 @@ _SSH_KEYS = ["user", "port", "identity_file", "known_hosts", "host_key_policy"]
 _USER = r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?"  # POSIX portable user names (and Samba's trailing $)
 _HOST_NAME = re.compile(r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
 _NIC = r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}"  # Linux: at most 15 bytes, no '/', no blanks
-_GPU_ID = r"[0-9]{1,4}|(?:GPU|MIG)-[A-Za-z0-9-]{1,80}"  # an index, or a device UUID as nvidia-smi -L shows it
+_UUID = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+# an index, or a device UUID as nvidia-smi -L shows it (a MIG device's, also in the older GPU/instance form)
+_GPU_ID = rf"[0-9]{{1,4}}|GPU-{_UUID}|MIG-{_UUID}|MIG-GPU-{_UUID}/[0-9]{{1,3}}/[0-9]{{1,3}}"
+_UUID_WHAT = "(GPU-<8-4-4-4-12 hex digits>, MIG-...)"
+_GPU_ID_WHAT = f"a GPU index such as 0, or a device UUID as nvidia-smi -L shows it {_UUID_WHAT}"
 MAX_NPROC_PER_NODE = 1024
 MAX_PROCS_PER_CPU = 8  # for a host whose slots the inventory does not give: this many per core of this machine
 MAX_GPUS = 256
@@ -35,6 +40,9 @@ OWNED_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "NODE_RANK", "WORL
              "TORCHELASTIC_MAX_RESTARTS", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 DEFAULT_HANG_WARNING_S = 600.0
 DEFAULT_WARMUP_STEPS = 3  # compilation, caches and the first all-reduce make the first steps slow
+DEFAULT_OUTPUTS = ("*",)  # every file the ranks wrote in their working directory
+DEFAULT_OUTPUTS_LIMIT = 1024 ** 3  # bytes of outputs brought back per host
+MAX_OUTPUTS_LIMIT = 1024 ** 4
 
 
 @dataclass(frozen=True)
@@ -103,13 +111,16 @@ class JobSpec:
     timeout_s: float | None = None
     scaling: tuple[int, ...] = ()
     warmup_steps: int = DEFAULT_WARMUP_STEPS  # steps per rank left out of throughput and step times
-    resume: bool = False  # keep the job's checkpoint directory from earlier runs (as --resume does)
+    resume: bool = False  # start from the newest earlier run's checkpoints and outputs (as --resume does)
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS  # what the ranks write in their working directory that comes back
+    outputs_limit: int = DEFAULT_OUTPUTS_LIMIT  # bytes per host brought back; the rest stays on the host
     hang_warning_s: float | None = DEFAULT_HANG_WARNING_S  # say so when no rank prints or writes a metric this long
 
 
 def load_cluster(path: Path, origin: str | None = None) -> ClusterSpec:
     """Load and check an inventory; raise SpecError on the first problem. `origin`: what named it,
     for an error about a file that is not an inventory at all."""
+    path = shown_path(path)
     label = str(path)
     top = Section(label, load_mapping(path, label))
     if "command" in top.data and "hosts" not in top.data:
@@ -180,12 +191,17 @@ def _address(sec: Section) -> str:
 
 
 def _gpus(sec: Section) -> tuple[int, tuple[str, ...] | None]:
+    """A count (`gpus: 4`), or the devices named: a list of ids, or one id on its own (`gpus: GPU-<uuid>`)."""
     value = sec.get("gpus", 0)
+    if isinstance(value, str):
+        if not re.fullmatch(_GPU_ID, value):
+            raise sec.expected("gpus", f"a GPU count from 0 to {MAX_GPUS}, a GPU index or a device UUID {_UUID_WHAT}", value)
+        value = [value]
     if isinstance(value, list):
         ids = [sec.argv_item(f"gpus[{i}]", item) for i, item in enumerate(value)]
         for i, gpu in enumerate(ids):
             if not re.fullmatch(_GPU_ID, gpu):
-                raise sec.expected(f"gpus[{i}]", "a GPU index such as 0, or a device UUID such as GPU-5c1c...", value[i])
+                raise sec.expected(f"gpus[{i}]", _GPU_ID_WHAT, value[i])
         if not ids or len(set(ids)) != len(ids) or len(ids) > MAX_GPUS:
             raise sec.expected("gpus", f"a count or a non-empty list of at most {MAX_GPUS} distinct GPU ids", value)
         return len(ids), tuple(ids)
@@ -199,11 +215,13 @@ def local_cluster(cpus: int, gpus: int) -> ClusterSpec:
 
 def load_job(path: Path) -> JobSpec:
     """Load and check a job file on its own; cross-checks with an inventory are in `select_hosts`."""
+    path = shown_path(path)
     label = str(path)
     top = Section(label, load_mapping(path, label))
     top.check_keys(
         ["name", "cluster", "nodes", "nproc_per_node", "backend", "workdir", "command", "env", "secrets",
-         "image", "runtime", "rdzv_port", "max_restarts", "timeout", "scaling", "warmup_steps", "resume", "hang_warning"],
+         "image", "runtime", "rdzv_port", "max_restarts", "timeout", "scaling", "warmup_steps", "resume", "hang_warning",
+         "outputs", "outputs_limit"],
         required=["command"],
     )
     folder = path.parent
@@ -213,7 +231,7 @@ def load_job(path: Path) -> JobSpec:
         raise top.expected("command", "a non-empty list, e.g. [python, train.py]", [])
     workdir = folder / top.string("workdir", ".")
     if not workdir.is_dir():
-        raise top.fail("workdir", f"'{top.get('workdir', '.')}' is not a directory (resolved to {workdir})")
+        raise top.fail("workdir", f"'{top.get('workdir', '.')}' is not a directory (resolved to {shown_path(workdir)})")
     workdir = workdir.resolve()
     home = Path.home().resolve()
     if workdir == home or workdir in home.parents:
@@ -242,8 +260,32 @@ def load_job(path: Path) -> JobSpec:
         scaling=_scaling(top),
         warmup_steps=top.integer("warmup_steps", DEFAULT_WARMUP_STEPS, minimum=0, maximum=MAX_WARMUP_STEPS),
         resume=top.boolean("resume", False),
+        outputs=_outputs(top),
+        outputs_limit=_size(top, "outputs_limit", DEFAULT_OUTPUTS_LIMIT),
         hang_warning_s=_hang_warning(top),
     )
+
+
+def _outputs(top: Section) -> tuple[str, ...]:
+    """Glob patterns relative to the ranks' working directory (`*` crosses folders)."""
+    patterns = top.string_list("outputs", list(DEFAULT_OUTPUTS))
+    for i, pattern in enumerate(patterns):
+        if not pattern or pattern.startswith("/") or ".." in pattern.split("/"):
+            raise top.expected(f"outputs[{i}]", "a glob relative to the working directory, such as '*.pt' or 'out/*'", pattern)
+    return tuple(patterns)
+
+
+def _size(top: Section, name: str, default: int) -> int:
+    """A size in bytes: an integer, or a number with a unit (500MB, 2GB, 1.5GiB)."""
+    value = top.get(name, default)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", str(value), re.IGNORECASE) if not isinstance(value, bool) else None
+    if not match:
+        raise top.expected(name, "a size such as 500MB or 2GB", value)
+    unit = (match.group(2) or "B").upper().rstrip("B").replace("I", "")
+    size = int(float(match.group(1)) * 1024 ** " KMGT".index(unit or " "))
+    if size > MAX_OUTPUTS_LIMIT:
+        raise top.expected(name, "a size of at most 1TB", value)
+    return size
 
 
 def _hang_warning(top: Section) -> float | None:
@@ -298,7 +340,7 @@ def _image(sec: Section, folder: Path) -> ImageSpec:
     requirements = sec.string("requirements", None)
     req_path = folder / requirements if requirements else None
     if req_path is not None and not req_path.is_file():
-        raise sec.fail("requirements", f"'{requirements}' is not a file (resolved to {req_path})")
+        raise sec.fail("requirements", f"'{requirements}' is not a file (resolved to {shown_path(req_path)})")
     return ImageSpec(base=sec.string("base", ImageSpec.base), requirements=req_path)
 
 
@@ -325,12 +367,8 @@ def select_hosts(job: JobSpec, cluster: ClusterSpec, nodes: int | None = None, n
     hosts = cluster.hosts[: count or available]
     if isinstance(job.nproc_per_node, int):
         for h in hosts:
-            if h.slots is None:
-                continue
-            implicit = cluster.path is None  # --local: this machine's cores, which a job may oversubscribe
-            limit = h.slots * MAX_PROCS_PER_CPU if implicit else h.slots
-            if job.nproc_per_node > limit:
-                what = f"{MAX_PROCS_PER_CPU} per core of this machine's {h.slots}" if implicit else f"the {h.slots} slot(s) of host '{h.name}' in {cluster.label}"
+            limit, what = _process_bound(h, cluster)
+            if limit is not None and job.nproc_per_node > limit:
                 raise SpecError(f"{job.path}: nproc_per_node: {job.nproc_per_node} is more than {what}")
     if job.backend == "nccl":
         cpu_hosts = [h.name for h in hosts if h.gpus == 0]
@@ -344,6 +382,21 @@ def select_hosts(job: JobSpec, cluster: ClusterSpec, nodes: int | None = None, n
                     f"{job.path}: nproc_per_node: {job.nproc_per_node} is more than the {gpus} of host '{h.name}'; nccl needs one GPU per process"
                 )
     return hosts
+
+
+def _process_bound(host: Host, cluster: ClusterSpec) -> tuple[int | None, str]:
+    """How many processes a node on `host` may run, and how a message says it: the slots the inventory
+    gives; for this machine without them (--local, or `address: local` with no slots) 8 per core, which
+    a job may oversubscribe; None for a lab host without slots, whose cores are its own."""
+    if cluster.path is None:  # --local: slots are this machine's cores
+        return host.slots * MAX_PROCS_PER_CPU, f"{MAX_PROCS_PER_CPU} per core of this machine's {host.slots}"
+    if host.slots is not None:
+        return host.slots, f"the {host.slots} slot(s) of host '{host.name}' in {cluster.label}"
+    if host.is_local:
+        cores = os.cpu_count() or 1
+        return cores * MAX_PROCS_PER_CPU, (f"{MAX_PROCS_PER_CPU} per core of this machine's {cores} (host '{host.name}' "
+                                           f"in {cluster.label} gives no slots, so its cores bound it)")
+    return None, ""
 
 
 def backend_for(job: JobSpec, hosts: tuple[Host, ...]) -> str:

@@ -8,6 +8,7 @@ MAX_DEPTH levels: a small file that expands to gigabytes is refused before it is
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -80,12 +81,36 @@ def read_user_file(path: Path, label: str, limit: int = MAX_FILE_BYTES, follow: 
     return data
 
 
+def shown_path(path: Path | str) -> Path:
+    """`path` as messages name it and the launcher keeps it: normalised (`jobs/x/../../cluster.yaml` is
+    `cluster.yaml`), relative when given relative; as given when a symbolic link takes its `..`
+    somewhere else than the normalised path."""
+    path = Path(path)
+    normal = Path(os.path.normpath(path))
+    if normal == path or not (os.path.lexists(path) or os.path.lexists(normal)):
+        return normal  # when both name nothing, the shorter says it as well
+    try:
+        return normal if os.path.samefile(path, normal) else path
+    except OSError:  # one of them is missing: a link took `..` elsewhere
+        return path
+
+
+def file_in_folder(given: str | Path, names: tuple[str, ...]) -> Path:
+    """`given` (as `shown_path` names it), or for a folder the first of `names` it holds (`launch
+    jobs/allreduce` is its job.yaml); SpecError naming a folder that holds none of them."""
+    path = shown_path(given)
+    if not path.is_dir():
+        return path
+    for name in names:
+        if os.path.lexists(path / name):  # what it is (a file, or not) is for the reading to say
+            return path / name
+    raise SpecError(f"{shown_path(path)}: is a directory holding no {' or '.join(names)}; "
+                    f"name the {'job ' if names == ('job.yaml',) else ''}file")
+
+
 def load_mapping(path: Path, label: str) -> dict[str, Any]:
     """Parse `path` as YAML and return its top-level mapping; raise SpecError naming `label`."""
-    try:
-        text = read_user_file(path, label).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{label}: cannot read: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    text = _text(read_user_file(path, label), label)
     loader = _StrictLoader(text)
     try:
         node = loader.get_single_node()
@@ -105,7 +130,7 @@ def load_mapping(path: Path, label: str) -> dict[str, Any]:
         raise SpecError(f"{label}: invalid YAML: {exc}") from None
     finally:
         loader.dispose()
-    _refuse_nul(data, label, "")
+    data = _checked_strings(data, label, "")
     if data is None:
         raise SpecError(f"{label}: the file is empty, expected a mapping of settings")
     if not isinstance(data, dict):
@@ -140,19 +165,76 @@ def _check_expansion(root: yaml.Node, label: str) -> None:
         stack.extend((child, depth + 1, False) for child in _children(node))
 
 
-def _refuse_nul(value: Any, label: str, where: str) -> None:
-    """A NUL byte can be in no path, argument or environment value: refuse it wherever it is."""
-    if isinstance(value, str) and "\0" in value:
-        raise SpecError(f"{label}: {where or 'a key'}: holds a NUL byte (\\0), which no path, argument or variable can")
+def _text(data: bytes, label: str) -> str:
+    """The file's text, which is UTF-8 and holds only what YAML may hold (PyYAML's own test); else
+    SpecError naming the line, the column and the byte or character."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _line_column(data, exc.start)
+        raise SpecError(f"{label}: line {line}, column {column}: not UTF-8 text "
+                        f"(byte 0x{data[exc.start]:02x}: {exc.reason})") from None
+    bad = yaml.reader.Reader.NON_PRINTABLE.search(text)
+    if bad:
+        line, column = _line_column(text, bad.start())
+        code = ord(bad.group())
+        what = ("a NUL byte (0x00)" if code == 0 else f"the control byte 0x{code:02x}" if code < 0x80
+                else f"the control character U+{code:04X}" if code < 0xA0 else f"the character U+{code:04X}")
+        hint = "" if code == 0 else "; in a double-quoted string, write it as an escape (\\x01, \\u009b)"
+        raise SpecError(f"{label}: line {line}, column {column}: holds {what}, which a YAML file cannot hold{hint}")
+    return text
+
+
+def _line_column(text: str | bytes, offset: int) -> tuple[int, int]:
+    """1-based line and column of `offset`; a column counts characters, not bytes."""
+    newline = "\n" if isinstance(text, str) else b"\n"
+    start = text.rfind(newline, 0, offset) + 1
+    before = text[start:offset]
+    width = len(before.decode("utf-8", "replace") if isinstance(before, bytes) else before)
+    return text.count(newline, 0, offset) + 1, width + 1
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _checked_strings(value: Any, label: str, where: str) -> Any:
+    """`value` with every string (keys too) checked and JSON's surrogate-pair escapes joined: YAML
+    keeps `"\\ud83d\\ude42"` (as json.dumps writes an emoji) as two halves, which no file, argument or
+    variable can hold, so a pair becomes the character it means; a NUL byte or a lone half is a
+    SpecError naming the key."""
+    if isinstance(value, str):
+        return _checked_string(value, label, where or "a key")
     if isinstance(value, dict):
+        out: dict[Any, Any] = {}
         for key, item in value.items():
-            shown = str(key).encode("unicode_escape").decode()
-            name = f"{where}.{shown}" if where else shown
-            _refuse_nul(key, label, name)
-            _refuse_nul(item, label, name)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _refuse_nul(item, label, f"{where}[{i}]")
+            raw = f"{where}.{_shown(key)}" if where else _shown(key)
+            key = _checked_strings(key, label, raw)
+            name = f"{where}.{_shown(key)}" if where else _shown(key)
+            if key in out:
+                raise SpecError(f"{label}: {name}: the key is given twice (once as escapes)")
+            out[key] = _checked_strings(item, label, name)
+        return out
+    if isinstance(value, list):
+        return [_checked_strings(item, label, f"{where}[{i}]") for i, item in enumerate(value)]
+    return value
+
+
+def _checked_string(text: str, label: str, where: str) -> str:
+    if "\0" in text:
+        raise SpecError(f"{label}: {where}: holds a NUL byte (\\0), which no path, argument or variable can")
+    if not _SURROGATE.search(text):
+        return text
+    joined = text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "surrogatepass")
+    lone = _SURROGATE.search(joined)
+    if lone:
+        raise SpecError(f"{label}: {where}: holds half a UTF-16 surrogate pair, '\\u{ord(lone.group()):04x}', "
+                        "which is no character; escape both halves (\\ud83d\\ude42) or write the character itself")
+    return joined
+
+
+def _shown(key: Any) -> str:
+    """A key as an error names it, escapes shown as such."""
+    return str(key).encode("unicode_escape", "backslashreplace").decode()
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

@@ -4,7 +4,8 @@ saves `snapshot.pt` in its working directory every epoch and, when it starts, re
 
     torchrun --nproc-per-node 2 snapshot_job.py EPOCHS [--out NAME]
 
-Prints `resuming from epoch N` or `starting fresh`, then `epoch N done` per epoch; rank 0 saves.
+Prints `resuming from epoch N` or `starting fresh`, then `epoch N done` per epoch; local rank 0
+saves (one copy per host, since hosts share no folder).
 `--out NAME` also writes NAME (a small text file) in the working directory at the end.
 """
 
@@ -37,7 +38,7 @@ for epoch in range(start, args.epochs):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    if rank == 0:
+    if int(os.environ["LOCAL_RANK"]) == 0:
         torch.save({"MODEL_STATE": model.module.state_dict(), "EPOCHS_RUN": epoch + 1}, "snapshot.pt")
     print(f"epoch {epoch} done", flush=True)
 if args.out and rank == 0:

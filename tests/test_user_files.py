@@ -1,0 +1,171 @@
+"""A user's files on one box: every run's own checkpoints and working directory, outputs brought
+back, a script that saves next to itself, and runs listed and removed only when asked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, launch, run_id_of, start_launcher
+
+from launcher.node import workspace
+from launcher.run.outputs import choose
+
+pytestmark = pytest.mark.integration
+
+SNAPSHOT = ROOT / "tests/jobs/snapshot_job.py"
+
+
+def snapshot_job(folder: Path, epochs: int, extra: str = "") -> Path:
+    """The tutorial-style script in a folder of its own, on a one-host local inventory."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SNAPSHOT, folder / SNAPSHOT.name)
+    (folder / "cluster.yaml").write_text("hosts:\n  - name: box\n    address: local\n")
+    command = json.dumps(["python", SNAPSHOT.name, str(epochs), "--out", "result.txt"])
+    (folder / "job.yaml").write_text(f"name: snap\nnproc_per_node: 2\nruntime: host\ncommand: {command}\n{extra}")
+    return folder / "job.yaml"
+
+
+def test_a_script_that_saves_next_to_itself_gets_its_file_back_and_resumes_only_when_asked(tmp_path: Path) -> None:
+    job = snapshot_job(tmp_path / "src", 2)
+    runs = tmp_path / "runs"
+    first = launch(str(job), "--runs-dir", str(runs), cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr
+    assert first.stdout.count("starting fresh") == 2
+    run = runs / run_id_of(first.stdout)
+    assert (run / "outputs/box/snapshot.pt").stat().st_size > 0 and (run / "outputs/box/result.txt").is_file()
+    assert not (run / "outputs/box" / SNAPSHOT.name).exists(), "the code is not an output"
+    assert "outputs of box: 2 file(s)" in first.stdout
+    assert sorted(os.listdir(tmp_path / "src")) == ["cluster.yaml", "job.yaml", SNAPSHOT.name], "the source folder is untouched"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["outputs"]["box"]["files"] == 2 and summary["resumed_from"] is None
+
+    job.write_text(job.read_text().replace('"2"', '"4"'))
+    again = launch(str(job), "--runs-dir", str(runs), cwd=tmp_path)
+    assert again.returncode == 0 and again.stdout.count("starting fresh") == 2, "a plain rerun starts fresh"
+    code = [row[0] for row in json.loads((runs / run_id_of(again.stdout) / "workdir.json").read_text())["files"]]
+    assert sorted(code) == sorted([SNAPSHOT.name, "cluster.yaml", "job.yaml"]), "what a run wrote is not the next run's code"
+
+    resumed = launch(str(job), "--runs-dir", str(runs), "--resume", run_id_of(first.stdout), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr
+    assert resumed.stdout.count("resuming from epoch 2") == 2 and "epoch 3 done" in resumed.stdout
+    assert json.loads((run / "summary.json").read_text())["outputs"]["box"]["files"] == 2
+    import torch
+
+    assert torch.load(run / "outputs/box/snapshot.pt")["EPOCHS_RUN"] == 2, "the run resumed from keeps its file"
+    newest = runs / run_id_of(resumed.stdout)
+    assert torch.load(newest / "outputs/box/snapshot.pt")["EPOCHS_RUN"] == 4
+
+
+def test_two_runs_of_one_job_at_once_keep_separate_checkpoints(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "6", "--sleep", "0.3", "--checkpoint"], nproc=1)
+    procs = [start_launcher(job, tmp_path) for _ in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    folders = [Path(json.loads((tmp_path / "runs" / run_id_of(o) / "plan.json").read_text())["nodes"][0]["env"]["LAUNCH_CHECKPOINT_DIR"])
+               for o in outputs]
+    assert folders[0] != folders[1]
+    assert [(f / "rank0.step").read_text() for f in folders] == ["6", "6"]
+    assert all("resumed" not in o for o in outputs)
+
+
+def test_outputs_over_the_limit_stay_on_the_host_and_are_named(tmp_path: Path) -> None:
+    (tmp_path / "write.py").write_text(
+        "import os\nif os.environ['RANK'] == '0':\n"
+        "    os.makedirs('out', exist_ok=True)\n"
+        "    open('out/a.bin', 'wb').write(b'a' * 3000)\n    open('out/b.bin', 'wb').write(b'b' * 3000)\n"
+        "    open('skip.log', 'w').write('not an output')\n")
+    (tmp_path / "cluster.yaml").write_text("hosts:\n  - name: box\n    address: local\n")
+    (tmp_path / "job.yaml").write_text("name: writer\nnproc_per_node: 1\nruntime: host\ncommand: [python, write.py]\n"
+                                       "outputs: ['out/*']\noutputs_limit: 4kB\n")
+    result = launch(str(tmp_path / "job.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = tmp_path / "runs" / run_id_of(result.stdout)
+    assert sorted(p.name for p in (run / "outputs/box/out").iterdir()) == ["a.bin"]
+    summary = json.loads((run / "summary.json").read_text())
+    record = summary["outputs"]["box"]
+    assert record["files"] == 1 and record["left_on_host"] == ["out/b.bin"] and record["limit_bytes"] == 4096
+    assert "over the 4.1 kB limit (outputs_limit) stay on it: 1 file(s)" in result.stdout and "out/b.bin" in result.stdout
+    kept = Path(summary["run_folders"]["box"]) / "work"
+    assert sorted(p.name for p in (kept / "out").iterdir()) == ["a.bin", "b.bin"] and (kept / "skip.log").is_file()
+
+
+def test_runs_lists_newest_first_and_rm_removes_only_what_it_is_told(probe_job, tmp_path: Path) -> None:
+    job = probe_job(["--steps", "2", "--checkpoint"], nproc=1)
+    ids = []
+    for _ in range(3):
+        result = launch(str(job), cwd=tmp_path)
+        assert result.returncode == 0, result.stdout + result.stderr
+        ids.append(run_id_of(result.stdout))
+    listed = launch("runs", cwd=tmp_path)
+    lines = listed.stdout.splitlines()
+    assert lines[0].split() == ["run", "job", "status", "started", "wall", "nodes"]
+    assert [line.split()[0] for line in lines[1:]] == ids[::-1] and all(" succeeded " in line for line in lines[1:])
+    folder = lambda run_id: tmp_path / "runs/jobs/probe/box" / run_id  # noqa: E731
+
+    kept = launch("rm", ids[0], cwd=tmp_path)
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert not (tmp_path / "runs" / ids[0]).exists() and (folder(ids[0]) / "checkpoints/rank0.step").is_file()
+    assert f"removed run directory {tmp_path / 'runs' / ids[0]}" in kept.stdout and "add --checkpoints" in kept.stdout
+
+    gone = launch("rm", ids[1], "--checkpoints", cwd=tmp_path)
+    assert gone.returncode == 0 and not folder(ids[1]).exists() and not (tmp_path / "runs" / ids[1]).exists()
+    assert f"removed run {ids[1]}'s checkpoints and outputs on box" in gone.stdout
+
+    unknown = launch("rm", "no-such-run", ids[2], cwd=tmp_path)
+    assert unknown.returncode == 2 and (tmp_path / "runs" / ids[2]).exists(), "a wrong name removes nothing"
+
+    pruned = launch("prune", "--keep", "0", "--checkpoints", cwd=tmp_path)
+    assert pruned.returncode == 0 and not (tmp_path / "runs" / ids[2]).exists() and not folder(ids[2]).exists()
+
+
+def test_a_run_that_has_not_ended_is_not_removed(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "job-20260101-000000-abcd"
+    run.mkdir(parents=True)
+    (run / "plan.json").write_text(json.dumps({"run_id": run.name, "job": "job", "backend": "gloo", "master_addr": "127.0.0.1",
+                                               "master_port": 1, "nnodes": 1, "world_size": 1, "timeout_s": None, "nodes": []}))
+    result = launch("rm", run.name, cwd=tmp_path)
+    assert result.returncode == 1 and run.exists() and "has not ended" in result.stderr
+
+
+# ---- the pure parts
+def test_a_runs_folder_keeps_what_the_ranks_wrote_and_drops_the_code_they_left_alone(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "train.py").write_text("print(1)\n")
+    (code / "pkg/conf.yaml").write_text("a: 1\n")
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints/last.pt").write_bytes(b"ckpt")
+    (old / "work").mkdir()
+    (old / "work/snapshot.pt").write_bytes(b"snap")
+    state = tmp_path / "new"
+    resumed = workspace.prepare(str(state), str(code), resume_from=str(old))
+    assert resumed == {"checkpoints": 1, "work": 1}
+    work = state / "work"
+    assert (work / "train.py").read_text() == "print(1)\n" and (work / "snapshot.pt").read_bytes() == b"snap"
+    (work / "pkg/conf.yaml").write_text("a: 2\n")  # the job rewrites a code file: an output
+    (work / "logs").mkdir()
+    (work / "logs/x.txt").write_text("written")
+    kept = workspace.finish(str(state))
+    assert sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()) == ["logs/x.txt", "pkg/conf.yaml", "snapshot.pt"]
+    assert kept == {"checkpoints": 1, "work": 3}
+    assert (old / "work/snapshot.pt").read_bytes() == b"snap" and (old / "checkpoints/last.pt").exists()
+
+    empty = tmp_path / "empty"
+    workspace.prepare(str(empty), str(code))
+    assert workspace.finish(str(empty)) == {"checkpoints": 0, "work": 0} and not empty.exists(), "a run that kept nothing leaves no folder"
+
+
+def test_outputs_are_chosen_by_pattern_in_path_order_within_the_limit() -> None:
+    found = [("b.pt", 600), ("a.pt", 500), ("log.txt", 10), ("train.py", 99), ("sub/c.pt", 1)]
+    choice = choose(found, ("*.pt",), 1000, code={"train.py": 99})
+    assert choice.take == [("a.pt", 500), ("sub/c.pt", 1)] and choice.left == [("b.pt", 600)]
+    everything = choose(found, ("*",), None, code={"train.py": 99})
+    assert [p for p, _ in everything.take] == ["a.pt", "b.pt", "log.txt", "sub/c.pt"]
+    changed = choose(found, ("*",), None, code={"train.py": 98})
+    assert "train.py" in [p for p, _ in changed.take], "a code file of another size was written by the run"
