@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .errors import EXIT_FAILED, EXIT_INTERRUPTED, LaunchError, SpecError
 from .results.scaling import FILES, load_summaries, markdown, write_scaling
-from .run.conduct import RunRequest, run_once, sweep
+from .run.conduct import RunRequest, on_one_box, run_once, sweep
 from . import __version__
 from .spec import MAX_NPROC_PER_NODE, ClusterSpec, JobSpec, check_env_name, load_cluster, load_job, local_cluster
 from .spec.fields import suggest
@@ -221,21 +221,6 @@ def with_overrides(job: JobSpec, env: list[str], nproc: int | None, extra: list[
                                nproc_per_node=nproc if nproc is not None else job.nproc_per_node)
 
 
-def _on_one_box(job: JobSpec, nodes: int | None) -> JobSpec:
-    """--local takes every job: its nodes' processes all run on this machine, as one node."""
-    count = nodes if nodes is not None else job.nodes
-    if count is not None and count < 1:
-        raise SpecError(f"--nodes: expected a positive integer, got {count}")
-    if count is None or count == 1:
-        return dataclasses.replace(job, nodes=None)
-    if isinstance(job.nproc_per_node, int):
-        print(f"launch: --local: the job's {count} nodes x {job.nproc_per_node} process(es) run as "
-              f"{count * job.nproc_per_node} processes on this machine", file=sys.stderr, flush=True)
-        return dataclasses.replace(job, nodes=None, nproc_per_node=count * job.nproc_per_node)
-    print(f"launch: --local: the job's {count} nodes run as one node on this machine", file=sys.stderr, flush=True)
-    return dataclasses.replace(job, nodes=None)
-
-
 def _local_gpus() -> int:
     return len(glob.glob("/dev/nvidia[0-9]*"))
 
@@ -252,10 +237,11 @@ def run_job(args: argparse.Namespace, extra: list[str] | None = None) -> int:
             raise SpecError("--sweep runs one node count after the other and cannot --detach")
         if args.resume:
             raise SpecError("--sweep measures every node count from the start and cannot --resume")
-        return sweep(job, cluster, RunRequest(args.runs_dir, dry_run=args.dry_run, debug=args.debug, verbose=args.verbose))
+        return sweep(job, cluster, RunRequest(args.runs_dir, dry_run=args.dry_run, debug=args.debug, verbose=args.verbose),
+                     local=args.local)
     label = "--nodes" if args.nodes is not None else None
     if args.local:
-        job, args.nodes = _on_one_box(job, args.nodes), None
+        job, args.nodes = on_one_box(job, args.nodes), None
     code, _ = run_once(job, cluster, RunRequest(args.runs_dir, args.nodes, label, args.dry_run, args.detach, args.resume,
                                                 args.debug, args.verbose))
     return code

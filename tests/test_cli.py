@@ -320,3 +320,33 @@ def test_an_unexpected_error_writing_a_runs_inputs_is_kept_in_its_directory(tmp_
     assert code == 1, err
     assert err.startswith(f"launch: unexpected error: RuntimeError: disk gremlin; the traceback is in {run / 'launcher-error.txt'}")
     assert "disk gremlin" in (run / "launcher-error.txt").read_text()
+
+
+def test_a_local_sweep_runs_each_count_as_that_many_processes_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from launcher import cli
+    from launcher.run import conduct
+
+    asked = []
+    monkeypatch.setattr(conduct, "run_once", lambda job, cluster, request: (asked.append((job, request)), (1, None))[1])
+    (tmp_path / "job.yaml").write_text("command: [python, x.py]\nnproc_per_node: 2\nscaling: [1, 3]\n")
+    assert cli.main([str(tmp_path / "job.yaml"), "--sweep", "--local", "--runs-dir", str(tmp_path / "runs")]) == 1
+    assert [(job.nproc_per_node, job.nodes, request.nodes) for job, request in asked] == [(2, None, None)]
+    monkeypatch.setattr(conduct, "run_once", lambda job, cluster, request: (asked.append((job, request)), (0, None))[1])
+    asked.clear()
+    assert cli.main([str(tmp_path / "job.yaml"), "--sweep", "--local", "--runs-dir", str(tmp_path / "runs")]) == 0
+    assert [(job.nproc_per_node, request.nodes) for job, request in asked] == [(2, None), (6, None)]
+
+
+def test_a_sweep_that_cannot_run_at_one_count_starts_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    from launcher import cli
+    from launcher.run import conduct
+
+    monkeypatch.setattr(conduct, "run_once", lambda *a: pytest.fail("a run started"))
+    (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: a, address: local}\n  - {name: b, address: local}\n")
+    (tmp_path / "job.yaml").write_text("cluster: cluster.yaml\ncommand: [python, x.py]\nnproc_per_node: 1\nscaling: [1, 2]\n")
+    assert cli.main([str(tmp_path / "job.yaml"), "--sweep", "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "address: local, which only a one-node run can use" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    (tmp_path / "job.yaml").write_text("command: [python, x.py]\nscaling: [1, 2]\n")
+    assert cli.main([str(tmp_path / "job.yaml"), "--sweep", "--local"]) == 2
+    assert "--sweep --local runs N nodes as N x nproc_per_node processes here, so it needs an integer" in capsys.readouterr().err

@@ -157,6 +157,7 @@ CLUSTER_CASES = [
     ("gpus-uuid-too-short", "hosts:\n  - {name: a, address: x, gpus: [GPU-abc]}\n", r"hosts\[0\]\.gpus\[0\]: expected a GPU index"),
     ("gpus-uuid-not-hex", "hosts:\n  - {name: a, address: x, gpus: [GPU-5c1c2d3e-aaaa-bbbb-cccc-ddddeeeeffzz]}\n", r"gpus\[0\]: expected a GPU index"),
     ("gpus-scalar-not-an-id", "hosts:\n  - {name: a, address: x, gpus: GPU-abc}\n", r"hosts\[0\]\.gpus: expected a GPU count from 0 to 256, a GPU index or a device UUID"),
+    ("gpus-quoted-number", "hosts:\n  - {name: a, address: x, gpus: '3'}\n", r"hosts\[0\]\.gpus: '3' is ambiguous: write gpus: 3 for 3 GPU\(s\), or gpus: \[3\]"),
     ("gpus-scalar-word", "hosts:\n  - {name: a, address: x, gpus: four}\n", r"hosts\[0\]\.gpus: expected a GPU count"),
     ("gpus-billion", "hosts:\n  - {name: a, address: x, gpus: 1000000000}\n", r"hosts\[0\]\.gpus: expected an integer from 0 to 256"),
     ("slots-billion", "hosts:\n  - {name: a, address: x, slots: 1000000000}\n", r"hosts\[0\]\.slots: expected an integer from 1 to 1024"),
@@ -183,7 +184,7 @@ def test_a_hostile_inventory_is_one_line_and_exit_2(tmp_path: Path, capsys: pyte
 UUID = "GPU-5c1c2d3e-aaaa-4b2c-9d1e-0123456789ab"
 
 
-@pytest.mark.parametrize("gpus, ids", [(UUID, (UUID,)), ("'3'", ("3",)), (f"[GPU-{UUID[4:].upper()}, 1]", (f"GPU-{UUID[4:].upper()}", "1")),
+@pytest.mark.parametrize("gpus, ids", [(UUID, (UUID,)), ("['3']", ("3",)), (f"[GPU-{UUID[4:].upper()}, 1]", (f"GPU-{UUID[4:].upper()}", "1")),
                                        ("MIG-" + UUID[4:], ("MIG-" + UUID[4:],)),
                                        (f"[MIG-{UUID}/1/0]", (f"MIG-{UUID}/1/0",)), ("2", None)])
 def test_gpus_as_a_count_a_device_id_or_a_list_of_them(tmp_path: Path, gpus: str, ids: tuple[str, ...] | None) -> None:

@@ -199,33 +199,61 @@ def _local_inventory_text(cluster: ClusterSpec) -> str:
     return f"# --local: this machine\nhosts:\n  - name: {host.name}\n    address: local\n    gpus: {host.gpus}\n    slots: {host.slots}\n"
 
 
-def sweep(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> int:
+def on_one_box(job: JobSpec, nodes: int | None, quiet: bool = False) -> JobSpec:
+    """--local takes every job: its nodes' processes all run on this machine, as one node."""
+    count = nodes if nodes is not None else job.nodes
+    if count is not None and count < 1:
+        raise SpecError(f"--nodes: expected a positive integer, got {count}")
+    if count is None or count == 1:
+        return dataclasses.replace(job, nodes=None)
+    if isinstance(job.nproc_per_node, int):
+        if not quiet:
+            print(f"launch: --local: the job's {count} nodes x {job.nproc_per_node} process(es) run as "
+                  f"{count * job.nproc_per_node} processes on this machine", file=sys.stderr, flush=True)
+        return dataclasses.replace(job, nodes=None, nproc_per_node=count * job.nproc_per_node)
+    if not quiet:
+        print(f"launch: --local: the job's {count} nodes run as one node on this machine", file=sys.stderr, flush=True)
+    return dataclasses.replace(job, nodes=None)
+
+
+def sweep(job: JobSpec, cluster: ClusterSpec, request: RunRequest, local: bool = False) -> int:
     """The job at every node count of `scaling`, then scaling.json/.md/.png beside those runs; each
-    run as `request` asks (its dry_run, debug, verbose), in a folder of the sweep under its runs_dir."""
+    run as `request` asks (its dry_run, debug, verbose), in a folder of the sweep under its runs_dir.
+    `local`: each count N runs on this machine as one node of N x nproc_per_node processes, and
+    counts as N nodes in the comparison."""
     runs_dir, dry_run = request.runs_dir, request.dry_run
     if not job.scaling:
         raise SpecError(f"{job.path}: scaling: --sweep needs node counts, e.g. scaling: [1, 2, 3]")
+    if local and not isinstance(job.nproc_per_node, int):
+        raise SpecError(f"{job.path}: nproc_per_node: --sweep --local runs N nodes as N x nproc_per_node processes here, "
+                        "so it needs an integer, not auto")
     label = f"{job.path}: scaling"
     for count in job.scaling:  # every count is checked before the first run starts
-        check_hosts(job, select_hosts(job, cluster, count, label))
+        if local:
+            select_hosts(on_one_box(job, count, quiet=True), cluster, None, label)
+        else:
+            check_hosts(job, select_hosts(job, cluster, count, label))
     sweep_dir = runs_dir.resolve() / rundir.new_run_id(f"{job.name}-sweep")
     summaries: dict[str, dict] = {}
     code = 0
     for count in job.scaling:
         if not dry_run:
             print(f"launch: sweep {sweep_dir.name}: {count} node(s)", flush=True)
+        each = dataclasses.replace(request, runs_dir=sweep_dir, nodes=None if local else count, nodes_label=label)
         try:
-            code, summary = run_once(job, cluster, dataclasses.replace(request, runs_dir=sweep_dir, nodes=count, nodes_label=label))
+            code, summary = run_once(on_one_box(job, count) if local else job, cluster, each)
         except LaunchError as exc:  # keep what the finished counts measured
             print(f"launch: error: {exc}", file=sys.stderr)
             code, summary = exc.exit_code, None
-        if summary is not None and code == 0:
-            summaries[str(sweep_dir / summary["run_id"])] = summary
+        if summary is not None and code == 0:  # on one box, a count compares as the nodes it stands for
+            summaries[str(sweep_dir / summary["run_id"])] = {**summary, "nodes": count} if local else summary
         if code != 0:
             print(f"launch: sweep stopped: the run at {count} node(s) ended with exit code {code}", file=sys.stderr)
             break
     if summaries:
         rows = write_scaling(sweep_dir, summaries)
         print(markdown(rows, job.name))
+        if local:
+            print(f"launch: --local: each node count N ran on this machine as one node of N x {job.nproc_per_node} process(es)")
         print(f"launch: scaling results in {sweep_dir}: {', '.join(FILES)}")
     return code

@@ -194,6 +194,9 @@ def _gpus(sec: Section) -> tuple[int, tuple[str, ...] | None]:
     """A count (`gpus: 4`), or the devices named: a list of ids, or one id on its own (`gpus: GPU-<uuid>`)."""
     value = sec.get("gpus", 0)
     if isinstance(value, str):
+        if value.isdigit():  # a quoted count, or one device index: which is not for us to guess
+            raise sec.fail("gpus", f"'{value}' is ambiguous: write gpus: {value} for {value} GPU(s), or gpus: [{value}] "
+                           f"for the device of index {value}")
         if not re.fullmatch(_GPU_ID, value):
             raise sec.expected("gpus", f"a GPU count from 0 to {MAX_GPUS}, a GPU index or a device UUID {_UUID_WHAT}", value)
         value = [value]
