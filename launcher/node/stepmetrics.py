@@ -42,7 +42,8 @@ FLUSH_EVERY_S = 0.5
 
 
 def start(path: str, claim: str) -> "StepRecorder | None":
-    """Record steps into the file `path` once the job has imported torch (it is not imported here).
+    """Record steps into the file `path` once the job has imported torch (it is not imported here),
+    or right away when it has been (by a sitecustomize that the startup hook ran first).
 
     Only one process of a rank records: the first to import torch claims the rank by setting the
     environment variable `claim` to its PID, and the Python processes it starts later (a script's own
@@ -52,7 +53,14 @@ def start(path: str, claim: str) -> "StepRecorder | None":
     if claimed and claimed != str(os.getpid()):
         return None
     recorder = StepRecorder(path, claim)
-    sys.meta_path.insert(0, AfterImport(TRIGGER, lambda: recorder.guard(install, recorder), recorder.turn_off))
+
+    def hook() -> None:
+        recorder.guard(install, recorder)
+
+    if TRIGGER in sys.modules:
+        hook()
+    else:
+        sys.meta_path.insert(0, AfterImport(TRIGGER, hook, recorder.turn_off))
     atexit.register(recorder.guard, recorder.flush)
     return recorder
 
@@ -63,7 +71,7 @@ class StepRecorder:
 
     def __init__(self, path: str, claim: str = "", clock: Callable[[], float] = time.perf_counter) -> None:
         self.path = path
-        self.claim = claim  # the environment variable naming the process that records (see `start`)
+        self.claim = claim  # the environment variable naming the process that records (see `start`); "": none
         self.on = True
         self._clock = clock
         self._fd: int | None = None
@@ -182,7 +190,8 @@ def install(recorder: StepRecorder) -> Callable[[], None]:
     def step_post_hook(optimizer, _args, _kwargs) -> None:
         recorder.guard(recorder.stepped, optimizer)
 
-    os.environ[recorder.claim] = str(os.getpid())  # this process measures the rank (see `start`)
+    if recorder.claim:
+        os.environ[recorder.claim] = str(os.getpid())  # this process measures the rank (see `start`)
     handle = register_optimizer_step_post_hook(step_post_hook)
     _BaseDataLoaderIter.__next__ = counted_fetch
 
@@ -193,42 +202,182 @@ def install(recorder: StepRecorder) -> Callable[[], None]:
     return uninstall
 
 
+class NotSeen(Exception):
+    """The watched module was imported, or is being imported, in a way `AfterImport` cannot see the end of."""
+
+
 class AfterImport:
-    """A `sys.meta_path` finder that loads nothing itself: it lets the other finders find module
+    """A `sys.meta_path` finder that loads nothing itself: it lets the finders behind it find module
     `name`, and runs `action()` once that module has been executed in full (not while it still
-    imports its own submodules). `failed(exc)` hears of an error of its own; the import goes on."""
+    imports its own submodules). It changes neither the spec nor the loader that were found: the
+    import system gets a copy of the spec whose loader is a stand-in (`StandIn`) that runs the found
+    loader, so that other import hooks that wrap, replace or refuse changes to either work as they
+    would without it. Anything that keeps it from seeing the import (an error of its own or of a
+    finder it asks, torch loaded past it) takes it out of `sys.meta_path` and reaches `failed(exc)`
+    once; the import goes on as it would have without it."""
 
     def __init__(self, name: str, action: Callable[[], None], failed: Callable[[BaseException], None]) -> None:
         self.name, self.action, self.failed = name, action, failed
+        self.done = False  # acted, or gave up
+        self.running = 0  # found loaders of the module executing now: imports of its submodules are expected
+        self._prefix = name + "."
+        self._searching = False  # a finder behind it that searches sys.meta_path itself asks it again
 
     def find_spec(self, fullname: str, path: object = None, target: object = None) -> object:
-        if fullname != self.name:
+        if fullname != self.name:  # every import until torch's comes here: keep this path short
+            if not self.running and fullname.startswith(self._prefix):
+                self.give_up(NotSeen(f"{self.name} was imported past launch's import hook (another hook loaded it)"))
             return None
-        sys.meta_path.remove(self)  # once; and the search below must not come back here
-        for finder in list(sys.meta_path):
-            find = getattr(finder, "find_spec", None)
-            spec = find(fullname, path, target) if find else None
-            if spec is not None:
-                break
-        else:
+        if self._searching or self.done:
             return None
+        self._searching = True
         try:
-            self._run_after(spec.loader)
-        except Exception as exc:  # noqa: BLE001 - an odd loader: the import goes on, unmeasured
-            self.failed(exc)
-        return spec
+            found = self._find_behind(fullname, path, target)
+            return None if found is None else StandIn.watching(found, self)
+        except Exception as exc:  # noqa: BLE001 - the import system asks the finders behind us itself, as without us
+            self.give_up(exc)
+            return None
+        finally:
+            self._searching = False
 
-    def _run_after(self, loader: object) -> None:
-        """Make `loader` run the action after executing the module, then give it back its own method."""
-        execute = loader.exec_module
+    def _find_behind(self, fullname: str, path: object, target: object) -> object:
+        """The spec the finders behind this one find, as the import system would ask them; None when
+        none finds one, or when one of the old kind (no `find_spec`) comes first: the import system
+        then asks it itself, and this finder does not see the import."""
+        finders = sys.meta_path
+        behind = finders[finders.index(self) + 1:] if self in finders else ()
+        for finder in behind:
+            find = getattr(finder, "find_spec", None)
+            if find is None:
+                return None
+            spec = find(fullname, path, target)
+            if spec is not None:
+                return spec
+        return None
 
-        def execute_then_act(module: object) -> None:
-            if module.__name__ != self.name:  # a loader shared by several modules
-                return execute(module)
-            try:
-                execute(module)
-            finally:
-                del loader.exec_module
-            self.action()
+    def attempt(self, function: Callable[..., object], *args: object) -> object:
+        """`function(*args)`, or None when it raises (then giving up)."""
+        try:
+            return function(*args)
+        except Exception as exc:  # noqa: BLE001 - the job must never see an error of ours
+            self.give_up(exc)
+            return None
 
-        loader.exec_module = execute_then_act
+    def executed(self) -> None:
+        """The module has been executed in full: out of the import system, then the action, once."""
+        if self.done:
+            return
+        self._leave()
+        self.action()
+
+    def give_up(self, exc: BaseException) -> None:
+        if self.done:
+            return
+        self._leave()
+        self.failed(exc)
+
+    def _leave(self) -> None:
+        self.done = True
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:  # taken out by someone else
+            pass
+
+
+class StandIn:
+    """Stands in for the loader of a found spec of the watched module, in a copy of that spec
+    (`watching`), and tells the finder once the found loader has executed the module. Any other
+    attribute is the found loader's, so that `hasattr` answers as for the found loader."""
+
+    # Its own attributes have names no loader uses: a hook in front of it may set or read the loader's.
+    def __init__(self, found: object, finder: AfterImport) -> None:
+        self._launch_found, self._launch_finder = found, finder
+        self._launch_given = None  # the copy of `found` that holds this stand-in
+
+    @staticmethod
+    def watching(found: object, finder: AfterImport) -> object:
+        """A copy of spec `found` with a stand-in for its loader; `found` itself for a loader that
+        neither stand-in suits (no loader: a namespace package; one the import would refuse)."""
+        loader = found.loader
+        if loader is None:
+            return found
+        if hasattr(loader, "exec_module"):
+            if not hasattr(loader, "create_module"):  # the import fails, as it would without us
+                return found
+            stand_in = ExecStandIn(found, finder)
+        elif hasattr(loader, "load_module"):
+            stand_in = LegacyStandIn(found, finder)
+        else:
+            return found
+        import copy  # only once torch is found: not every Python process pays for it
+
+        stand_in._launch_given = given = copy.copy(found)
+        given.loader = stand_in
+        return given
+
+    def __getattr__(self, name: str) -> object:
+        found = self.__dict__.get("_launch_found")  # absent while a copy of this object is being made
+        if found is None:
+            raise AttributeError(name)
+        return getattr(found.loader, name)
+
+    def __repr__(self) -> str:
+        return repr(self._launch_found.loader)
+
+
+class ExecStandIn(StandIn):
+    """For a loader with `create_module` and `exec_module`: the module is made and executed by the
+    found loader, and as made from the found spec (it gets the found spec and loader)."""
+
+    def create_module(self, spec: object) -> object:
+        found = self._launch_found
+        return found.loader.create_module(found if spec is self._launch_given else spec)
+
+    def exec_module(self, module: object) -> None:
+        finder = self._launch_finder
+        finished = finder.attempt(self._as_found, module)
+        finder.running += 1
+        try:
+            self._launch_found.loader.exec_module(module)
+        finally:
+            finder.running -= 1
+            if finished is not None:
+                finished()  # cannot fail: sets an attribute that `_as_found` set
+        finder.attempt(finder.executed)
+
+    def _as_found(self, module: object) -> Callable[[], None] | None:
+        """Give `module`, made from the copy of the spec, the found spec and loader, as without us;
+        the found spec takes over the import system's mark that the module is initializing (which
+        it sets on the copy, and reads from `module.__spec__`). Returns what ends that mark."""
+        given, found = self._launch_given, self._launch_found
+        if getattr(module, "__spec__", None) is not given:  # made from another spec: as it is
+            return None
+        found._initializing = getattr(given, "_initializing", False)
+        module.__spec__ = found
+        if getattr(module, "__loader__", None) is self:
+            module.__loader__ = found.loader
+        return lambda: setattr(found, "_initializing", False)
+
+
+class LegacyStandIn(StandIn):
+    """For a loader that has `load_module` and no `exec_module` (the import system then calls
+    `load_module`, and fills in the module's loader and spec only where it has none)."""
+
+    def load_module(self, fullname: str) -> object:
+        finder = self._launch_finder
+        finder.running += 1
+        try:
+            module = self._launch_found.loader.load_module(fullname)
+        finally:
+            finder.running -= 1
+        finder.attempt(self._fill_in, sys.modules.get(fullname, module))
+        finder.attempt(finder.executed)
+        return module
+
+    def _fill_in(self, module: object) -> None:
+        """The loader and spec the import system gives a module that has none: the found ones, as without us."""
+        found = self._launch_found
+        if getattr(module, "__loader__", None) is None:
+            module.__loader__ = found.loader
+        if getattr(module, "__spec__", None) is None:
+            module.__spec__ = found
