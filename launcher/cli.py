@@ -161,10 +161,11 @@ def _run_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="launch",
         allow_abbrev=False,
-        usage="launch JOB.yaml [options] [-- ARGS...]\n       launch {check,status,logs,stop,report} ... (each has --help)",
+        usage="launch JOB.yaml [options] [-- ARGS...]\n       launch {check,status,logs,stop,report,runs,rm,prune} ... (each has --help)",
         description="Run a distributed PyTorch job on the hosts of a cluster inventory. "
         "Other commands: launch check CLUSTER.yaml|JOB.yaml, launch status [RUN ...], launch logs RUN [--follow], "
-        "launch stop RUN, launch report RUN [RUN ...]. ARGS after -- are appended to the job's command.",
+        "launch stop RUN, launch report RUN [RUN ...], launch runs, launch rm RUN [--checkpoints], launch prune --keep N. "
+        "ARGS after -- are appended to the job's command.",
         epilog=f"{EXIT_CODES}\n\n{EXAMPLES}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -275,7 +276,7 @@ def _check(args: argparse.Namespace) -> int:
         port = args.port or job.rdzv_port or 29500
         results, problems = check_job(job, hosts, port, sys.executable, port_fixed=bool(args.port or job.rdzv_port))
     else:
-        results = check_cluster(load_cluster(args.cluster), args.port or 29500)
+        results = check_cluster(load_cluster(args.cluster), args.port or 29500, port_given=args.port is not None)
     for result in results:
         print(result.line())
     for problem in problems:
@@ -511,7 +512,7 @@ def _prune(args: argparse.Namespace) -> int:
 
     if args.keep < 0:
         raise SpecError(f"--keep: expected 0 or more, got {args.keep}")
-    doomed = to_prune(rows(args.runs_dir, args.job), args.keep)
+    doomed = to_prune(rows(args.runs_dir, args.job), args.keep, args.runs_dir)
     if not doomed:
         print(f"launch: nothing to prune in {args.runs_dir} (keeping {args.keep} ended run(s) per job)")
         return 0

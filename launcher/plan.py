@@ -31,7 +31,8 @@ REMOTE_LIB = "lib"  # runtime: host: what ships with the ranks (`launcher.node`)
 RUN_LABEL = "launch.run_id"
 WORKDIR_LABEL = "launch.workdir"  # on a container: the workdir copy it mounts, which pruning keeps
 # runtime: host on a lab host: a process group of its own (setsid), its id in a file so that the
-# launcher can stop it, started in the job's copy of its workdir, with the inventory's python first
+# launcher can stop it, started in the node's run directory (its supervisor enters the run's working
+# directory), with the inventory's python first
 # on PATH (as for local runs). $0: pid file, $1: directory, $2: that python's folder (may be empty),
 # $3: a file for its output when it runs detached (empty: the SSH channel).
 HOST_WRAPPER = (

@@ -108,3 +108,11 @@ def test_a_host_without_ss_says_its_ports_were_not_checked(monkeypatch: pytest.M
     monkeypatch.setattr(check, "_probe", lambda host, ports, python="": ("gpus=0\nss=missing\ntime=1.0\n", 1.0, 1.0))
     result = check.check_host(HOSTS[0], {29500: RENDEZVOUS_ROLE}, needs_docker=False)
     assert result.ok and "ports not checked (no ss there)" in result.line()
+
+
+def test_check_of_a_one_box_inventory_checks_no_port_unless_one_is_given(probed) -> None:
+    asked, busy = probed
+    busy.add(29500)
+    box = ClusterSpec(None, (Host("box", "local"),))
+    assert check.check_cluster(box, 29500, port_given=False)[0].ok and asked == {"box": []}, "one-box runs take a free port"
+    assert not check.check_cluster(box, 29500, port_given=True)[0].ok and asked == {"box": [29500, 29501]}

@@ -758,8 +758,8 @@ def test_shown_path_is_normalised_unless_a_link_takes_dotdot_elsewhere(tmp_path:
     assert load_job(Path("link/../job.yaml")).path == Path("link/../job.yaml")
 
 
-@pytest.mark.parametrize("given, size", [("1GB", 1024**3), ("500MB", 500 * 1024**2), ("1.5GiB", int(1.5 * 1024**3)),
-                                         ("4kB", 4096), (123, 123), ("7", 7)])
+@pytest.mark.parametrize("given, size", [("1GB", 10**9), ("500MB", 500 * 10**6), ("1.5GiB", int(1.5 * 1024**3)),
+                                         ("4kB", 4000), ("4KiB", 4096), (123, 123), ("7", 7)])
 def test_outputs_limit_takes_sizes_with_units(tmp_path: Path, given, size) -> None:
     (tmp_path / "job.yaml").write_text(JOB + f"outputs_limit: {given}\noutputs: ['*.pt', 'out/*']\n")
     job = load_job(tmp_path / "job.yaml")

@@ -88,8 +88,8 @@ def test_outputs_over_the_limit_stay_on_the_host_and_are_named(tmp_path: Path) -
     assert sorted(p.name for p in (run / "outputs/box/out").iterdir()) == ["a.bin"]
     summary = json.loads((run / "summary.json").read_text())
     record = summary["outputs"]["box"]
-    assert record["files"] == 1 and record["left_on_host"] == ["out/b.bin"] and record["limit_bytes"] == 4096
-    assert "over the 4.1 kB limit (outputs_limit) stay on it: 1 file(s)" in result.stdout and "out/b.bin" in result.stdout
+    assert record["files"] == 1 and record["left_on_host"] == ["out/b.bin"] and record["limit_bytes"] == 4000
+    assert "over the 4.0 kB limit (outputs_limit) stay on it: 1 file(s)" in result.stdout and "out/b.bin" in result.stdout
     kept = Path(summary["run_folders"]["box"]) / "work"
     assert sorted(p.name for p in (kept / "out").iterdir()) == ["a.bin", "b.bin"] and (kept / "skip.log").is_file()
 

@@ -155,9 +155,10 @@ def inventory_ports(port: int) -> dict[int, str]:
     return {number: role if number in ports_needed(port, nodes=1) else MULTI_NODE_ROLE for number, role in several.items()}
 
 
-def check_cluster(cluster: ClusterSpec, port: int) -> list[HostCheck]:
-    """Every host of the inventory; the ports on its first only (a run's other hosts listen on none)."""
-    first = cluster.hosts[0].name if cluster.hosts else None
+def check_cluster(cluster: ClusterSpec, port: int, port_given: bool = True) -> list[HostCheck]:
+    """Every host of the inventory; the ports on its first only (a run's other hosts listen on none),
+    and not on `address: local` unless `port_given` (one-box runs that fix no port take a free one)."""
+    first = cluster.hosts[0].name if cluster.hosts and (port_given or not cluster.hosts[0].is_local) else None
     results, _ = on_every_host(cluster.hosts, lambda h: check_host(h, inventory_ports(port) if h.name == first else {}),
                                lambda h: h.name)
     return [results[h.name] for h in cluster.hosts]

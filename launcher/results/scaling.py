@@ -66,6 +66,7 @@ def check_comparable(summaries: dict[str, dict[str, Any]]) -> Basis:
     return basis
 
 
+STANDS_FOR_NODES = "stands_for_nodes"  # summary.json of a `--sweep --local` run: the node count it ran as one box
 Key = tuple[int, int]  # (nodes, world size): one row of a scaling table
 
 
@@ -76,7 +77,8 @@ def scaling_rows(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     basis = basis_of(summaries)
     groups: dict[Key, list[dict[str, Any]]] = {}
     for summary in summaries:
-        groups.setdefault((int(summary["nodes"]), int(summary["world_size"])), []).append(summary)
+        nodes = summary.get(STANDS_FOR_NODES) or summary["nodes"]
+        groups.setdefault((int(nodes), int(summary["world_size"])), []).append(summary)
     keys = sorted(groups)
     throughput = {k: _median(s.get("throughput_samples_per_s") for s in groups[k]) for k in keys}
     wall = {k: _median(s.get("wall_time_s") for s in groups[k]) for k in keys}

@@ -100,9 +100,24 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
     if outcome.status == RunState.FAILED.value:
         summary["failure"] = first_failure(outcome, statuses, paths)
     summary["resumed_from"] = plan.resumed_from
-    summary["run_folders"] = {n.host: n.state_dir for n in plan.nodes if n.state_dir}
+    summary["run_folders"] = _run_folders(plan, paths)
     summary["outputs"] = _outputs(plan, paths)
     return summary
+
+
+def _run_folders(plan: LaunchPlan, paths: RunPaths) -> dict[str, str]:
+    """Per host, the run's own folder when it kept files there (or when its node did not say: a lost host)."""
+    found = {}
+    for node in plan.nodes:
+        if not node.state_dir:
+            continue
+        try:
+            kept = json.loads(paths.node_status(node.host).read_text()).get("kept")
+        except (OSError, ValueError, AttributeError):
+            kept = None
+        if not isinstance(kept, dict) or any(kept.values()):
+            found[node.host] = node.state_dir
+    return found
 
 
 def _outputs(plan: LaunchPlan, paths: RunPaths) -> dict[str, dict]:

@@ -16,7 +16,7 @@ from ..errors import EXIT_FAILED, LaunchError, SpecError
 from ..image.build import CACHE, PACKAGE, image_tag
 from ..hosts.ports import check_free, free_port_pair, listeners_over
 from ..plan import PlanOptions, check_hosts, make_plan, rdzv_port
-from ..results.scaling import FILES, markdown, write_scaling
+from ..results.scaling import FILES, STANDS_FOR_NODES, markdown, write_scaling
 from ..results.summary import build_summary, render
 from ..spec import ClusterSpec, JobSpec, Host, select_hosts
 from ..sync.manifest import link_warning, scan, size_warning
@@ -56,8 +56,8 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     if which and source is None:
         print(f"launch: {'--resume' if request.resume else f'{job.path}: resume'}: no earlier run of job '{job.name}' in "
               f"{request.runs_dir} kept checkpoints or outputs on these hosts; starting fresh", file=sys.stderr, flush=True)
-    manifest = scan(job.workdir, CACHE)
-    for warning in (size_warning(job.workdir, manifest), link_warning(job.workdir, manifest) if remote else None):
+    manifest = scan(job.workdir, CACHE, skip=(request.runs_dir,))  # what runs leave there is never code
+    for warning in (size_warning(job.workdir, manifest), link_warning(job.workdir, manifest)):
         if warning:
             print(f"launch: {warning}", file=sys.stderr, flush=True)
     options = PlanOptions(
@@ -120,6 +120,8 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
         rundir.write_json(paths.plan_file, plan.to_json())
         rundir.write_json(paths.workdir_file, {"workdir": str(job.workdir), **manifest.to_json()})
+        if source:
+            console.say(_resuming(source))
         if request.detach:
             try:
                 start_detached(plan, transport, secrets, console)
@@ -132,8 +134,6 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
                   + (f"   (add --runs-dir {request.runs_dir})" if request.runs_dir != Path("runs") else ""), flush=True)
             return 0, None
         console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
-        if source:
-            console.say(_resuming(source))
         outcome = execute(plan, transport, paths, secrets, console, hang_warning_s=job.hang_warning_s, verbose=request.verbose)
         outcome.phases = {**phases.seconds, **outcome.phases}
     finally:
@@ -216,6 +216,13 @@ def on_one_box(job: JobSpec, nodes: int | None, quiet: bool = False) -> JobSpec:
     return dataclasses.replace(job, nodes=None)
 
 
+def _rewrite_summary(root: Path, summary: dict) -> None:
+    try:
+        rundir.write_json(rundir.RunPaths(root).summary_file, summary)
+    except LaunchError as exc:
+        print(f"launch: {exc}", file=sys.stderr)
+
+
 def sweep(job: JobSpec, cluster: ClusterSpec, request: RunRequest, local: bool = False) -> int:
     """The job at every node count of `scaling`, then scaling.json/.md/.png beside those runs; each
     run as `request` asks (its dry_run, debug, verbose), in a folder of the sweep under its runs_dir.
@@ -227,6 +234,10 @@ def sweep(job: JobSpec, cluster: ClusterSpec, request: RunRequest, local: bool =
     if local and not isinstance(job.nproc_per_node, int):
         raise SpecError(f"{job.path}: nproc_per_node: --sweep --local runs N nodes as N x nproc_per_node processes here, "
                         "so it needs an integer, not auto")
+    if job.resume:  # a count must not start from the checkpoints of the count before it
+        print(f"launch: {job.path}: resume: true is left out of a sweep: every node count starts from the beginning",
+              file=sys.stderr, flush=True)
+        job = dataclasses.replace(job, resume=False)
     label = f"{job.path}: scaling"
     for count in job.scaling:  # every count is checked before the first run starts
         if local:
@@ -245,8 +256,11 @@ def sweep(job: JobSpec, cluster: ClusterSpec, request: RunRequest, local: bool =
         except LaunchError as exc:  # keep what the finished counts measured
             print(f"launch: error: {exc}", file=sys.stderr)
             code, summary = exc.exit_code, None
-        if summary is not None and code == 0:  # on one box, a count compares as the nodes it stands for
-            summaries[str(sweep_dir / summary["run_id"])] = {**summary, "nodes": count} if local else summary
+        if summary is not None and local:  # on one box, a count compares as the nodes it stands for
+            summary = {**summary, STANDS_FOR_NODES: count}
+            _rewrite_summary(sweep_dir / summary["run_id"], summary)
+        if summary is not None and code == 0:
+            summaries[str(sweep_dir / summary["run_id"])] = summary
         if code != 0:
             print(f"launch: sweep stopped: the run at {count} node(s) ended with exit code {code}", file=sys.stderr)
             break

@@ -62,8 +62,9 @@ def remove(root: Path, checkpoints: bool, say: Say) -> None:
         raise SpecError(f"run {paths.run_id} has not ended (launch status tells; launch stop {paths.run_id} ends it); "
                         "a run that is going is not removed")
     run = open_run(paths.root)
+    folders = (_summary(paths.root) or {}).get("run_folders")
     try:
-        kept = [n for n in run.plan.nodes if n.state_dir]
+        kept = [n for n in run.plan.nodes if n.state_dir and (folders is None or n.host in folders)]
         if checkpoints:
             failed = []
             for node in kept:
@@ -84,12 +85,13 @@ def remove(root: Path, checkpoints: bool, say: Say) -> None:
         say(f"launch: kept run {run.plan.run_id}'s checkpoints and outputs ({where}); add --checkpoints to remove them too")
 
 
-def to_prune(all_rows: list[RunRow], keep: int) -> list[RunRow]:
-    """The ended runs beyond the newest `keep` of each job (runs still going are never counted or removed)."""
+def to_prune(all_rows: list[RunRow], keep: int, runs_dir: Path) -> list[RunRow]:
+    """The ended runs directly under `runs_dir` beyond the newest `keep` of each job (runs still going,
+    and a sweep's runs, which its scaling files name, are never counted or removed)."""
     seen: dict[str, int] = {}
     doomed = []
     for row in all_rows:  # newest first
-        if row.status == "not ended":
+        if row.status == "not ended" or row.root.parent.resolve() != runs_dir.resolve():
             continue
         seen[row.job] = seen.get(row.job, 0) + 1
         if seen[row.job] > keep:

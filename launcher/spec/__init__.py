@@ -41,8 +41,8 @@ OWNED_ENV = ("RANK", "LOCAL_RANK", "GROUP_RANK", "ROLE_RANK", "NODE_RANK", "WORL
 DEFAULT_HANG_WARNING_S = 600.0
 DEFAULT_WARMUP_STEPS = 3  # compilation, caches and the first all-reduce make the first steps slow
 DEFAULT_OUTPUTS = ("*",)  # every file the ranks wrote in their working directory
-DEFAULT_OUTPUTS_LIMIT = 1024 ** 3  # bytes of outputs brought back per host
-MAX_OUTPUTS_LIMIT = 1024 ** 4
+DEFAULT_OUTPUTS_LIMIT = 1000 ** 3  # bytes of outputs brought back per host: 1 GB
+MAX_OUTPUTS_LIMIT = 1000 ** 4
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def _gpus(sec: Section) -> tuple[int, tuple[str, ...] | None]:
     """A count (`gpus: 4`), or the devices named: a list of ids, or one id on its own (`gpus: GPU-<uuid>`)."""
     value = sec.get("gpus", 0)
     if isinstance(value, str):
-        if value.isdigit():  # a quoted count, or one device index: which is not for us to guess
+        if value.isdigit() and re.fullmatch(_GPU_ID, value):  # a quoted count, or one device index: not ours to guess
             raise sec.fail("gpus", f"'{value}' is ambiguous: write gpus: {value} for {value} GPU(s), or gpus: [{value}] "
                            f"for the device of index {value}")
         if not re.fullmatch(_GPU_ID, value):
@@ -279,13 +279,14 @@ def _outputs(top: Section) -> tuple[str, ...]:
 
 
 def _size(top: Section, name: str, default: int) -> int:
-    """A size in bytes: an integer, or a number with a unit (500MB, 2GB, 1.5GiB)."""
+    """A size in bytes: an integer, or a number with a unit: kB, MB, GB, TB (powers of 1000) or KiB,
+    MiB, GiB, TiB (powers of 1024)."""
     value = top.get(name, default)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", str(value), re.IGNORECASE) if not isinstance(value, bool) else None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B)?\s*", str(value), re.IGNORECASE) if not isinstance(value, bool) else None
     if not match:
         raise top.expected(name, "a size such as 500MB or 2GB", value)
-    unit = (match.group(2) or "B").upper().rstrip("B").replace("I", "")
-    size = int(float(match.group(1)) * 1024 ** " KMGT".index(unit or " "))
+    power = " KMGT".index(match.group(2).upper()) if match.group(2) else 0
+    size = int(float(match.group(1)) * (1024 if match.group(3) else 1000) ** power)
     if size > MAX_OUTPUTS_LIMIT:
         raise top.expected(name, "a size of at most 1TB", value)
     return size

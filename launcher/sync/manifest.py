@@ -112,13 +112,15 @@ class Found:
     link: str | None = None  # a kept link's target, relative to its folder
 
 
-def walk(workdir: Path) -> tuple[list[Found], list[str]]:
+def walk(workdir: Path, skip: tuple[Path, ...] = ()) -> tuple[list[Found], list[str]]:
     """The workdir's regular files and kept links that are not ignored, sorted by path; and the
     links left out, each with why.
 
-    Folders holding a virtual environment (`pyvenv.cfg`) are left out whatever their name; links are
-    not followed; sockets, pipes and devices are skipped."""
+    Folders holding a virtual environment (`pyvenv.cfg`) are left out whatever their name, and the
+    folders in `skip` (the runs folder, when it lies inside the workdir); links are not followed;
+    sockets, pipes and devices are skipped."""
     spec = ignore_spec(workdir)
+    skipped = {os.path.realpath(p) for p in skip}
     root_real = os.path.realpath(workdir)
     found: list[Found] = []
     left_out: list[str] = []
@@ -130,6 +132,7 @@ def walk(workdir: Path) -> tuple[list[Found], list[str]]:
             d for d in dirs
             if d not in linked and not spec.match_file(f"{prefix}{d}/")
             and not os.path.exists(os.path.join(root, d, "pyvenv.cfg"))
+            and not (skipped and os.path.realpath(os.path.join(root, d)) in skipped)
         )
         for name in sorted(names + linked):
             rel = prefix + name
@@ -209,11 +212,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def scan(workdir: Path, cache_dir: Path) -> Manifest:
-    """The workdir's manifest, hashing only files that changed since the last scan."""
+def scan(workdir: Path, cache_dir: Path, skip: tuple[Path, ...] = ()) -> Manifest:
+    """The workdir's manifest, hashing only files that changed since the last scan (`skip`: as `walk`)."""
     cache = HashCache(cache_dir, workdir)
     entries = []
-    found, left_out = walk(workdir)
+    found, left_out = walk(workdir, skip)
     for item in found:
         if item.link is not None:
             entries.append(link_entry(item.path, item.link))
@@ -231,7 +234,7 @@ def link_warning(workdir: Path, manifest: Manifest) -> str | None:
         return None
     shown = "; ".join(manifest.left_out[:5]) + (f"; and {len(manifest.left_out) - 5} more" if len(manifest.left_out) > 5 else "")
     return (f"warning: {len(manifest.left_out)} link(s) in the workdir {workdir} lead outside it or nowhere and are "
-            f"not sent to the hosts: {shown}")
+            f"not in the ranks' copy of it: {shown}")
 
 
 def size_warning(workdir: Path, manifest: Manifest) -> str | None:
