@@ -490,7 +490,7 @@ def _rm(args: argparse.Namespace) -> int:
     for root in roots:
         try:
             remove(root, args.checkpoints, print)
-        except LaunchError as exc:
+        except (LaunchError, OSError) as exc:  # said, and the other runs go on
             print(f"launch: error: {exc}", file=sys.stderr)
             failed += 1
     return EXIT_FAILED if failed else 0
@@ -524,7 +524,7 @@ def _prune(args: argparse.Namespace) -> int:
             continue
         try:
             remove(row.root, args.checkpoints, print)
-        except LaunchError as exc:
+        except (LaunchError, OSError) as exc:  # said, and the other runs go on
             print(f"launch: error: {exc}", file=sys.stderr)
             failed += 1
     return EXIT_FAILED if failed else 0

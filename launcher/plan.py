@@ -28,6 +28,7 @@ CONTAINER_CODE = "/launch/code"  # where the host's copy of the workdir is mount
 CONTAINER_RESUME = "/launch/resume"  # where the folder of the run resumed from is mounted, read-only
 CONTAINER_LIB = "/opt/launch/lib"  # the launcher's in-rank helpers in the job image (Dockerfile)
 REMOTE_LIB = "lib"  # runtime: host: what ships with the ranks (`launcher.node`), in the node's run directory
+RUNS_FOLDER = "runs"  # in a job's folder on a host: <host>/<run id>/, each run's own folder
 RUN_LABEL = "launch.run_id"
 WORKDIR_LABEL = "launch.workdir"  # on a container: the workdir copy it mounts, which pruning keeps
 # runtime: host on a lab host: a process group of its own (setsid), its id in a file so that the
@@ -294,8 +295,9 @@ def make_plan(job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanO
 
 
 def run_state_dir(root: str, job: str, host: str, run_id: str) -> str:
-    """A run's own folder on a host (`launcher.node.workspace`): its checkpoints and working directory."""
-    return f"{root}/{job}/{host}/{run_id}"
+    """A run's own folder on a host (`launcher.node.workspace`): its checkpoints and working directory.
+    Not inside `<job>/<host>/`, the job's checkpoint folder of earlier versions, which emptied it."""
+    return f"{root}/{job}/{RUNS_FOLDER}/{host}/{run_id}"
 
 
 def workdir_copies(remote_jobs: str, user: str, job: str) -> str:

@@ -58,7 +58,7 @@ def run_local(tmp_path: Path, name: str, args: list[str], nproc: int = 2, script
 
 def final_parameters(tmp_path: Path, name: str) -> dict[str, torch.Tensor]:
     """The model in the last checkpoint the job's newest run left in its LAUNCH_CHECKPOINT_DIR."""
-    directory = max((tmp_path / "runs" / "jobs" / name).glob("*/*/checkpoints"), key=lambda d: d.parent.name)
+    directory = max((tmp_path / "runs" / "jobs" / name / "runs").glob("*/*/checkpoints"), key=lambda d: d.parent.name)
     last = sorted(directory.glob("ckpt-*.pt"))[-1]
     return torch.load(last, weights_only=False)["model"]
 

@@ -155,7 +155,7 @@ def test_every_run_has_its_own_checkpoints_a_rerun_keeps_the_earlier_ones_and_re
     first_id = run_id_of(first.stdout)
     plan = json.loads((tmp_path / "runs" / first_id / "plan.json").read_text())
     checkpoints = Path(plan["nodes"][0]["env"]["LAUNCH_CHECKPOINT_DIR"])
-    assert checkpoints == tmp_path / f"runs/jobs/probe/box/{first_id}/checkpoints"
+    assert checkpoints == tmp_path / f"runs/jobs/probe/runs/box/{first_id}/checkpoints"
     assert (checkpoints / "rank0.step").read_text() == "4"
     job.write_text(job.read_text().replace('"4"', '"6"'))
     resumed = launch(str(job), "--resume", cwd=tmp_path)

@@ -72,9 +72,9 @@ def test_local_auto_nproc_from_local_cpus(tmp_path: Path) -> None:
     assert (node.host, node.node_rank, node.nproc, node.first_rank, node.image) == ("box", 0, 4, 0, None)
     assert node.argv[0] == "/usr/bin/python3"
     assert node.argv[-4:] == ("python", "train.py", "--epochs", "1")
-    assert node.cwd == "jobs/probe-local/box/20240101-000000-local/work", "the run's own working directory, never the source folder"
-    assert node.state_dir == "jobs/probe-local/box/20240101-000000-local"
-    assert node.env["LAUNCH_CHECKPOINT_DIR"] == "jobs/probe-local/box/20240101-000000-local/checkpoints"
+    assert node.cwd == "jobs/probe-local/runs/box/20240101-000000-local/work", "the run's own working directory, never the source folder"
+    assert node.state_dir == "jobs/probe-local/runs/box/20240101-000000-local"
+    assert node.env["LAUNCH_CHECKPOINT_DIR"] == "jobs/probe-local/runs/box/20240101-000000-local/checkpoints"
     assert node.argv[node.argv.index("--code-from") + 1] == str((tmp_path / "job").resolve())
     assert "--resume-from" not in node.argv and plan.resumed_from is None
     assert node.node_env["LAUNCH_ATTEMPT"].startswith("0") and node.node_env["PATH"] == "/usr/bin:$PATH"
@@ -187,7 +187,7 @@ def test_cwd_with_spaces_is_quoted_in_describe(tmp_path: Path) -> None:
     job = replace(job, workdir=tmp_path / "my code")
     lines = make_plan(job, hosts, "r", replace(OPTIONS, local_jobs=str(tmp_path / "my runs"))).describe().splitlines()
     cd = next(line for line in lines if line.startswith("  cd "))
-    assert shlex.split(cd) == ["cd", str(tmp_path / "my runs/probe-local/box/r/work")]
+    assert shlex.split(cd) == ["cd", str(tmp_path / "my runs/probe-local/runs/box/r/work")]
     command = shlex.split(lines[-1])
     assert command[command.index("--code-from") + 1] == str(tmp_path / "my code")
 
@@ -202,7 +202,7 @@ def test_a_resumed_run_starts_from_copies_of_the_earlier_runs_folders(tmp_path: 
     assert f"{earlier['gpu1']}:/launch/resume:ro" in gpu1.argv and gpu1.argv[gpu1.argv.index("--resume-from") + 1] == "/launch/resume"
     assert "--resume-from" not in cpu2.argv
     assert f"{gpu1.state_dir}/work:/workspace" in gpu1.argv and f"{gpu1.state_dir}/checkpoints:/launch/checkpoints" in gpu1.argv
-    assert gpu1.state_dir.endswith("/scaling-test/gpu1/r2") and gpu1.env["LAUNCH_CHECKPOINT_DIR"] == "/launch/checkpoints"
+    assert gpu1.state_dir.endswith("/scaling-test/runs/gpu1/r2") and gpu1.env["LAUNCH_CHECKPOINT_DIR"] == "/launch/checkpoints"
     assert "resumes from run old" in plan.describe()
 
 
@@ -303,7 +303,7 @@ def test_remote_runtime_host_runs_the_hosts_python_in_a_process_group(tmp_path: 
     assert node.image is None and node.container is None
     assert node.argv[:4] == ("setsid", "--wait", "sh", "-c")
     assert node.argv[5:7] == ("/tmp/launch-runs-launch/r1/cpu1/cpu1.pid", "/tmp/launch-runs-launch/r1/cpu1")
-    assert node.pid_file == "/tmp/launch-runs-launch/r1/cpu1/cpu1.pid" and node.cwd == "/var/tmp/launch-jobs-launch/scaling-test/cpu1/r1/work"
+    assert node.pid_file == "/tmp/launch-runs-launch/r1/cpu1/cpu1.pid" and node.cwd == "/var/tmp/launch-jobs-launch/scaling-test/runs/cpu1/r1/work"
     assert node.argv[node.argv.index("--code-from") + 1] == node.workdir_copy
     assert "PYTHONPATH=/tmp/launch-runs-launch/r1/cpu1/lib" in node.argv
     assert "/opt/venv/bin/python" in node.argv and node.argv[-4:] == ("python", "train.py", "--epochs", "1")

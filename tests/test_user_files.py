@@ -89,7 +89,7 @@ def test_outputs_over_the_limit_stay_on_the_host_and_are_named(tmp_path: Path) -
     summary = json.loads((run / "summary.json").read_text())
     record = summary["outputs"]["box"]
     assert record["files"] == 1 and record["left_on_host"] == ["out/b.bin"] and record["limit_bytes"] == 4000
-    assert "over the 4.0 kB limit (outputs_limit) stay on it: 1 file(s)" in result.stdout and "out/b.bin" in result.stdout
+    assert "over the 4.0 kB limit (outputs_limit) or not readable stay on it: 1 file(s)" in result.stdout and "out/b.bin" in result.stdout
     kept = Path(summary["run_folders"]["box"]) / "work"
     assert sorted(p.name for p in (kept / "out").iterdir()) == ["a.bin", "b.bin"] and (kept / "skip.log").is_file()
 
@@ -105,7 +105,7 @@ def test_runs_lists_newest_first_and_rm_removes_only_what_it_is_told(probe_job, 
     lines = listed.stdout.splitlines()
     assert lines[0].split() == ["run", "job", "status", "started", "wall", "nodes"]
     assert [line.split()[0] for line in lines[1:]] == ids[::-1] and all(" succeeded " in line for line in lines[1:])
-    folder = lambda run_id: tmp_path / "runs/jobs/probe/box" / run_id  # noqa: E731
+    folder = lambda run_id: tmp_path / "runs/jobs/probe/runs/box" / run_id  # noqa: E731
 
     kept = launch("rm", ids[0], cwd=tmp_path)
     assert kept.returncode == 0, kept.stdout + kept.stderr
@@ -169,3 +169,89 @@ def test_outputs_are_chosen_by_pattern_in_path_order_within_the_limit() -> None:
     assert [p for p, _ in everything.take] == ["a.pt", "b.pt", "log.txt", "sub/c.pt"]
     changed = choose(found, ("*",), None, code={"train.py": 98})
     assert "train.py" in [p for p, _ in changed.take], "a code file of another size was written by the run"
+
+
+def test_links_and_clashes_from_a_resumed_run_never_lead_out_of_the_runs_folder(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    (code / "pkg").mkdir(parents=True)
+    (code / "pkg/a.py").write_text("code\n")
+    (code / "x.py").write_text("code\n")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "a.py").write_text("a user's file\n")
+    old = tmp_path / "old"
+    (old / "work/x.py").mkdir(parents=True)  # a folder where the code has a file
+    (old / "work/pkg").symlink_to(outside)  # a link the job made, where the code has a folder
+    state = tmp_path / "new"
+    workspace.prepare(str(state), str(code), resume_from=str(old))
+    work = state / "work"
+    assert not (work / "pkg").is_symlink() and (work / "pkg/a.py").read_text() == "code\n"
+    assert (work / "x.py").read_text() == "code\n"
+    assert (outside / "a.py").read_text() == "a user's file\n", "nothing outside the run's folder was touched"
+    (work / "pkg").rename(work / "pkg-moved")  # the job swaps its folder for a link out
+    (work / "pkg").symlink_to(outside)
+    workspace.finish(str(state))
+    assert (outside / "a.py").read_text() == "a user's file\n", "finish follows no link out of the folder"
+
+
+def test_a_run_whose_folder_cannot_be_prepared_keeps_no_half_copies(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print(1)\n")
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints/last.pt").write_bytes(b"ckpt")
+    state = tmp_path / "new"
+    with pytest.raises(OSError):
+        workspace.prepare(str(state), str(code), code_list=str(tmp_path / "no-such-record.json"), resume_from=str(old))
+    assert list((state / "checkpoints").iterdir()) == [] and list((state / "work").iterdir()) == []
+
+
+def test_a_local_link_in_the_code_is_made_as_the_workdir_record_says(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    (code / "datasets").mkdir(parents=True)
+    (code / "data").symlink_to(code / "datasets")  # absolute, inside the workdir
+    record = tmp_path / "workdir.json"
+    record.write_text(json.dumps({"files": [["data", False, 0, "x", "datasets"]]}))
+    state = tmp_path / "new"
+    workspace.prepare(str(state), str(code), code_list=str(record))
+    assert os.readlink(state / "work/data") == "datasets", "never a link back into the source folder"
+
+
+def test_only_the_folder_launch_makes_for_a_run_is_ever_removed(tmp_path: Path) -> None:
+    from launcher.plan import LaunchPlan, NodeKind, NodePlan
+    from launcher.run.housekeeping import is_own_folder
+
+    run_id = "snap-20260101-000000-abcd"
+    root = tmp_path / "runs" / run_id
+
+    def node(state_dir: str, host: str = "h1", kind: NodeKind = NodeKind.CONTAINER) -> NodePlan:
+        return NodePlan(host=host, kind=kind, address="192.0.2.1", node_rank=0, nproc=1, first_rank=0, image=None, argv=(),
+                        env={}, secrets=(), cwd="", log_dir="", metrics_dir="", node_dir="", state_dir=state_dir)
+
+    def plan(job: str = "snap", run: str = run_id) -> LaunchPlan:
+        return LaunchPlan(run_id=run, job=job, backend="gloo", master_addr="x", master_port=1, nnodes=1, world_size=1, timeout_s=None)
+
+    good = f"/var/tmp/launch-jobs-lab/snap/runs/h1/{run_id}"
+    assert is_own_folder(root, plan(), node(good))
+    assert is_own_folder(root, plan(), node(str(tmp_path / f"runs/jobs/snap/runs/box/{run_id}"), "box", NodeKind.LOCAL))
+    assert not is_own_folder(root, plan(), node("/home/alice/thesis/data")), "a folder of the user's"
+    assert not is_own_folder(root, plan(job="alice", run="data"), node("/home/alice/runs/thesis/data", "thesis"))
+    assert not is_own_folder(root, plan(), node(f"/var/tmp/launch-jobs-lab/../../home/snap/runs/h1/{run_id}"))
+    assert not is_own_folder(root, plan(), node(f"/etc/snap/runs/h1/{run_id}"))
+    assert not is_own_folder(tmp_path / "runs/other", plan(), node(good)), "the plan of another run directory"
+
+
+def test_an_output_that_cannot_be_read_stays_on_the_host_and_the_rest_come_back(tmp_path: Path) -> None:
+    from launcher.run.outputs import bring_back
+
+    choice = choose([("a.pt", 1), ("private.key", 1), ("z.pt", 1)], ("*",), None)
+    fetched = []
+
+    def fetch(path: str) -> None:
+        if path == "private.key":
+            raise PermissionError(path)
+        fetched.append(path)
+
+    bring_back(choice, fetch)
+    assert fetched == ["a.pt", "z.pt"] and choice.left == [("private.key", 1)]

@@ -271,7 +271,7 @@ class SshTransport:
             rel = pending.pop()
             try:
                 entries = sftp.listdir_attr(f"{work}/{rel}" if rel else work)
-            except FileNotFoundError:
+            except (FileNotFoundError, PermissionError):  # gone, or a folder the job made private
                 continue
             for entry in entries:
                 path = f"{rel}/{entry.filename}" if rel else entry.filename
@@ -279,11 +279,18 @@ class SshTransport:
                     pending.append(path)
                 elif stat.S_ISREG(entry.st_mode or 0):
                     found.append((path, entry.st_size or 0))
-        choice = outputs.choose(found, plan.outputs, plan.outputs_limit, outputs.code_sizes(self.paths))
-        for rel, _ in choice.take:
+        choice = outputs.choose(found, plan.outputs, plan.outputs_limit, outputs.untidied_code(self.paths, node.host))
+
+        def fetch(rel: str) -> None:
             target = outputs.local_destination(self.paths, node.host, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
-            sftp.get(f"{work}/{rel}", str(target))
+            try:
+                sftp.get(f"{work}/{rel}", str(target))
+            except PermissionError:  # the job's private file: it stays on the host
+                target.unlink(missing_ok=True)
+                raise
+
+        outputs.bring_back(choice, fetch)
         outputs.keep_record(self.paths, node, choice, plan)
 
     def close(self) -> None:

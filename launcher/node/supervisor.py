@@ -224,8 +224,7 @@ class Supervisor:
             echo.start()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
-        prepared = self._prepare_workspace()
-        self.write_status(contract.RUNNING, resumed=self.resumed)
+        self.write_status(contract.RUNNING)  # before the copies: a long one is a node at work, not a lost one
         if self.args.peers > 1:
             self.mesh = Mesh(self)
             self.mesh.start()
@@ -233,6 +232,8 @@ class Supervisor:
             threading.Thread(target=self._watch_lease, daemon=True).start()
         if self.args.timeout:
             threading.Thread(target=self._watch_timeout, daemon=True).start()
+        prepared = self._prepare_workspace()
+        self.write_status(contract.RUNNING, resumed=self.resumed)
         threading.Thread(target=self._watch_progress, daemon=True).start()
         code, failed_itself = self._attempts(argv) if prepared else (1, True)
         kept = self._finish_workspace()
@@ -273,20 +274,21 @@ class Supervisor:
             os.chdir(workspace.state_paths(self.args.state_dir, self.args.work_dir)[1])
             return True
         except (OSError, ValueError, KeyError) as exc:
-            self.emit(contract.agent_prefix(self.args.host) + f"cannot prepare the run's folder {self.args.state_dir}: "
-                      f"{type(exc).__name__}: {exc}\n".encode())
-            self.stop_reason = f"cannot prepare the run's folder {self.args.state_dir}: {exc}"
+            why = f"cannot prepare the run's folder {self.args.state_dir}: {type(exc).__name__}: {str(exc)[:300]}"
+            self.emit(contract.agent_prefix(self.args.host) + f"{why}\n".encode())
+            self.stop_reason = why
             return False
 
-    def _finish_workspace(self) -> dict[str, int]:
-        """What the run keeps in its folder, once the unchanged code is out of the working directory."""
+    def _finish_workspace(self) -> dict[str, int] | None:
+        """What the run keeps in its folder, once the unchanged code is out of the working directory;
+        None when that cannot be told (the folder is then named as kept)."""
         if not self.args.state_dir:
             return {}
-        try:
-            return workspace.finish(self.args.state_dir, self.args.work_dir)
-        except OSError as exc:
-            self.emit(contract.agent_prefix(self.args.host) + f"cannot tidy the run's folder: {exc}\n".encode())
-            return {}
+        kept = workspace.finish(self.args.state_dir, self.args.work_dir)
+        if kept is None:
+            self.emit(contract.agent_prefix(self.args.host) + f"could not tidy the run's folder {self.args.state_dir}; "
+                      "it keeps what the run wrote and may keep copies of the code\n".encode())
+        return kept
 
     def _attempts(self, argv: list[str]) -> tuple[int, bool]:
         """Run torchrun, again for every restart of the group; its last exit code, and whether that

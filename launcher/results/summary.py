@@ -141,7 +141,8 @@ def describe_outputs(summary: dict[str, Any]) -> list[str]:
         if record.get("left_on_host_count"):
             named = ", ".join(record.get("left_on_host") or [])
             more = record["left_on_host_count"] - len(record.get("left_on_host") or [])
-            lines.append(f"outputs of {host} over the {_size(record.get('limit_bytes') or 0)} limit (outputs_limit) stay on it: "
+            lines.append(f"outputs of {host} over the {_size(record.get('limit_bytes') or 0)} limit (outputs_limit) or not "
+                         "readable stay on it: "
                          f"{record['left_on_host_count']} file(s), {_size(record.get('left_on_host_bytes', 0))}, in "
                          f"{record.get('left_at')}: {named}" + (f" and {more} more" if more > 0 else ""))
     if summary.get("resumed_from"):

@@ -39,6 +39,7 @@ class RunRequest:
     resume: str | None = None  # start from an earlier run's checkpoints and outputs: a run, or resume.LATEST
     debug: bool = False  # print tracebacks
     verbose: bool = False  # torchrun's own lines on the console too
+    top_runs_dir: Path | None = None  # a sweep's runs folder, which holds runs_dir (the sweep's own)
 
 
 def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[int, dict | None]:
@@ -56,7 +57,8 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     if which and source is None:
         print(f"launch: {'--resume' if request.resume else f'{job.path}: resume'}: no earlier run of job '{job.name}' in "
               f"{request.runs_dir} kept checkpoints or outputs on these hosts; starting fresh", file=sys.stderr, flush=True)
-    manifest = scan(job.workdir, CACHE, skip=(request.runs_dir,))  # what runs leave there is never code
+    # what runs leave in the runs folder (a sweep's: the one above it) is never code
+    manifest = scan(job.workdir, CACHE, skip=(request.top_runs_dir or request.runs_dir,))
     for warning in (size_warning(job.workdir, manifest), link_warning(job.workdir, manifest)):
         if warning:
             print(f"launch: {warning}", file=sys.stderr, flush=True)
@@ -250,7 +252,8 @@ def sweep(job: JobSpec, cluster: ClusterSpec, request: RunRequest, local: bool =
     for count in job.scaling:
         if not dry_run:
             print(f"launch: sweep {sweep_dir.name}: {count} node(s)", flush=True)
-        each = dataclasses.replace(request, runs_dir=sweep_dir, nodes=None if local else count, nodes_label=label)
+        each = dataclasses.replace(request, runs_dir=sweep_dir, nodes=None if local else count, nodes_label=label,
+                                   top_runs_dir=runs_dir)
         try:
             code, summary = run_once(on_one_box(job, count) if local else job, cluster, each)
         except LaunchError as exc:  # keep what the finished counts measured

@@ -9,15 +9,17 @@ which goes only with `--checkpoints`.
 from __future__ import annotations
 
 import json
+import posixpath
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import RunError, SpecError
-from ..plan import LaunchPlan, NodePlan, run_state_dir
+from ..plan import LaunchPlan, NodePlan, PlanOptions, run_state_dir
 from .existing import list_runs, open_run
-from .rundir import RunPaths
+from .rundir import JOBS_FOLDER, RunPaths
 
 Say = Callable[[str], None]
 
@@ -106,12 +108,26 @@ def _summary(root: Path) -> dict[str, Any] | None:
         return None
 
 
+def is_own_folder(root: Path, plan: LaunchPlan, node: NodePlan) -> bool:
+    """Whether `node.state_dir` is the folder the launcher makes for this run on that host, as
+    plan.json says it: a plan.json edited by hand cannot point a removal anywhere else."""
+    name = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+    if not (re.fullmatch(name, plan.job) and re.fullmatch(name, node.host) and plan.run_id == root.name
+            and re.fullmatch(re.escape(plan.job) + r"-\d{8}-\d{6}-[0-9a-f]{4}", plan.run_id)):
+        return False
+    if node.is_local:
+        return node.state_dir == run_state_dir(str(root.parent / JOBS_FOLDER), plan.job, node.host, plan.run_id)
+    user_root = node.state_dir[:-len(run_state_dir("", plan.job, node.host, plan.run_id))]
+    return (node.state_dir.endswith(run_state_dir("", plan.job, node.host, plan.run_id))
+            and user_root.startswith(PlanOptions.remote_jobs + "-") and "/" not in user_root[len(PlanOptions.remote_jobs) + 1:]
+            and posixpath.normpath(node.state_dir) == node.state_dir)
+
+
 def _remove_folder(run, node: NodePlan) -> None:
-    """The run's own folder on `node`'s host, after checking that the plan names the folder the
-    launcher made for this run there (a plan.json edited by hand cannot point it elsewhere)."""
+    """The run's own folder on `node`'s host, once `is_own_folder` says it is."""
     plan: LaunchPlan = run.plan
-    if not node.state_dir.endswith(run_state_dir("", plan.job, node.host, plan.run_id)) or "/../" in node.state_dir:
-        raise RunError(f"{node.state_dir} is not a run's own folder; not removed")
+    if not is_own_folder(run.paths.root, plan, node):
+        raise RunError(f"{node.state_dir} is not the folder launch makes for run {plan.run_id}; not removed")
     if node.is_local:
         if Path(node.state_dir).exists():
             shutil.rmtree(node.state_dir)

@@ -60,8 +60,26 @@ def choose(found: list[tuple[str, int]], patterns: tuple[str, ...], limit: int |
     return choice
 
 
-def code_sizes(paths: RunPaths) -> dict[str, int]:
-    """The job's code files and their sizes, from the run's workdir record."""
+def bring_back(choice: Choice, fetch) -> None:
+    """`fetch(path)` of every chosen output; one that cannot be read (a job's private file) stays on
+    the host with the others over the limit, rather than failing the host's whole collection."""
+    for path, size in list(choice.take):
+        try:
+            fetch(path)
+        except PermissionError:
+            choice.take.remove((path, size))
+            choice.left.append((path, size))
+
+
+def untidied_code(paths: RunPaths, host: str) -> dict[str, int] | None:
+    """The job's code files and their sizes, from the run's workdir record, when the node of `host`
+    could not take the unchanged code out of its working directory (its record says no `kept`);
+    None when it did (what is there is then all the run's)."""
+    try:
+        if isinstance(json.loads(paths.node_status(host).read_text()).get("kept"), dict):
+            return None
+    except (OSError, ValueError, AttributeError):
+        pass
     try:
         rows = json.loads(paths.workdir_file.read_text())["files"]
         return {str(row[0]): int(row[2]) for row in rows}

@@ -180,13 +180,19 @@ class LocalTransport:
         for root, _, files in os.walk(work):  # links are not followed, nor brought back
             for name in files:
                 path = Path(root) / name
-                if path.is_file() and not path.is_symlink():
-                    found.append((path.relative_to(work).as_posix(), path.stat().st_size))
-        choice = outputs.choose(found, plan.outputs, plan.outputs_limit, outputs.code_sizes(paths))
-        for rel, _ in choice.take:
+                try:
+                    if path.is_file() and not path.is_symlink():
+                        found.append((path.relative_to(work).as_posix(), path.stat().st_size))
+                except OSError:
+                    continue
+        choice = outputs.choose(found, plan.outputs, plan.outputs_limit, outputs.untidied_code(paths, node.host))
+
+        def fetch(rel: str) -> None:
             target = outputs.local_destination(paths, node.host, rel)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(work / rel, target)
+
+        outputs.bring_back(choice, fetch)
         outputs.keep_record(paths, node, choice, plan)
 
     def close(self) -> None:

@@ -282,7 +282,7 @@ def _size(top: Section, name: str, default: int) -> int:
     """A size in bytes: an integer, or a number with a unit: kB, MB, GB, TB (powers of 1000) or KiB,
     MiB, GiB, TiB (powers of 1024)."""
     value = top.get(name, default)
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(?:([KMGT])(i?)B?|B)?\s*", str(value), re.IGNORECASE) if not isinstance(value, bool) else None
+    match = re.fullmatch(r"\s*(\d{1,15}(?:\.\d{1,6})?)\s*(?:([KMGT])(i?)B?|B)?\s*", str(value), re.IGNORECASE) if not isinstance(value, bool) else None
     if not match:
         raise top.expected(name, "a size such as 500MB or 2GB", value)
     power = " KMGT".index(match.group(2).upper()) if match.group(2) else 0
