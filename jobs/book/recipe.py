@@ -441,4 +441,7 @@ class Trainer:
 
 
 def finish() -> None:
+    # every rank past its last collective before any tears its connections down: gloo's threads of a
+    # rank torn down while a peer still talks to it can end the process in std::terminate at exit
+    dist.barrier()
     dist.destroy_process_group()
