@@ -133,28 +133,29 @@ def test_a_run_that_has_not_ended_is_not_removed(tmp_path: Path) -> None:
 
 
 # ---- the pure parts
+def files(root: Path, contents: dict[str, str]) -> Path:
+    """`root` holding these files (path -> text), folders made on the way."""
+    for rel, text in contents.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
 def test_a_runs_folder_keeps_what_the_ranks_wrote_and_drops_the_code_they_left_alone(tmp_path: Path) -> None:
-    code = tmp_path / "code"
-    (code / "pkg").mkdir(parents=True)
-    (code / "train.py").write_text("print(1)\n")
-    (code / "pkg/conf.yaml").write_text("a: 1\n")
-    old = tmp_path / "old"
-    (old / "checkpoints").mkdir(parents=True)
-    (old / "checkpoints/last.pt").write_bytes(b"ckpt")
-    (old / "work").mkdir()
-    (old / "work/snapshot.pt").write_bytes(b"snap")
+    code = files(tmp_path / "code", {"train.py": "print(1)\n", "pkg/conf.yaml": "a: 1\n"})
+    old = files(tmp_path / "old", {"checkpoints/last.pt": "ckpt", "work/snapshot.pt": "snap"})
     state = tmp_path / "new"
     resumed = workspace.prepare(str(state), str(code), resume_from=str(old))
     assert resumed == {"checkpoints": 1, "work": 1}
     work = state / "work"
-    assert (work / "train.py").read_text() == "print(1)\n" and (work / "snapshot.pt").read_bytes() == b"snap"
+    assert (work / "train.py").read_text() == "print(1)\n" and (work / "snapshot.pt").read_text() == "snap"
     (work / "pkg/conf.yaml").write_text("a: 2\n")  # the job rewrites a code file: an output
     (work / "logs").mkdir()
     (work / "logs/x.txt").write_text("written")
     kept = workspace.finish(str(state))
     assert sorted(str(p.relative_to(work)) for p in work.rglob("*") if p.is_file()) == ["logs/x.txt", "pkg/conf.yaml", "snapshot.pt"]
     assert kept == {"checkpoints": 1, "work": 3}
-    assert (old / "work/snapshot.pt").read_bytes() == b"snap" and (old / "checkpoints/last.pt").exists()
+    assert (old / "work/snapshot.pt").read_text() == "snap" and (old / "checkpoints/last.pt").exists()
 
     empty = tmp_path / "empty"
     workspace.prepare(str(empty), str(code))
@@ -172,13 +173,8 @@ def test_outputs_are_chosen_by_pattern_in_path_order_within_the_limit() -> None:
 
 
 def test_links_and_clashes_from_a_resumed_run_never_lead_out_of_the_runs_folder(tmp_path: Path) -> None:
-    code = tmp_path / "code"
-    (code / "pkg").mkdir(parents=True)
-    (code / "pkg/a.py").write_text("code\n")
-    (code / "x.py").write_text("code\n")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "a.py").write_text("a user's file\n")
+    code = files(tmp_path / "code", {"pkg/a.py": "code\n", "x.py": "code\n"})
+    outside = files(tmp_path / "outside", {"a.py": "a user's file\n"})
     old = tmp_path / "old"
     (old / "work/x.py").mkdir(parents=True)  # a folder where the code has a file
     (old / "work/pkg").symlink_to(outside)  # a link the job made, where the code has a folder
@@ -195,12 +191,8 @@ def test_links_and_clashes_from_a_resumed_run_never_lead_out_of_the_runs_folder(
 
 
 def test_a_run_whose_folder_cannot_be_prepared_keeps_no_half_copies(tmp_path: Path) -> None:
-    code = tmp_path / "code"
-    code.mkdir()
-    (code / "train.py").write_text("print(1)\n")
-    old = tmp_path / "old"
-    (old / "checkpoints").mkdir(parents=True)
-    (old / "checkpoints/last.pt").write_bytes(b"ckpt")
+    code = files(tmp_path / "code", {"train.py": "print(1)\n"})
+    old = files(tmp_path / "old", {"checkpoints/last.pt": "ckpt"})
     state = tmp_path / "new"
     with pytest.raises(OSError):
         workspace.prepare(str(state), str(code), code_list=str(tmp_path / "no-such-record.json"), resume_from=str(old))

@@ -279,19 +279,7 @@ class SshTransport:
                     pending.append(path)
                 elif stat.S_ISREG(entry.st_mode or 0):
                     found.append((path, entry.st_size or 0))
-        choice = outputs.choose(found, plan.outputs, plan.outputs_limit, outputs.untidied_code(self.paths, node.host))
-
-        def fetch(rel: str) -> None:
-            target = outputs.local_destination(self.paths, node.host, rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                sftp.get(f"{work}/{rel}", str(target))
-            except PermissionError:  # the job's private file: it stays on the host
-                target.unlink(missing_ok=True)
-                raise
-
-        outputs.bring_back(choice, fetch)
-        outputs.keep_record(self.paths, node, choice, plan)
+        outputs.collect(self.paths, node, plan, found, lambda rel, target: sftp.get(f"{work}/{rel}", str(target)))
 
     def close(self) -> None:
         # a lease renewal still finishing in its thread may add or drop a session meanwhile

@@ -13,7 +13,7 @@ import fnmatch
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..plan import LaunchPlan, NodePlan
 from . import rundir
@@ -60,7 +60,26 @@ def choose(found: list[tuple[str, int]], patterns: tuple[str, ...], limit: int |
     return choice
 
 
-def bring_back(choice: Choice, fetch) -> None:
+def collect(paths: RunPaths, node: NodePlan, plan: LaunchPlan, found: list[tuple[str, int]],
+            fetch: Callable[[str, Path], None]) -> None:
+    """Bring back a node's outputs: of `found` (path in its working directory, bytes), those `choose`
+    takes, each by `fetch(path, destination)` (the transport's copy), then the host's record."""
+    choice = choose(found, plan.outputs, plan.outputs_limit, untidied_code(paths, node.host))
+
+    def to_run_directory(rel: str) -> None:
+        target = local_destination(paths, node.host, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fetch(rel, target)
+        except PermissionError:
+            target.unlink(missing_ok=True)
+            raise
+
+    bring_back(choice, to_run_directory)
+    keep_record(paths, node, choice, plan)
+
+
+def bring_back(choice: Choice, fetch: Callable[[str], None]) -> None:
     """`fetch(path)` of every chosen output; one that cannot be read (a job's private file) stays on
     the host with the others over the limit, rather than failing the host's whole collection."""
     for path, size in list(choice.take):

@@ -185,15 +185,7 @@ class LocalTransport:
                         found.append((path.relative_to(work).as_posix(), path.stat().st_size))
                 except OSError:
                     continue
-        choice = outputs.choose(found, plan.outputs, plan.outputs_limit, outputs.untidied_code(paths, node.host))
-
-        def fetch(rel: str) -> None:
-            target = outputs.local_destination(paths, node.host, rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(work / rel, target)
-
-        outputs.bring_back(choice, fetch)
-        outputs.keep_record(paths, node, choice, plan)
+        outputs.collect(paths, node, plan, found, lambda rel, target: shutil.copy2(work / rel, target))
 
     def close(self) -> None:
         pass
