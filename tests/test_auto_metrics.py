@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, launch, lab_job, run_id_of
 from launcher.errors import SpecError
 from launcher.node.rankexec import STARTUP_DIR
-from launcher.results.outcome import RunOutcome
+from launcher.record.outcome import RunOutcome, RunState
 from launcher.results.scaling import Basis, check_comparable, markdown, scaling_rows, write_scaling
 from launcher.results.summary import build_summary
 from test_metrics import fake_run, plan, summary
@@ -168,12 +168,12 @@ def test_a_jobs_own_records_win_over_measured_ones(tmp_path: Path) -> None:
     paths = fake_run(tmp_path, {0: [9, 0.1, 0.1], 1: None}, {0: "a", 1: "a"})
     for rank in (0, 1):
         paths.auto_metrics_file(rank).write_text("".join(json.dumps({"step": i, "samples": 7, "step_time_s": 0.5}) + "\n" for i in range(4)))
-    mixed = build_summary(plan(), RunOutcome("succeeded", 0, 5.0), paths)
+    mixed = build_summary(plan(), RunOutcome(RunState.SUCCEEDED, 5.0), paths)
     # rank 1 wrote none of its own: it is missing rather than counted in launch's units beside the job's
     assert [(r["metrics_source"], r["samples_per_s"]) for r in mixed["ranks"]] == [("job", pytest.approx(8 / 0.2)), (None, None)]
     assert mixed["metrics_missing"] == [1]
     paths.metrics_file(0).unlink()
-    measured = build_summary(plan(), RunOutcome("succeeded", 0, 5.0), paths)
+    measured = build_summary(plan(), RunOutcome(RunState.SUCCEEDED, 5.0), paths)
     assert [(r["metrics_source"], r["steps"], r["samples_per_s"]) for r in measured["ranks"]] == [("auto", 3, 14.0), ("auto", 3, 14.0)]
     assert measured["samples_per_step_per_rank"] == 7
 

@@ -279,7 +279,7 @@ def test_an_unexpected_error_once_the_run_directory_exists_is_kept_there(tmp_pat
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from launcher import cli
     from launcher.image import wheels
-    from launcher.run import rundir
+    from launcher.record import rundir
 
     monkeypatch.setattr(wheels, "CACHE", tmp_path / "cache")
     monkeypatch.setattr(rundir, "MADE", [])
@@ -309,7 +309,7 @@ def test_an_unexpected_error_once_the_run_directory_exists_is_kept_there(tmp_pat
 def test_an_unexpected_error_writing_a_runs_inputs_is_kept_in_its_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     from launcher.image import wheels
-    from launcher.run import rundir
+    from launcher.record import rundir
 
     monkeypatch.setattr(wheels, "CACHE", tmp_path / "cache")
     monkeypatch.setattr(rundir, "MADE", [])

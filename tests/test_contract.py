@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.node import contract
-from launcher.results.outcome import RunState
+from launcher.record.outcome import RunState
 from launcher.run.existing import HOST_LOST, HostState, run_state
 
 

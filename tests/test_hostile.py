@@ -277,7 +277,7 @@ def test_hostile_flags_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
     (b"[h/0] tab\tkept\n", b"[h/0] tab\tkept\n", b"[h/0] tab\tkept\n"),
 ])
 def test_rank_output_is_made_safe_for_a_terminal(line: bytes, plain: bytes, tty: bytes) -> None:
-    from launcher.run.terminal import printable
+    from launcher.results.terminal import printable
 
     assert printable(line) == plain and printable(line, colour=True) == tty
 

@@ -251,18 +251,20 @@ def test_a_lab_rank_that_only_writes_metrics_is_not_called_quiet(tmp_path: Path)
     """On a lab run the metrics files stay on the hosts: the nodes' progress events are the sign of life."""
     import io
 
-    from launcher.run.execute import Attempts, Console, QuietWatch
-    from launcher.run.rundir import RunPaths
+    from launcher.record.rundir import RunPaths
+    from launcher.run.console import Console
+    from launcher.run.events import RunView
+    from launcher.run.quiet import QuietWatch
 
     out = io.BytesIO()
     console = Console(out)
-    attempts = Attempts(0, console)
-    watch = QuietWatch(2.0, attempts, RunPaths(tmp_path / "run"), console)
-    attempts.last_rank_line -= 5.0  # nothing printed for 5 s
-    attempts.on_event({"event": "progress", "ranks": {"0": {"step": 3, "samples_per_s": 10.0, "step_s": 0.1}}})
+    view = RunView(0)
+    watch = QuietWatch(2.0, view, RunPaths(tmp_path / "run"), console)
+    view.last_rank_line -= 5.0  # nothing printed for 5 s
+    view.on_event("a", {"event": "progress", "ranks": {"0": {"step": 3, "samples_per_s": 10.0, "step_s": 0.1}}})
     watch.tick()
     assert b"no rank has printed" not in out.getvalue()
-    attempts.last_rank_line -= 5.0
+    view.last_rank_line -= 5.0
     watch.checked = 0.0
     watch.tick()
     assert b"launch: warning: no rank has printed a line or written a metric for 5 s" in out.getvalue()

@@ -9,10 +9,10 @@ import matplotlib.image
 import pytest
 
 from launcher.errors import SpecError
-from launcher.results.outcome import RunOutcome
+from launcher.record.outcome import RunOutcome, RunState
 from launcher.results.stats import StepRecord, percentile, rank_stats, read_records, stragglers
 from launcher.plan import LaunchPlan
-from launcher.run.rundir import RunPaths
+from launcher.record.rundir import RunPaths
 from launcher.results.scaling import check_comparable, markdown, scaling_rows, write_scaling
 from launcher.results.summary import build_summary
 
@@ -89,13 +89,13 @@ def plan(nodes: int = 2, warmup: int = 1) -> LaunchPlan:
 def test_summary_with_a_missing_rank_and_a_straggling_host(tmp_path: Path) -> None:
     paths = fake_run(tmp_path, {0: [9, 0.1, 0.1], 1: [9, 0.1, 0.1], 2: None}, {0: "a", 1: "b", 2: "b"})
     paths2 = fake_run(tmp_path / "slow", {0: [9, 0.1, 0.1], 1: [9, 0.1, 0.1], 2: [9, 0.4, 0.4]}, {0: "a", 1: "a", 2: "b"})
-    summary = build_summary(plan(), RunOutcome("succeeded", 0, 5.0), paths)
+    summary = build_summary(plan(), RunOutcome(RunState.SUCCEEDED, 5.0), paths)
     assert summary["metrics_missing"] == [2]
     assert summary["throughput_samples_per_s"] == pytest.approx(2 * 8 / 0.2)  # ranks 0 and 1, warm-up left out
     assert [r["steps"] for r in summary["ranks"]] == [2, 2, 0]
     assert summary["ranks"][2]["samples_per_s"] is None and summary["ranks"][2]["wall_time_s"] == 2.0
     assert summary["samples_per_step_per_rank"] == 4
-    slow = build_summary(plan(), RunOutcome("succeeded", 0, 5.0), paths2)
+    slow = build_summary(plan(), RunOutcome(RunState.SUCCEEDED, 5.0), paths2)
     assert slow["stragglers"] == {"ranks": [2], "hosts": ["b"]}
     assert slow["ranks"][2]["step_time_p95_s"] == pytest.approx(0.4)
 

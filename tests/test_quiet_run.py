@@ -6,8 +6,13 @@ import io
 from pathlib import Path
 
 from launcher.node import contract
-from launcher.run.execute import Attempts, Console, QuietWatch, _pump
-from launcher.run.rundir import RunPaths
+from types import SimpleNamespace
+
+from launcher.record.rundir import RunPaths
+from launcher.run.console import Console
+from launcher.run.events import RunView
+from launcher.run.follow import Follower
+from launcher.run.quiet import QuietWatch
 
 WARNING = b"launch: warning: no rank has printed"
 
@@ -20,11 +25,29 @@ class Clock:
         return self.now
 
 
-def _watch(tmp_path: Path, after_s: float = 600.0) -> tuple[Clock, Attempts, QuietWatch, io.BytesIO]:
+def _watch(tmp_path: Path, after_s: float = 600.0) -> tuple[Clock, RunView, QuietWatch, io.BytesIO]:
     out, clock = io.BytesIO(), Clock()
     console = Console(out)
-    attempts = Attempts(0, console, clock=clock)
-    return clock, attempts, QuietWatch(after_s, attempts, RunPaths(tmp_path / "run"), console), out
+    view = RunView(0, clock=clock)
+    return clock, view, QuietWatch(after_s, view, RunPaths(tmp_path / "run"), console), out
+
+
+class Printed:
+    """A backend whose one node, `box`, has printed `data`."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read_output(self, _node, offset: int) -> bytes:
+        return self.data[offset:]
+
+
+def _follow(view: RunView, watch: QuietWatch, data: bytes) -> None:
+    """The follower reads what node `box` printed."""
+    plan = SimpleNamespace(nodes=(SimpleNamespace(host="box"),))
+    follower = Follower(plan, Printed(data), watch.console, view)  # type: ignore[arg-type]
+    follower.drain()
+    follower.close()
 
 
 def _after(clock: Clock, watch: QuietWatch, seconds: float) -> None:
@@ -41,9 +64,9 @@ def test_no_warning_while_no_rank_has_started(tmp_path: Path) -> None:
 
 
 def test_the_silence_counts_from_the_first_rank_start(tmp_path: Path) -> None:
-    clock, attempts, watch, out = _watch(tmp_path)
+    clock, view, watch, out = _watch(tmp_path)
     _after(clock, watch, 3000)  # a long rendezvous: no rank yet
-    attempts.on_event({"event": "rank-start", "host": "a", "rank": 0, "attempt": 0})
+    view.on_event("a", {"event": "rank-start", "host": "a", "rank": 0, "attempt": 0})
     _after(clock, watch, 599)
     assert WARNING not in out.getvalue()
     _after(clock, watch, 2)
@@ -57,24 +80,12 @@ def test_the_silence_counts_from_the_first_rank_start(tmp_path: Path) -> None:
 
 def test_a_rank_line_starts_the_count_and_resets_it(tmp_path: Path) -> None:
     """A node whose rank-start event is missing (or late) still counts from its first rank line."""
-    clock, attempts, watch, out = _watch(tmp_path, after_s=60)
-
-    class Lines:
-        def __init__(self, lines: list[bytes]) -> None:
-            self._lines = lines
-
-        def lines(self):
-            return iter(self._lines)
-
-    class Node:
-        host, is_local = "box", True
-
+    clock, view, watch, out = _watch(tmp_path, after_s=60)
     _after(clock, watch, 500)
-    _pump(Node(), Lines([contract.agent_prefix("box") + b"torchrun waits for its peers\n"]), RunPaths(tmp_path / "run"),
-          attempts.console, attempts)
+    _follow(view, watch, contract.agent_prefix("box") + b"torchrun waits for its peers\n")
     _after(clock, watch, 500)
     assert WARNING not in out.getvalue(), "torchrun's own lines are not a rank's start"
-    _pump(Node(), Lines([contract.rank_prefix("box", 0) + b"hello\n"]), RunPaths(tmp_path / "run"), attempts.console, attempts)
+    _follow(view, watch, contract.rank_prefix("box", 0) + b"hello\n")
     _after(clock, watch, 59)
     assert WARNING not in out.getvalue()
     _after(clock, watch, 2)
@@ -82,10 +93,10 @@ def test_a_rank_line_starts_the_count_and_resets_it(tmp_path: Path) -> None:
 
 
 def test_progress_is_a_sign_of_life(tmp_path: Path) -> None:
-    clock, attempts, watch, out = _watch(tmp_path, after_s=60)
-    attempts.on_event({"event": "progress", "ranks": {"0": {"step": 3, "samples_per_s": 10.0, "step_s": 0.1}}})
+    clock, view, watch, out = _watch(tmp_path, after_s=60)
+    view.on_event("a", {"event": "progress", "ranks": {"0": {"step": 3, "samples_per_s": 10.0, "step_s": 0.1}}})
     _after(clock, watch, 50)
-    attempts.on_event({"event": "progress", "ranks": {"0": {"step": 4, "samples_per_s": 10.0, "step_s": 0.1}}})
+    view.on_event("a", {"event": "progress", "ranks": {"0": {"step": 4, "samples_per_s": 10.0, "step_s": 0.1}}})
     _after(clock, watch, 50)
     assert WARNING not in out.getvalue()
     _after(clock, watch, 11)
@@ -93,8 +104,8 @@ def test_progress_is_a_sign_of_life(tmp_path: Path) -> None:
 
 
 def test_no_warning_when_switched_off(tmp_path: Path) -> None:
-    clock, attempts, watch, out = _watch(tmp_path)
+    clock, view, watch, out = _watch(tmp_path)
     watch.after_s = None
-    attempts.on_event({"event": "rank-start", "host": "a", "rank": 0, "attempt": 0})
+    view.on_event("a", {"event": "rank-start", "host": "a", "rank": 0, "attempt": 0})
     _after(clock, watch, 10_000)
     assert WARNING not in out.getvalue()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from launcher.hosts.remote import SshTransport
+from launcher.backends.ssh import SshTransport
 
 
 class _Session:

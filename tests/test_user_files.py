@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, launch, run_id_of, start_launcher
 
 from launcher.node import workspace
-from launcher.run.outputs import choose
+from launcher.record.outputs import choose
 
 pytestmark = pytest.mark.integration
 
@@ -235,7 +235,7 @@ def test_only_the_folder_launch_makes_for_a_run_is_ever_removed(tmp_path: Path) 
 
 
 def test_an_output_that_cannot_be_read_stays_on_the_host_and_the_rest_come_back(tmp_path: Path) -> None:
-    from launcher.run.outputs import bring_back
+    from launcher.record.outputs import bring_back
 
     choice = choose([("a.pt", 1), ("private.key", 1), ("z.pt", 1)], ("*",), None)
     fetched = []

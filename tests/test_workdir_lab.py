@@ -210,7 +210,7 @@ def test_a_file_edited_while_being_sent_makes_no_copy(tmp_path: Path, lab, base_
     """The copy is named by the hash of the workdir as scanned: content that no longer matches it must
     not land under that name. The launcher's own functions, on the lab's real hosts."""
     from launcher.errors import RunError
-    from launcher.hosts.deploy import connect_all, provide_workdir
+    from launcher.backends.deploy import connect_all, provide_workdir
     from launcher.spec import load_cluster
     from launcher.sync.manifest import scan
 

@@ -105,6 +105,14 @@ def split_rank_line(line: bytes, host: str) -> tuple[int, bytes] | None:
 # Events: one line each, written by the rank wrapper and the supervisor into the node's output
 # stream, read by the launcher (live console, `logs --follow`) and never shown as they are.
 EVENT_MARK = b"\x1elaunch-event "
+EVENT_RANK_START = "rank-start"  # a rank's process started: host, rank, attempt
+EVENT_RANK_END = "rank-end"  # a rank's process ended: host, rank, attempt, exit code
+EVENT_ATTEMPT = "attempt"  # the node starts another attempt: attempt, attempts, reason
+EVENT_PROGRESS = "progress"  # the ranks' metrics moved on: ranks (rank -> step, step_s, samples_per_s, ...)
+EVENT_KILLED = "killed"  # what outlived the grace period and was killed: host, grace, processes
+EVENT_STOPPING = "stopping"  # the node stops its part: host, cause, reason, lost
+EVENT_NODE_END = "node-end"  # the node's part ended, its last line: state, exit_code, cause, reason, lost
+EVENTS = (EVENT_RANK_START, EVENT_RANK_END, EVENT_ATTEMPT, EVENT_PROGRESS, EVENT_KILLED, EVENT_STOPPING, EVENT_NODE_END)
 
 
 def event_line(kind: str, **fields: Any) -> bytes:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .stats import MetricsSource, StepRecord, pick_source, read_records
-from ..run.rundir import RunPaths
+from ..record.rundir import RunPaths
 
 MAX_POINTS = 2000  # per line: enough for a 1000-pixel-wide panel, cheap for runs of a million steps
 MANY_RANKS = 8  # above this, ranks that are not stragglers are drawn alike, without a legend entry each

@@ -11,12 +11,12 @@ from typing import Any
 from rich.console import Console as RichConsole
 from rich.table import Table
 
-from .outcome import RunOutcome, RunState
+from ..record.outcome import RunOutcome, RunState
 from .stats import STRAGGLER_THRESHOLD, MetricsSource, pick_source, rank_stats, read_records, stragglers
 from ..node import contract
 from ..plan import LaunchPlan
-from ..run.rundir import RunPaths
-from ..run.terminal import printable_text
+from ..record.rundir import RunPaths
+from .terminal import printable_text
 
 LAST_LINES = 20
 
@@ -67,7 +67,7 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
     summary: dict[str, Any] = {
         "run_id": plan.run_id,
         "job": plan.job,
-        "status": outcome.status,
+        "status": RunState(outcome.status).value,
         "exit_code": outcome.exit_code,
         "restarts": _restarts(plan, statuses, paths),
         "nodes": plan.nnodes,
@@ -97,7 +97,7 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
     killed = _killed(plan, paths, outcome)
     if killed:
         summary["killed"] = killed
-    if outcome.status == RunState.FAILED.value:
+    if outcome.status == RunState.FAILED:
         summary["failure"] = first_failure(outcome, statuses, paths)
     summary["resumed_from"] = plan.resumed_from
     summary["run_folders"] = _run_folders(plan, paths)

@@ -1,5 +1,6 @@
-"""Conducting runs: one run of a job (plan it once, get the hosts ready, execute, summarise), and
-a sweep of runs across node counts. The command line parses arguments and calls these."""
+"""Conducting runs: one run of a job (get its backend's machines ready and plan it, submit it, then
+follow it attached or leave it detached, and finish it), and a sweep of runs across node counts.
+The command line parses arguments and calls these."""
 
 from __future__ import annotations
 
@@ -12,19 +13,23 @@ from pathlib import Path
 
 from rich.console import Console as RichConsole
 
-from ..errors import EXIT_FAILED, LaunchError, SpecError
+from ..backends.base import Backend
+from ..backends.choose import record
+from ..backends.local import LocalBackend
+from ..errors import LaunchError, SpecError
+from ..hosts.ports import free_port_pair
 from ..image.build import CACHE, PACKAGE, image_tag
-from ..hosts.ports import check_free, free_port_pair, listeners_over
-from ..plan import PlanOptions, check_hosts, make_plan, rdzv_port
+from ..plan import PlanOptions, check_hosts, make_plan
+from ..record import rundir
+from ..record.outcome import Phases, RunOutcome, RunState
 from ..results.scaling import FILES, STANDS_FOR_NODES, markdown, write_scaling
-from ..results.summary import build_summary, render
-from ..spec import ClusterSpec, JobSpec, Host, select_hosts
-from ..sync.manifest import link_warning, scan, size_warning
-from . import rundir
-from ..results.outcome import Phases, RunOutcome, RunState
-from .execute import Console, execute, start_detached
+from ..results.summary import render
+from ..spec import ClusterSpec, Host, JobSpec, select_hosts
+from ..sync.manifest import Manifest, link_warning, scan, size_warning
+from .attach import Attached
+from .console import Console
+from .finish import finish
 from .resume import LATEST, ResumeSource, find_source
-from .transport import LocalTransport, Transport
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ class RunRequest:
 
 
 def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[int, dict | None]:
-    """One run of the job: its exit code and summary (None for a dry run)."""
+    """One run of the job: its exit code and summary (None for a dry run or a detached run)."""
     hosts = select_hosts(job, cluster, request.nodes, request.nodes_label)
     secrets = _secrets(job)
     remote = any(not h.is_local for h in hosts)
@@ -52,17 +57,58 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
 
         hosts = as_ssh_reaches(hosts)
     paths = rundir.new_run_paths(request.runs_dir, job.name)
-    which = request.resume or (LATEST if job.resume else None)
-    source = find_source(request.runs_dir, job.name, [h.name for h in hosts], which) if which else None
-    if which and source is None:
-        print(f"launch: {'--resume' if request.resume else f'{job.path}: resume'}: no earlier run of job '{job.name}' in "
-              f"{request.runs_dir} kept checkpoints or outputs on these hosts; starting fresh", file=sys.stderr, flush=True)
+    source = _resume_source(job, hosts, request)
     # what runs leave in the runs folder (a sweep's: the one above it) is never code
     manifest = scan(job.workdir, CACHE, skip=(request.top_runs_dir or request.runs_dir,))
     for warning in (size_warning(job.workdir, manifest), link_warning(job.workdir, manifest)):
         if warning:
             print(f"launch: {warning}", file=sys.stderr, flush=True)
-    options = PlanOptions(
+    options = _options(job, paths, request, remote, source, manifest)
+    backend = _backend(hosts, paths)
+    try:
+        if request.dry_run:
+            print(make_plan(job, hosts, paths.run_id, options).describe())
+            print(backend.describe(job, hosts, options, manifest), end="")
+            return 0, None
+        console, phases = Console(), Phases()
+        plan = backend.prepare(job, hosts, paths.run_id, options, manifest, console.say, phases)
+        plan = dataclasses.replace(plan, workdir_hash=manifest.digest)
+        _write_inputs(job, cluster, paths, plan, manifest, backend)
+        if source:
+            console.say(_resuming(source))
+        if request.detach:
+            return _detached(plan, backend, paths, secrets, console, request), None
+        console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
+        attached = Attached(plan, backend, paths, console, hang_warning_s=job.hang_warning_s, verbose=request.verbose)
+        outcome = attached.run(secrets, phases)
+        summary = finish(paths, plan, backend, outcome, console.say, attached.unreachable, phases)
+    finally:
+        backend.close()
+    _show(summary, outcome, paths, request.debug)
+    return outcome.exit_code, summary
+
+
+def _backend(hosts: tuple[Host, ...], paths: rundir.RunPaths) -> Backend:
+    """Lab hosts over SSH, or this machine."""
+    if any(not h.is_local for h in hosts):
+        from ..backends.ssh import SshBackend  # SSH and Docker libraries: only for lab runs
+
+        return SshBackend({h.name: h for h in hosts}, paths, paths.run_id)
+    return LocalBackend()
+
+
+def _resume_source(job: JobSpec, hosts: tuple[Host, ...], request: RunRequest) -> ResumeSource | None:
+    which = request.resume or (LATEST if job.resume else None)
+    source = find_source(request.runs_dir, job.name, [h.name for h in hosts], which) if which else None
+    if which and source is None:
+        print(f"launch: {'--resume' if request.resume else f'{job.path}: resume'}: no earlier run of job '{job.name}' in "
+              f"{request.runs_dir} kept checkpoints or outputs on these hosts; starting fresh", file=sys.stderr, flush=True)
+    return source
+
+
+def _options(job: JobSpec, paths: rundir.RunPaths, request: RunRequest, remote: bool, source: ResumeSource | None,
+             manifest: Manifest) -> PlanOptions:
+    return PlanOptions(
         run_dir=str(paths.root),
         local_python=sys.executable,
         local_cpus=os.cpu_count() or 1,
@@ -77,89 +123,39 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         rdzv_port=None if remote or job.rdzv_port else free_port_pair(),  # a dry run shows the pair a run would take now
         local_lib=str(PACKAGE.parent),
     )
-    if request.dry_run:
-        print(make_plan(job, hosts, paths.run_id, options).describe())
-        if remote:
-            from ..hosts.deploy import describe_deployment
 
-            print(describe_deployment(job, hosts, manifest, options.image, _folders(job, hosts, options)))
-        return 0, None
 
-    console = Console()
-    phases = Phases()
-    transport: Transport
-    if remote:
-        from ..hosts.deploy import provide_image, provide_workdir, reach  # SSH and Docker libraries: only for lab runs
-        from ..hosts.remote import SshTransport
+def _write_inputs(job: JobSpec, cluster: ClusterSpec, paths: rundir.RunPaths, plan, manifest: Manifest,
+                  backend: Backend) -> None:
+    """The run directory, with what the run was made from: the user's files, the plan, the code's
+    record, and which backend runs it."""
+    rundir.create(paths)
+    rundir.copy_input(job.path, paths.job_file)
+    rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
+    rundir.write_json(paths.plan_file, plan.to_json())
+    rundir.write_json(paths.workdir_file, {"workdir": str(job.workdir), **manifest.to_json()})
+    record(paths, backend)
 
-        with phases.timing("connect"):
-            reached = reach(hosts)
-        try:
-            first = hosts[0]
-            check_free(f"{first.name} (rank 0's host)", rdzv_port(job, options), len(hosts),
-                       listeners_over(reached.conns[first.name]))
-            plan = make_plan(job, hosts, paths.run_id, PlanOptions(**{**options.__dict__, "nics": reached.nics}))
-            if options.image:
-                built = provide_image(job, reached.conns, console.say, phases)
-                assert built.tag == options.image, (built.tag, options.image)
-                plan = dataclasses.replace(plan, image_id=built.id)
-            with phases.timing("workdir"):
-                provide_workdir(job.workdir, manifest, _folders(job, hosts, options), reached.conns, console.say)
-        except BaseException:
-            reached.close()
-            raise
-        transport = SshTransport({h.name: h for h in hosts}, paths, plan.run_id, reached.conns)
-    else:
-        if job.rdzv_port:
-            check_free("this machine", job.rdzv_port, len(hosts))
-        plan = make_plan(job, hosts, paths.run_id, options)
-        transport = LocalTransport()
-    plan = dataclasses.replace(plan, workdir_hash=manifest.digest)
 
+def _detached(plan, backend: Backend, paths: rundir.RunPaths, secrets: dict[str, str], console: Console,
+              request: RunRequest) -> int:
+    """Start every node in the background and say how to find the run again."""
     try:
-        rundir.create(paths)
-        rundir.copy_input(job.path, paths.job_file)
-        rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
-        rundir.write_json(paths.plan_file, plan.to_json())
-        rundir.write_json(paths.workdir_file, {"workdir": str(job.workdir), **manifest.to_json()})
-        if source:
-            console.say(_resuming(source))
-        if request.detach:
-            try:
-                start_detached(plan, transport, secrets, console)
-            except LaunchError as exc:
-                outcome = RunOutcome(RunState.FAILED.value, EXIT_FAILED, 0.0, reason=str(exc))
-                rundir.write_json(paths.summary_file, build_summary(plan, outcome, paths))
-                raise
-            print(f"launch: run {plan.run_id} started on {plan.nnodes} node(s), detached; run directory {paths.root}\n"
-                  f"  launch status {plan.run_id}   launch logs {plan.run_id} --follow   launch stop {plan.run_id}"
-                  + (f"   (add --runs-dir {request.runs_dir})" if request.runs_dir != Path("runs") else ""), flush=True)
-            return 0, None
-        console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
-        outcome = execute(plan, transport, paths, secrets, console, hang_warning_s=job.hang_warning_s, verbose=request.verbose)
-        outcome.phases = {**phases.seconds, **outcome.phases}
-    finally:
-        transport.close()
-    summary = _finish(plan, outcome, paths, console, request.debug)
-    return outcome.exit_code, summary
-
-
-def _finish(plan, outcome: RunOutcome, paths: rundir.RunPaths, console: Console, debug: bool) -> dict:
-    """summary.json (and the traceback of an unexpected error) written, the summary printed; a
-    file that cannot be written, or a terminal that is gone, does not stop it."""
-    summary = build_summary(plan, outcome, paths)
-    if outcome.unexpected:
-        summary["error"] = {"traceback_file": str(paths.error_file), "message": outcome.unexpected.strip().splitlines()[-1]}
-        try:
-            rundir.write_text(paths.error_file, outcome.unexpected)
-        except LaunchError as exc:
-            console.say(f"launch: {exc}")
-        if debug:
-            print(outcome.unexpected, file=sys.stderr, end="", flush=True)
-    try:
-        rundir.write_json(paths.summary_file, summary)
+        backend.submit(plan, secrets, attached=False)
     except LaunchError as exc:
-        console.say(f"launch: {exc}; the summary below is only on this terminal")
+        finish(paths, plan, backend, RunOutcome(RunState.FAILED, reason=str(exc)), console.say)
+        raise
+    print(f"launch: run {plan.run_id} started on {plan.nnodes} node(s), detached; run directory {paths.root}\n"
+          f"  launch status {plan.run_id}   launch logs {plan.run_id} --follow   launch stop {plan.run_id}"
+          + (f"   (add --runs-dir {request.runs_dir})" if request.runs_dir != Path("runs") else ""), flush=True)
+    return 0
+
+
+def _show(summary: dict, outcome: RunOutcome, paths: rundir.RunPaths, debug: bool) -> None:
+    """The summary on the terminal (and where an unexpected error's traceback is); a terminal that
+    is gone does not stop it."""
+    if outcome.unexpected and debug:
+        print(outcome.unexpected, file=sys.stderr, end="", flush=True)
     try:
         render(summary, RichConsole(highlight=False, soft_wrap=True))
         if outcome.unexpected:
@@ -167,7 +163,6 @@ def _finish(plan, outcome: RunOutcome, paths: rundir.RunPaths, console: Console,
                   + ("" if debug else " (--debug prints it)"), file=sys.stderr, flush=True)
     except OSError:  # the terminal is gone (SIGHUP): summary.json has it all
         pass
-    return summary
 
 
 def _resuming(source: ResumeSource) -> str:
@@ -176,12 +171,6 @@ def _resuming(source: ResumeSource) -> str:
             for host, kinds in source.kept.items()]
     return (f"launch: resuming from run {source.run_id}: its checkpoints and outputs are copied into this run's own folders"
             + (f" ({'; '.join(kept)})" if kept else ""))
-
-
-def _folders(job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions) -> dict[str, str]:
-    from ..hosts.deploy import workdir_folders
-
-    return workdir_folders(tuple(h for h in hosts if not h.is_local), job.name, options.remote_jobs, options.local_user)
 
 
 def _secrets(job: JobSpec) -> dict[str, str]:

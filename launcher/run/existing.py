@@ -1,9 +1,10 @@
-"""Runs no launcher is watching: detached runs, and attached runs whose launcher is gone.
+"""Runs no launcher is attached to here: detached runs, runs attached to another terminal, and
+attached runs whose launcher is gone.
 
 `launch status`, `launch logs` and `launch stop` ask each node how its part is going (the node
 supervisor's state file, and whether its container or process group still runs), follow the
-nodes' output, stop them, and, once a run has ended, bring every node's logs and metrics into the
-run directory and write its summary, exactly as an attached run leaves them.
+nodes' output with the same follower an attached launcher uses (`launcher.run.follow`), stop them,
+and, once a run has ended, finish it (`launcher.run.finish`) exactly as an attached run is finished.
 """
 
 from __future__ import annotations
@@ -13,22 +14,28 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
+from ..backends.base import Backend
+from ..backends.choose import backend_of
 from ..errors import EXIT_FAILED, EXIT_OK, LaunchError, SpecError
 from ..hosts.parallel import on_every_host
 from ..node import contract
 from ..plan import STOP_GRACE_S, LaunchPlan, NodePlan
+from ..record import rundir
+from ..record.outcome import RunOutcome, RunState
+from ..record.rundir import RunPaths
 from ..results.summary import build_summary
-from . import rundir
-from ..results.outcome import RunOutcome, RunState
-from .rundir import RunPaths
-from .status import PLAIN_EVERY_S, Board
-from .transport import OUTPUT_CHUNK, LocalTransport, Transport
+from .console import Console, StatusLine
+from .events import RunView
+from .finish import finish, read_summary
+from .follow import Follower
 
 WATCHED_SLACK_S = 5.0  # an attached run's lease file may be this much older than its lease
 STARTING_S = 120.0  # a node that has not said anything yet is starting, for this long after the plan
 HOST_LOST = "lost"  # a host that cannot be asked, or whose part vanished without a word
+FOLLOW_EVERY_S = 0.5  # how often a follower asks the hosts for more output
+CHECK_EVERY_S = 3.0  # how often it asks them how their part is going
 
 
 @dataclass
@@ -42,28 +49,28 @@ class HostState:
 class ExistingRun:
     paths: RunPaths
     plan: LaunchPlan
-    _transport: Transport | None = None
+    _backend: Backend | None = None
 
     @property
-    def transport(self) -> Transport:
-        if self._transport is None:
-            self._transport = transport_for(self.paths, self.plan)
-        return self._transport
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = backend_of(self.paths, self.plan)
+        return self._backend
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self._backend is not None:
+            self._backend.close()
 
     @property
     def summary(self) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.paths.summary_file.read_text())
-        except (OSError, ValueError):
-            return None
+        return read_summary(self.paths)
 
-    def watched(self) -> bool:
-        """Whether an attached launcher is watching the run now (it renews the run's lease file)."""
+    def watched(self, hosts: dict[str, HostState] | None = None) -> bool:
+        """Whether an attached launcher is watching the run now (it renews the run's lease file; a
+        node that stopped because that lease ran out says it is not)."""
         if self.plan.detached or self.plan.lease_s is None:
+            return False
+        if hosts and any(h.record.get("cause") == contract.STOPPED_BY_LEASE for h in hosts.values()):
             return False
         try:
             age = time.time() - self.paths.lease_file.stat().st_mtime
@@ -97,26 +104,12 @@ def open_run(root: Path) -> ExistingRun:
     return ExistingRun(paths, plan)
 
 
-def transport_for(paths: RunPaths, plan: LaunchPlan) -> Transport:
-    if all(node.is_local for node in plan.nodes):
-        return LocalTransport()
-    from ..hosts.remote import SshTransport  # the SSH library only for lab runs
-    from ..spec import load_cluster
-
-    cluster = load_cluster(paths.cluster_file)
-    hosts = {h.name: h for h in cluster.hosts}
-    missing = [n.host for n in plan.nodes if n.host not in hosts]
-    if missing:
-        raise SpecError(f"{paths.cluster_file}: has no host '{missing[0]}', which the run used")
-    return SshTransport(hosts, paths, plan.run_id)
-
-
 # ---- states
 def host_states(run: ExistingRun) -> dict[str, HostState]:
     """How each node's part is going, asked of every host at once; a host that cannot be asked is lost."""
 
     def ask(node: NodePlan) -> HostState:
-        record = run.transport.state(node)
+        record = run.backend.state(node)
         state = record.get("state")
         if record.get("alive"):
             return HostState(contract.RUNNING, "", record)
@@ -166,8 +159,8 @@ def describe(run: ExistingRun) -> dict[str, Any]:
     if summary is None:
         hosts = host_states(run)
         state = run_state(hosts)
-        if state is not RunState.RUNNING and not run.watched():
-            summary = finish(run, hosts, state)
+        if state is not RunState.RUNNING and not run.watched(hosts):
+            summary = finish_ended(run, hosts, state)
     elif summary.get("collect_errors"):
         summary = collect_missing(run)
     if summary is not None:
@@ -200,21 +193,13 @@ def _times(run: ExistingRun, hosts: dict[str, HostState]) -> tuple[float | None,
 
 
 # ---- finishing, stopping, following
-def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> dict[str, Any]:
-    """Collect every reachable node's files, then write and return the run's summary (of a run
-    that has ended: `state` is not RUNNING)."""
+def finish_ended(run: ExistingRun, hosts: dict[str, HostState], state: RunState,
+                 forced: dict[str, str] | None = None) -> dict[str, Any]:
+    """Finish a run that has ended (`state` is not RUNNING), as its hosts tell it."""
     assert state is not RunState.RUNNING
-    outcome = RunOutcome(state.value, EXIT_OK if state is RunState.SUCCEEDED else EXIT_FAILED, 0.0)
+    outcome = RunOutcome(state, forced=dict(forced or {}))
     for node in run.plan.nodes:
-        host = hosts[node.host]
-        outcome.node_exit_codes[node.host] = host.record.get("exit_code")
-        if host.state == HOST_LOST and host.detail.startswith("unreachable"):
-            outcome.collect_errors[node.host] = f"{host.detail}; its logs stay on it ({node.node_dir})"
-            continue
-        try:
-            run.transport.collect(node, run.plan)
-        except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
-            outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
+        outcome.node_exit_codes[node.host] = hosts[node.host].record.get("exit_code")
     failed = [h for h, s in hosts.items() if s.state == contract.FAILED]
     lost = [h for h, s in hosts.items() if s.state == HOST_LOST] or [s.record["lost"] for s in hosts.values() if s.record.get("lost")]
     if failed:
@@ -226,9 +211,8 @@ def finish(run: ExistingRun, hosts: dict[str, HostState], state: RunState) -> di
         outcome.reason = "; ".join(reasons)
     start, end = _times(run, {h: HostState(s.state, s.detail, _local_record(run.paths, h) or s.record) for h, s in hosts.items()})
     outcome.wall_time_s = (end - start) if start and end else 0.0
-    summary = build_summary(run.plan, outcome, run.paths)
-    rundir.write_json(run.paths.summary_file, summary)
-    return summary
+    unreachable = {h for h, s in hosts.items() if s.state == HOST_LOST and s.detail.startswith("unreachable")}
+    return finish(run.paths, run.plan, run.backend, outcome, stderr_say, unreachable)
 
 
 def collect_missing(run: ExistingRun) -> dict[str, Any] | None:
@@ -241,14 +225,14 @@ def collect_missing(run: ExistingRun) -> dict[str, Any] | None:
         return summary
 
     def collect(node: NodePlan) -> None:
-        if run.transport.state(node).get("alive"):
+        if run.backend.state(node).get("alive"):
             raise LaunchError("its part of the run is still going")
-        run.transport.collect(node, run.plan)
+        run.backend.collect(node, run.plan)
 
     collected, errors = on_every_host(nodes, collect, lambda n: n.host)
     if not collected:
         return summary
-    outcome = RunOutcome(summary["status"], summary["exit_code"], summary["wall_time_s"],
+    outcome = RunOutcome(RunState(summary["status"]), summary["wall_time_s"],
                          failed_node=(summary.get("failure") or {}).get("host"), reason=summary.get("reason"),
                          collect_errors={h: str(e) or type(e).__name__ for h, e in errors.items()},
                          lost_host=summary.get("lost_host"))
@@ -257,15 +241,15 @@ def collect_missing(run: ExistingRun) -> dict[str, Any] | None:
     return summary
 
 
-def stop_nodes(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Exception]:
-    """Stop every node's part at once; the hosts that could not be asked."""
-    _, errors = on_every_host(run.plan.nodes, lambda n: run.transport.stop(n, grace_s), lambda n: n.host)
-    return errors
+def stop_nodes(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> tuple[dict[str, str], dict[str, Exception]]:
+    """Stop every node's part at once: what had to be forced, and the hosts that could not be asked."""
+    forced, errors = on_every_host(run.plan.nodes, lambda n: run.backend.stop(n, grace_s), lambda n: n.host)
+    return {h: what for h, what in forced.items() if what}, errors
 
 
 def stop(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Any]:
     """Stop every node's part (SIGTERM, then kill after the grace period), then finish the run."""
-    errors = stop_nodes(run, grace_s)
+    forced, errors = stop_nodes(run, grace_s)
     hosts = host_states(run)
     for host, exc in errors.items():
         hosts[host] = HostState(HOST_LOST, f"unreachable: could not stop it: {exc}")
@@ -277,90 +261,53 @@ def stop(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Any]:
         state = RunState.STOPPED
     if all(s.state == contract.STOPPED for s in hosts.values()):
         state = RunState.STOPPED
-    return finish(run, hosts, state)
+    return finish_ended(run, hosts, state, forced)
 
 
-def follow(run: ExistingRun, rank: int | None, out: BinaryIO, say: Callable[[str], None],
-           shown: dict[tuple[str, int], int] | None = None) -> dict[str, Any]:
-    """Print every node's output from its host as it comes, until every node has ended; then finish
-    the run and return its summary. `shown`: how many lines of each (host, rank) were printed
-    already (from the local logs of a run whose launcher stopped watching it), not printed again."""
-    offsets = {n.host: 0 for n in run.plan.nodes}
-    partial = {n.host: b"" for n in run.plan.nodes}
-    ended: set[str] = set()
-    last_check = 0.0
-    board, started = Board(), None  # the ranks' progress, said on stderr every PLAIN_EVERY_S
-    last_progress = time.monotonic()
-    while True:
-        reading = [n for n in run.plan.nodes if n.host not in ended]
-        # every host at once: hosts that do not answer cost a round one time-out, not one each
-        new, _ = on_every_host(reading, lambda n: run.transport.read_output(n, offsets[n.host]), lambda n: n.host)
-        for node in reading:
-            data = new.get(node.host, b"")
-            offsets[node.host] += len(data)
-            lines = (partial[node.host] + data).split(b"\n")
-            partial[node.host] = lines.pop()
-            for line in lines:
-                if show_line(line + b"\n", node.host, rank, out, say, board, shown):
-                    ended.add(node.host)
-        out.flush()
-        if len(ended) == len(run.plan.nodes):
-            break
-        if time.monotonic() - last_check > 3:
-            last_check = time.monotonic()
-            hosts = host_states(run)
-            started = started or _times(run, hosts)[0]
-            if run_state(hosts) is not RunState.RUNNING and not run.watched():
-                break
-        if board.ranks and started and time.monotonic() - last_progress >= PLAIN_EVERY_S:
-            last_progress = time.monotonic()
-            say(f"launch: progress: {board.line(time.time() - started)}")
-        time.sleep(0.5)
+def follow(run: ExistingRun, console: Console, rank: int | None = None, verbose: bool = False) -> dict[str, Any]:
+    """Show every node's output from its host as it comes, as an attached launcher shows it, until
+    every node has ended; then the run's summary (finished here when no launcher is watching it)."""
+    view = RunView(run.plan.max_restarts)
+    follower = Follower(run.plan, run.backend, console, view, rank=rank, verbose=verbose)
+    status = StatusLine(view.board, console, _times(run, {})[0] or time.time())
+    checked = time.monotonic()
+    try:
+        while len(follower.ended) < len(run.plan.nodes):
+            came = follower.poll()
+            status.tick()
+            if time.monotonic() - checked > CHECK_EVERY_S:
+                checked = time.monotonic()
+                if run_state(host_states(run)) is not RunState.RUNNING:
+                    follower.drain()
+                    break
+            if not came:
+                time.sleep(FOLLOW_EVERY_S)
+    finally:
+        status.close()
+        follower.close()
+    return settle(run)
+
+
+def settle(run: ExistingRun) -> dict[str, Any]:
+    """The summary of a run whose nodes have ended: its watching launcher's, or finished here."""
     while True:  # a node says its last line a moment before its processes are gone
+        summary = run.summary
+        if summary is not None:
+            return summary
         hosts = host_states(run)
         state = run_state(hosts)
-        if state is not RunState.RUNNING:
-            return finish(run, hosts, state)
-        time.sleep(0.5)
+        if state is not RunState.RUNNING and not run.watched(hosts):
+            return finish_ended(run, hosts, state)
+        time.sleep(FOLLOW_EVERY_S)
 
 
-def output_lines(run: ExistingRun, node: NodePlan) -> Iterator[bytes]:
-    """A node's output so far, line by line, read a chunk at a time."""
-    offset, partial = 0, b""
-    while data := run.transport.read_output(node, offset):
-        offset += len(data)
-        lines = (partial + data).split(b"\n")
-        partial = lines.pop()
-        yield from (line + b"\n" for line in lines)
-    if partial:
-        yield partial + b"\n"
-
-
-def show_line(line: bytes, host: str, rank: int | None, out: BinaryIO, say: Callable[[str], None],
-              board: Board | None = None, shown: dict[tuple[str, int], int] | None = None) -> bool:
-    """Print one line of a node's output (a progress event goes on the board; a rank line counted
-    in `shown` is skipped); True when it is the node's last (its end event)."""
-    event = contract.parse_event(line)
-    if event is not None:
-        if event.get("event") == "progress" and board is not None:
-            board.update(event.get("ranks"))
-        elif event.get("event") == "attempt":
-            say(f"launch: {host}: attempt {int(event['attempt']) + 1} of {event.get('attempts')} "
-                f"(restart {event['attempt']}): the last attempt ended because {event.get('reason')}")
-        elif event.get("event") == "stopping":
-            say(f"launch: {host} is stopping: {event.get('reason')}")
-        return event.get("event") == "node-end"
-    split = contract.split_rank_line(line, host)
-    if split is None:
-        if rank is None:
-            out.write(line)
-        return False
-    if shown and shown.get((host, split[0]), 0) > 0:
-        shown[(host, split[0])] -= 1
-        return False
-    if rank is None or split[0] == rank:
-        out.write(line)
-    return False
+def print_so_far(run: ExistingRun, console: Console, rank: int | None) -> None:
+    """What every node of a running run has printed so far, as the follower shows it."""
+    follower = Follower(run.plan, run.backend, console, RunView(run.plan.max_restarts), rank=rank)
+    try:
+        follower.drain()
+    finally:
+        follower.close()
 
 
 def print_local_logs(paths: RunPaths, rank: int | None, out: BinaryIO) -> None:
@@ -386,44 +333,10 @@ def print_local_logs(paths: RunPaths, rank: int | None, out: BinaryIO) -> None:
     out.flush()
 
 
-def follow_watched(run: ExistingRun, rank: int | None, out: BinaryIO, shown: dict[tuple[str, int], int]) -> bool:
-    """Follow the local rank logs of a run its attached launcher is watching; True when the run ended
-    with a summary, False when its launcher stopped watching it without one. `shown` counts the
-    lines printed per (host, rank)."""
-    offsets: dict[Path, int] = {}
-    while True:
-        done = run.paths.summary_file.exists()
-        gone = not done and not run.watched()
-        more = False
-        for r, log in run.paths.rank_logs().items():
-            if rank is not None and r != rank:
-                continue
-            with log.open("rb") as fh:
-                fh.seek(offsets.get(log, 0))
-                data = fh.read(OUTPUT_CHUNK)
-            full = len(data) == OUTPUT_CHUNK
-            more = more or full
-            # whole lines only, so a line being written is not split (unless one line fills a whole chunk)
-            end = len(data) if done and not full else data.rfind(b"\n") + 1 or (len(data) if full else 0)
-            offsets[log] = offsets.get(log, 0) + end
-            prefix = contract.rank_prefix(log.parent.name, r)
-            for line in data[:end].split(b"\n")[: -1 if data[:end].endswith(b"\n") else None]:
-                out.write(prefix + line + b"\n")
-                shown[(log.parent.name, r)] = shown.get((log.parent.name, r), 0) + 1
-        out.flush()
-        if more:
-            continue
-        if done:
-            return True
-        if gone:
-            return False
-        time.sleep(0.5)
-
-
 def exit_code(summary: dict[str, Any]) -> int:
+    """The exit code of a command that waited for the run: 0 when it succeeded, else 1."""
     return EXIT_OK if summary.get("status") == RunState.SUCCEEDED.value else EXIT_FAILED
 
 
 def stderr_say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-

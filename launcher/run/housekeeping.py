@@ -19,7 +19,7 @@ from typing import Any, Callable
 from ..errors import RunError, SpecError
 from ..plan import LaunchPlan, NodePlan, PlanOptions, run_state_dir
 from .existing import list_runs, open_run
-from .rundir import JOBS_FOLDER, RunPaths
+from ..record.rundir import JOBS_FOLDER, RunPaths
 
 Say = Callable[[str], None]
 
@@ -134,7 +134,7 @@ def _remove_folder(run, node: NodePlan) -> None:
         return
     from ..hosts.ssh import run as ssh_run
 
-    conn = run.transport.control(node.host)
+    conn = run.backend.control(node.host)  # type: ignore[attr-defined]
     code, out = ssh_run(conn, ["rm", "-rf", "--", node.state_dir], timeout=600)
     if code != 0 and node.image:  # files its container wrote as another user: removed from a container of the image
         parent, name = node.state_dir.rsplit("/", 1)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..errors import SpecError
 from ..plan import LaunchPlan
 from .existing import find_run, list_runs
-from .rundir import RunPaths
+from ..record.rundir import RunPaths
 
 LATEST = "latest"  # `--resume` without a run: the newest earlier run of the job that kept files
 

@@ -1,5 +1,6 @@
-"""Nodes on lab hosts: their part of a run started over SSH, in a container (stopped by the run's
-label) or, for runtime: host, as a process group of the host's own python (stopped by its id).
+"""The lab backend: each node's part of a run is started over SSH (Fabric) on its host, in a
+container (stopped by the run's label) or, for runtime: host, as a process group of the host's
+own python (stopped by its id).
 
 Each node gets a directory of its own for the run (`NodePlan.node_dir`), mounted into its container;
 the node supervisor and the ranks write their logs, metrics and state there, and `collect` brings
@@ -17,37 +18,37 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import fabric
 import paramiko
 
 from ..errors import RunError
+from ..hosts.ssh import connect, open_command, pipe_into, run
 from ..image.build import shipped_files
 from ..node import contract
-from ..plan import REMOTE_LIB, RUN_LABEL, LaunchPlan, NodeKind, NodePlan
-from ..run import outputs
-from ..run.rundir import RunPaths
-from ..run.transport import EXTRA_WAIT_S, OUTPUT_CHUNK
-from ..spec import Host
-from .ssh import connect, open_command, pipe_into, run
+from ..plan import REMOTE_LIB, RUN_LABEL, STOP_GRACE_S, LaunchPlan, NodeKind, NodePlan, PlanOptions
+from ..record import outputs
+from ..record.outcome import Phases
+from ..record.rundir import RunPaths
+from ..spec import Host, JobSpec
+from ..sync.manifest import Manifest
+from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, start_every_node
 
 RENEW_TIMEOUT_S = 5.0
 COLLECT_TIMEOUT_S = 60.0  # a host silent this long while its files come back has failed the copy
 
 
 class SshProcess:
-    """One node's command (`docker run`, or torchrun for runtime: host), read from its SSH channel."""
+    """One node's command (`docker run`, or torchrun for runtime: host) started attached: its output
+    read from its SSH channel as it comes."""
 
-    def __init__(self, transport: "SshTransport", node: NodePlan, channel: paramiko.Channel) -> None:
-        self.transport = transport
+    def __init__(self, backend: "SshBackend", node: NodePlan, channel: paramiko.Channel) -> None:
+        self.backend = backend
         self.node = node
         self.channel = channel
         self.code: int | None = None
-
-    def lines(self) -> Iterator[bytes]:
-        stream = self.channel.makefile("rb")
-        yield from iter(lambda: stream.readline(contract.LINE_MAX + 4096), b"")
+        self.output = LiveOutput(lambda: channel.recv(1 << 16))
 
     def poll(self) -> int | None:
         if self.code is None and self.channel.exit_status_ready():
@@ -62,7 +63,7 @@ class SshProcess:
         deadline = time.monotonic() + grace_s + EXTRA_WAIT_S + 10
         try:
             while True:
-                forced = self.transport.stop(self.node, grace_s) or forced
+                forced = self.backend.stop_part(self.node, grace_s) or forced
                 settle = time.monotonic() + 2
                 while self.poll() is None and time.monotonic() < settle:
                     time.sleep(0.05)
@@ -74,8 +75,10 @@ class SshProcess:
                 self.code = 255
 
 
-class SshTransport:
+class SshBackend:
     """Runs each node's planned command on its host over SSH (Fabric)."""
+
+    name = "ssh"
 
     def __init__(self, hosts: dict[str, Host], paths: RunPaths, run_id: str,
                  conns: dict[str, fabric.Connection] | None = None) -> None:
@@ -86,6 +89,18 @@ class SshTransport:
         self.sftps: dict[str, paramiko.SFTPClient] = {}
         self.lock = threading.Lock()
         self.connecting = {name: threading.Lock() for name in hosts}  # one connect at a time per host
+        self.live: dict[str, SshProcess] = {}  # host -> its attached command
+
+    def prepare(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest,
+                say: Callable[[str], None], phases: Phases) -> LaunchPlan:
+        from .deploy import prepare_lab  # the Docker SDK only when a run is prepared
+
+        return prepare_lab(self, job, hosts, run_id, options, manifest, say, phases)
+
+    def describe(self, job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions, manifest: Manifest) -> str:
+        from .deploy import describe_deployment, lab_folders
+
+        return describe_deployment(job, hosts, manifest, options.image, lab_folders(job, hosts, options))
 
     def control(self, host: str) -> fabric.Connection:
         with self.connecting[host]:
@@ -129,12 +144,14 @@ class SshTransport:
                 raise RunError(f"{node.host}: cannot write the secrets file in {node.node_dir}")
         return conn
 
-    def start(self, node: NodePlan, secrets: dict[str, str]) -> SshProcess:
-        conn = self._prepare(node, secrets)
-        return SshProcess(self, node, open_command(conn, node.argv))
+    def submit(self, plan: LaunchPlan, secrets: dict[str, str], attached: bool) -> None:
+        start_every_node(plan, lambda node: self._start(node, secrets, attached), lambda node: self.stop(node, STOP_GRACE_S))
 
-    def start_detached(self, node: NodePlan, secrets: dict[str, str]) -> None:
+    def _start(self, node: NodePlan, secrets: dict[str, str], attached: bool) -> None:
         conn = self._prepare(node, secrets)
+        if attached:
+            self.live[node.host] = SshProcess(self, node, open_command(conn, node.argv))
+            return
         code, out = run(conn, node.argv, timeout=120)
         if code != 0:
             raise RunError(f"{node.host}: the node did not start (exit code {code}): {out.strip()[-300:]}")
@@ -180,7 +197,19 @@ class SshTransport:
             record["alive"] = code == 0
         return record
 
+    def exit_code(self, node: NodePlan) -> int | None:
+        live = self.live.get(node.host)
+        return live.poll() if live else None
+
+    def wait_output(self, node: NodePlan, timeout_s: float) -> None:
+        live = self.live.get(node.host)
+        if live:
+            live.output.ended.wait(timeout_s)
+
     def read_output(self, node: NodePlan, offset: int) -> bytes:
+        live = self.live.get(node.host)
+        if live:
+            return live.output.read(offset)
         log_dir, _ = contract.node_dirs(node.node_dir, node.host)
         try:
             with self._sftp(node.host).open(f"{log_dir}/{contract.NODE_OUTPUT}", "rb") as fh:
@@ -195,6 +224,13 @@ class SshTransport:
 
     # ---- stopping and collecting
     def stop(self, node: NodePlan, grace_s: float) -> str | None:
+        live = self.live.get(node.host)
+        if live:
+            return live.stop(grace_s) if live.poll() is None else None
+        return self.stop_part(node, grace_s)
+
+    def stop_part(self, node: NodePlan, grace_s: float) -> str | None:
+        """Stop what runs of the node's part on its host (whoever started it); what had to be forced."""
         conn = self.control(node.host)
         if node.kind is NodeKind.HOST_PROCESS:
             return self._stop_group(conn, node, grace_s)

@@ -56,6 +56,16 @@ class RunPaths:
         return self.root / "summary.json"
 
     @property
+    def handle_file(self) -> Path:
+        """Which backend runs the run's nodes, and what it needs to find them again."""
+        return self.root / "handle.json"
+
+    @property
+    def finish_lock(self) -> Path:
+        """Held while the run is finished (collected, summarised), so that it happens once."""
+        return self.root / ".finishing"
+
+    @property
     def error_file(self) -> Path:
         """The traceback of an error the launcher did not expect, when one ended the run."""
         return self.root / "launcher-error.txt"

@@ -1,5 +1,5 @@
-"""Before a multi-host run: reach every host and find its NIC; build the job's image and ship it;
-copy the job's workdir to every host (what changed only)."""
+"""Before a lab run: reach every host and find its NIC; build the job's image and ship it; copy the
+job's workdir to every host (what changed only). The SSH backend's `prepare`."""
 
 from __future__ import annotations
 
@@ -12,17 +12,19 @@ from pathlib import Path
 import fabric
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from ..results.outcome import Phases
+from ..record.outcome import Phases
 from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_image
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.ship import ShipReport, ship_image
+from ..hosts.ports import check_free, listeners_over
+from ..plan import LaunchPlan, PlanOptions, make_plan, rdzv_port
 from ..spec import Host, JobSpec
 from ..sync import hosts as sync
 from ..sync.manifest import Manifest
 from ..sync.transfer import Transfer
-from .parallel import on_every_host
-from .ssh import connect, run
+from ..hosts.parallel import on_every_host
+from ..hosts.ssh import connect, run
 
 STREAM_TIMEOUT_S = 1800  # the Docker SDK's read timeout: a build step or a save stream may be silent this long
 
@@ -257,3 +259,27 @@ def _ship_with_progress(client, tag: str, conns: dict[str, fabric.Connection]) -
                 progress.advance(tasks[host], n)
 
         return ship_image(client, tag, conns, Path(CACHE) / "layer-dirs.json", on_bytes)
+
+
+def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions,
+                manifest: Manifest, say, phases: Phases) -> LaunchPlan:
+    """Get the lab hosts ready for the run and plan it: reach them (and find their NICs), check rank
+    0's ports, get the job's image onto them, sync the workdir. `backend` keeps the connections."""
+    with phases.timing("connect"):
+        reached = reach(hosts)
+    backend.conns.update(reached.conns)
+    first = hosts[0]
+    check_free(f"{first.name} (rank 0's host)", rdzv_port(job, options), len(hosts), listeners_over(reached.conns[first.name]))
+    plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=reached.nics))
+    if options.image:
+        built = provide_image(job, reached.conns, say, phases)
+        assert built.tag == options.image, (built.tag, options.image)
+        plan = dataclasses.replace(plan, image_id=built.id)
+    with phases.timing("workdir"):
+        provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), reached.conns, say)
+    return plan
+
+
+def lab_folders(job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions) -> dict[str, str]:
+    """Where each lab host of the run keeps the job's workdir copies."""
+    return workdir_folders(tuple(h for h in hosts if not h.is_local), job.name, options.remote_jobs, options.local_user)

@@ -1,10 +1,8 @@
-"""How a node's part of a run is started, watched, stopped and read back.
+"""The one-box backend: every node's part of a run is a process group on this machine.
 
-A `Transport` starts one node's planned command (the node supervisor, `launcher.node.supervisor`,
-with torchrun under it) and hands back a `NodeProcess` for an attached run, or leaves it running in
-the background for a detached one. The executor and the commands on existing runs (`status`,
-`logs`, `stop`) do not know whether a node is this machine (subprocess, here) or a lab host (SSH,
-`launcher.hosts.remote`).
+The node supervisor runs with subprocess, in a session of its own so that only the launcher gets
+Ctrl-C; the ranks write their logs and metrics straight into the run directory, and their outputs
+are copied there from the run's own folder (which keeps them, for --resume).
 """
 
 from __future__ import annotations
@@ -16,102 +14,51 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import IO, Any, Iterator, Protocol
+from typing import Any, Callable
 
 from ..errors import RunError
 from ..node import contract
 from ..node.procs import alive, signal_group
-from ..plan import DETACHED_OUTPUT, SUPERVISOR_MODULE, LaunchPlan, NodePlan
-from . import outputs
-from .rundir import RunPaths
-
-OUTPUT_CHUNK = 8 << 20  # at most this much of a node's output is read at once
-EXTRA_WAIT_S = 5.0  # beyond the grace period, for the node's supervisor to finish its own stop
-
-
-class NodeProcess(Protocol):
-    def lines(self) -> Iterator[bytes]:
-        """The node's merged output, line by line, until it ends."""
-
-    def poll(self) -> int | None:
-        """The exit code once the node's part has ended, else None."""
-
-    def stop(self, grace_s: float) -> str | None:
-        """End every process of the node's part: ask, then force after `grace_s` seconds. What had
-        to be forced because the node's supervisor did not end (None when it did)."""
+from ..hosts.ports import check_free
+from ..plan import DETACHED_OUTPUT, STOP_GRACE_S, SUPERVISOR_MODULE, LaunchPlan, NodePlan, PlanOptions, make_plan
+from ..record import outputs
+from ..record.outcome import Phases
+from ..record.rundir import RunPaths
+from ..spec import Host, JobSpec
+from ..sync.manifest import Manifest
+from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, start_every_node, node_environment
 
 
-class Transport(Protocol):
-    def start(self, node: NodePlan, secrets: dict[str, str]) -> NodeProcess:
-        """Start `node.argv` with `node.env`, secret values taken from `secrets`, never from the plan."""
-
-    def start_detached(self, node: NodePlan, secrets: dict[str, str]) -> None:
-        """Start the node's part in the background; return once it runs."""
-
-    def renew(self, node: NodePlan) -> None:
-        """Renew the node's lease (an attached run); raise when the node cannot be reached."""
-
-    def stop(self, node: NodePlan, grace_s: float) -> str | None:
-        """Stop the node's part, whether this launcher started it or not; what had to be forced."""
-
-    def state(self, node: NodePlan) -> dict[str, Any]:
-        """The node's status record (`contract.NODE_STATUS`, {} before it wrote one) plus `alive`:
-        whether any process of the node's part still runs."""
-
-    def read_output(self, node: NodePlan, offset: int) -> bytes:
-        """The node's output file (`contract.NODE_OUTPUT`) from `offset` on, at most OUTPUT_CHUNK of it."""
-
-    def collect(self, node: NodePlan, plan: LaunchPlan) -> None:
-        """Bring the node's logs, metrics and outputs into the run directory, then remove its files there."""
-
-    def close(self) -> None:
-        """Let go of connections."""
-
-
-def node_environment(node: NodePlan, secrets: dict[str, str], base: dict[str, str]) -> dict[str, str]:
-    env = dict(base)
-    env.update(node.env)
-    env.update({name: secrets[name] for name in node.secrets})
-    return env
-
-
-def stop_group(pgid: int, grace_s: float, alive) -> str | None:
+def stop_group(pgid: int, grace_s: float, running) -> str | None:
     """SIGTERM a node supervisor's process group (the supervisor stops torchrun and, after `grace_s`,
     kills every process below it); SIGKILL the group if the supervisor is still there after that.
     torchrun, in a session of its own, then gets SIGTERM from the supervisor's death."""
     signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s + EXTRA_WAIT_S
-    while alive() and time.monotonic() < deadline:
+    while running() and time.monotonic() < deadline:
         time.sleep(0.05)
-    if alive():
+    if running():
         signal_group(pgid, signal.SIGKILL)
         return f"the node's supervisor (process group {pgid}) did not end {grace_s + EXTRA_WAIT_S:g} s after SIGTERM"
     return None
 
 
-class LocalProcess:
-    """The node supervisor on this machine, in a session of its own so that only the launcher gets Ctrl-C."""
-
-    def __init__(self, popen: subprocess.Popen) -> None:
-        self.popen = popen
-
-    def lines(self) -> Iterator[bytes]:
-        stream: IO[bytes] | None = self.popen.stdout
-        assert stream is not None
-        yield from iter(lambda: stream.readline(contract.LINE_MAX + 4096), b"")
-
-    def poll(self) -> int | None:
-        return self.popen.poll()
-
-    def stop(self, grace_s: float) -> str | None:
-        # the supervisor stops torchrun and, after its grace period, kills whatever is left of the node
-        forced = stop_group(self.popen.pid, grace_s, lambda: self.popen.poll() is None)
-        self.popen.wait()
-        return forced
-
-
-class LocalTransport:
+class LocalBackend:
     """Runs a node's command on this machine with subprocess."""
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.live: dict[str, tuple[subprocess.Popen, LiveOutput]] = {}  # host -> its attached supervisor
+
+    def prepare(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest,
+                say: Callable[[str], None], phases: Phases) -> LaunchPlan:
+        if job.rdzv_port:
+            check_free("this machine", job.rdzv_port, len(hosts))
+        return make_plan(job, hosts, run_id, options)
+
+    def describe(self, job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions, manifest: Manifest) -> str:
+        return ""  # nothing is built or sent
 
     def _popen(self, node: NodePlan, secrets: dict[str, str], stdout) -> subprocess.Popen:
         env = node_environment(node, secrets, dict(os.environ))
@@ -128,10 +75,15 @@ class LocalTransport:
         except OSError as exc:
             raise RunError(f"{node.host}: cannot start {node.argv[0]}: {exc.strerror or exc}") from None
 
-    def start(self, node: NodePlan, secrets: dict[str, str]) -> LocalProcess:
-        return LocalProcess(self._popen(node, secrets, subprocess.PIPE))
+    def submit(self, plan: LaunchPlan, secrets: dict[str, str], attached: bool) -> None:
+        start_every_node(plan, lambda node: self._start(node, secrets, attached), lambda node: self.stop(node, STOP_GRACE_S))
 
-    def start_detached(self, node: NodePlan, secrets: dict[str, str]) -> None:
+    def _start(self, node: NodePlan, secrets: dict[str, str], attached: bool) -> None:
+        if attached:
+            popen = self._popen(node, secrets, subprocess.PIPE)
+            assert popen.stdout is not None
+            self.live[node.host] = (popen, LiveOutput(lambda: popen.stdout.read1(1 << 16)))  # type: ignore[union-attr]
+            return
         log_dir, _ = contract.node_dirs(node.node_dir, node.host)
         os.makedirs(log_dir, exist_ok=True)
         with open(os.path.join(log_dir, DETACHED_OUTPUT), "ab") as out:
@@ -142,6 +94,10 @@ class LocalTransport:
         with open(path, "a"):
             pass
         os.utime(path, None)
+
+    def exit_code(self, node: NodePlan) -> int | None:
+        live = self.live.get(node.host)
+        return live[0].poll() if live else None
 
     def state(self, node: NodePlan) -> dict[str, Any]:
         log_dir, _ = contract.node_dirs(node.node_dir, node.host)
@@ -154,13 +110,10 @@ class LocalTransport:
         record["alive"] = isinstance(pid, int) and record.get("state") == "running" and _is_supervisor(pid)
         return record
 
-    def stop(self, node: NodePlan, grace_s: float) -> str | None:
-        pid = self.state(node).get("pid")
-        if isinstance(pid, int) and _is_supervisor(pid):
-            return stop_group(pid, grace_s, lambda: _is_supervisor(pid))
-        return None
-
     def read_output(self, node: NodePlan, offset: int) -> bytes:
+        live = self.live.get(node.host)
+        if live:
+            return live[1].read(offset)
         log_dir, _ = contract.node_dirs(node.node_dir, node.host)
         try:
             with open(os.path.join(log_dir, contract.NODE_OUTPUT), "rb") as fh:
@@ -168,6 +121,25 @@ class LocalTransport:
                 return fh.read(OUTPUT_CHUNK)
         except OSError:
             return b""
+
+    def wait_output(self, node: NodePlan, timeout_s: float) -> None:
+        live = self.live.get(node.host)
+        if live:
+            live[1].ended.wait(timeout_s)
+
+    def stop(self, node: NodePlan, grace_s: float) -> str | None:
+        live = self.live.get(node.host)
+        if live:
+            popen = live[0]
+            if popen.poll() is not None:
+                return None
+            forced = stop_group(popen.pid, grace_s, lambda: popen.poll() is None)
+            popen.wait()
+            return forced
+        pid = self.state(node).get("pid")
+        if isinstance(pid, int) and _is_supervisor(pid):
+            return stop_group(pid, grace_s, lambda: _is_supervisor(pid))
+        return None
 
     def collect(self, node: NodePlan, plan: LaunchPlan) -> None:
         """Local ranks write their logs and metrics straight into the run directory; their outputs
