@@ -2,7 +2,7 @@
 
 One probe per host, all hosts in parallel; one line per host; usable only when nothing is wrong.
 Ports are checked where and as a launch checks them: on the first host, the ports
-`launcher.plan.ports.first_host_ports` names, each asked with `ports.holders`.
+`launcher.plan.ports.first_host_ports` names, each asked with `ports.holders` after the probe.
 """
 
 from __future__ import annotations
