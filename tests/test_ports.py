@@ -1,4 +1,5 @@
-"""Which ports must be free on which host: one rule (`ports_needed`), used by the launch and by `launch check`."""
+"""Which ports must be free on which host: one rule (`ports_needed`), asked with one probe (`holders`), by the
+launch and by `launch check`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 
 from launcher.errors import RunError
 from launcher.hosts import check
-from launcher.hosts.ports import RENDEZVOUS_ROLE, SUPERVISORS_ROLE, check_free, ports_needed
+from launcher.hosts.ports import RENDEZVOUS_ROLE, SUPERVISORS_ROLE, check_free, free_port_pair, holders, ports_needed
 from launcher.spec import ClusterSpec, Host, load_job
 
 
@@ -32,20 +33,35 @@ def test_the_launch_checks_port_plus_one_only_for_several_nodes() -> None:
         check_free("box", 29500, 3, busy_next)
 
 
+def test_a_host_without_ss_cannot_tell_so_the_launch_goes_on() -> None:
+    assert holders([29500, 29501], lambda port: "no-ss\n") is None
+    check_free("lab host", 29500, 3, lambda port: "no-ss\n")
+
+
+def test_a_free_pair_is_what_a_run_of_several_nodes_needs_free() -> None:
+    port = free_port_pair()
+    assert holders(ports_needed(port, 2)) == {port: None, port + 1: None}
+
+
+def ss_line(port: int) -> str:
+    return f'LISTEN 0 128 *:{port} *:* users:(("nc",pid=77,fd=3))'
+
+
 @pytest.fixture
 def probed(monkeypatch: pytest.MonkeyPatch):
-    """`_probe` replaced: records the ports asked on each host; `busy` says which are taken."""
+    """`_probe` replaced: records the ports asked on each host, whose holders `holders` finds from
+    answers like ss's; `busy` says which ports are taken."""
     asked: dict[str, list[int]] = {}
     busy: set[int] = set()
     lock = threading.Lock()
 
-    def probe(host: Host, ports: list[int], python: str = "") -> tuple[str, float, float]:
+    def probe(host: Host, numbers: list[int], python: str = ""):
         with lock:
-            asked[host.name] = list(ports)
+            asked[host.name] = list(numbers)
         lines = ["docker=24.0", "gpus=0", "disk_kb=90000000", "time=100.0"]
-        lines += [f"busy_{p}={int(p in busy)}" for p in ports]
         lines += ["torch=2.4.0"] if python else []
-        return "\n".join(lines) + "\n", 100.0, 100.0
+        held = holders(numbers, lambda port: ss_line(port) if port in busy else "")
+        return "\n".join(lines) + "\n", 100.0, 100.0, held
 
     monkeypatch.setattr(check, "_probe", probe)
     return asked, busy
@@ -105,7 +121,8 @@ def test_check_of_a_one_box_job_with_no_fixed_port_checks_no_port(probed, tmp_pa
 
 
 def test_a_host_without_ss_says_its_ports_were_not_checked(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check, "_probe", lambda host, ports, python="": ("gpus=0\nss=missing\ntime=1.0\n", 1.0, 1.0))
+    monkeypatch.setattr(check, "_probe", lambda host, numbers, python="": ("gpus=0\ntime=1.0\n", 1.0, 1.0,
+                                                                          holders(numbers, lambda port: "no-ss\n")))
     result = check.check_host(HOSTS[0], {29500: RENDEZVOUS_ROLE}, needs_docker=False)
     assert result.ok and "ports not checked (no ss there)" in result.line()
 

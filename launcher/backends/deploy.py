@@ -17,8 +17,9 @@ from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_image
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.ship import ShipReport, ship_image
-from ..hosts.ports import check_free, listeners_over
-from ..plan import LaunchPlan, PlanOptions, make_plan, rdzv_port
+from ..hosts.ports import check_ports_free, listeners_over
+from ..plan import LaunchPlan, PlanOptions, make_plan
+from ..plan.ports import first_host_ports
 from ..spec import Host, JobSpec
 from ..sync import hosts as sync
 from ..sync.manifest import Manifest
@@ -269,7 +270,7 @@ def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, opt
         reached = reach(hosts)
     backend.conns.update(reached.conns)
     first = hosts[0]
-    check_free(f"{first.name} (rank 0's host)", rdzv_port(job, options), len(hosts), listeners_over(reached.conns[first.name]))
+    check_ports_free(f"{first.name} (rank 0's host)", first_host_ports(job, hosts), listeners_over(reached.conns[first.name]))
     plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=reached.nics))
     if options.image:
         built = provide_image(job, reached.conns, say, phases)

@@ -19,8 +19,9 @@ from typing import Any, Callable
 from ..errors import RunError
 from ..node import contract
 from ..node.procs import alive, signal_group
-from ..hosts.ports import check_free
+from ..hosts.ports import check_ports_free
 from ..plan import DETACHED_OUTPUT, STOP_GRACE_S, SUPERVISOR_MODULE, LaunchPlan, NodePlan, PlanOptions, make_plan
+from ..plan.ports import first_host_ports
 from ..record import outputs
 from ..record.outcome import Phases
 from ..record.rundir import RunPaths
@@ -53,8 +54,7 @@ class LocalBackend:
 
     def prepare(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest,
                 say: Callable[[str], None], phases: Phases) -> LaunchPlan:
-        if job.rdzv_port:
-            check_free("this machine", job.rdzv_port, len(hosts))
+        check_ports_free("this machine", first_host_ports(job, hosts))
         return make_plan(job, hosts, run_id, options)
 
     def describe(self, job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions, manifest: Manifest) -> str:

@@ -1,7 +1,8 @@
 """`launch check CLUSTER.yaml`: preflight every host (SSH, docker, GPUs, free ports, clock, disk).
 
 One probe per host, all hosts in parallel; one line per host; usable only when nothing is wrong.
-Ports are checked where a launch checks them: on the first host, as `ports.ports_needed` says.
+Ports are checked where and as a launch checks them: on the first host, the ports
+`launcher.plan.ports.first_host_ports` names, each asked with `ports.holders` after the probe.
 """
 
 from __future__ import annotations
@@ -14,22 +15,17 @@ from dataclasses import dataclass, field
 from ..errors import LaunchError
 from ..spec import ClusterSpec, Host, JobSpec
 from .parallel import on_every_host
-from .ports import SUPERVISORS_ROLE, ports_needed
+from ..plan.ports import SUPERVISORS_ROLE, first_host_ports, ports_needed
+from . import ports as port_probe
 
 MAX_CLOCK_SKEW_S = 2.0
 MIN_FREE_DISK_GB = 5.0
 
 # Prints key=value lines; every command may be missing on a host, which the report then says.
-# $@: the ports to check (busy_PORT=listeners on it), none on a host that needs none.
 PROBE = r"""
 v="$(docker version --format '{{.Server.Version}}' 2>/dev/null)"; printf 'docker=%s\n' "${v:-missing}"
 printf 'gpus=%s\n' "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
 printf 'disk_kb=%s\n' "$(df -Pk /tmp 2>/dev/null | awk 'NR==2 {print $4}')"
-if command -v ss >/dev/null 2>&1; then
-  for p in "$@"; do printf 'busy_%s=%s\n' "$p" "$(ss -ltnH "sport = :$p" 2>/dev/null | grep -c . || true)"; done
-else
-  echo 'ss=missing'
-fi
 printf 'time=%s\n' "$(date +%s.%N)"
 """
 # the role of a port that only runs of several nodes need: in use, it is a note, not a problem
@@ -46,12 +42,12 @@ class HostCheck:
     problems: list[str] = field(default_factory=list)
     skew_s: float | None = None
     ports: dict[int, str] = field(default_factory=dict)  # the ports checked there, each with its role
+    held: dict[int, str | None] | None = field(default_factory=dict)  # who holds each (`ports.holders`); None: no ss there
     notes: list[str] = field(default_factory=list)  # what limits the host without making it unusable
 
     def busy(self, port: int) -> bool | None:
         """Whether something listens on a checked `port`; None when that could not be told."""
-        found = self.facts.get(f"busy_{port}", "")
-        return None if self.facts.get("ss") == "missing" or not found.isdigit() else found != "0"
+        return None if self.held is None or port not in self.held else self.held[port] is not None
 
     @property
     def ok(self) -> bool:
@@ -79,7 +75,7 @@ class HostCheck:
         """`port 29500 free` for each port checked (none on a host that needs none)."""
         if not self.ports or not self.facts:  # none to check, or the probe never ran
             return []
-        if self.facts.get("ss") == "missing":
+        if self.held is None:
             return ["ports not checked (no ss there)"]
         states = {True: "in use", False: "free", None: "unknown"}
         return [f"port {port} {states[self.busy(port)]}" + (" (for multi-node runs)" if role == MULTI_NODE_ROLE else "")
@@ -92,7 +88,7 @@ def check_host(host: Host, ports: dict[int, str] | None = None, python: str = ""
     MULTI_NODE_ROLE only gets a note; with `python`, also whether that interpreter there has torch."""
     result = HostCheck(host, ports=dict(ports or {}))
     try:
-        output, sent, received = _probe(host, list(result.ports), python)
+        output, sent, received, result.held = _probe(host, list(result.ports), python)
     except LaunchError as exc:
         result.problems.append(str(exc))
         return result
@@ -122,9 +118,10 @@ def check_host(host: Host, ports: dict[int, str] | None = None, python: str = ""
     return result
 
 
-def _probe(host: Host, ports: list[int], python: str = "") -> tuple[str, float, float]:
-    """PROBE's output for `ports` (with TORCH_PROBE's, for `python`), and when PROBE was sent and answered."""
-    argv = ["sh", "-c", PROBE, "probe", *map(str, ports)]
+def _probe(host: Host, ports: list[int], python: str = "") -> tuple[str, float, float, dict[int, str | None] | None]:
+    """PROBE's output (with TORCH_PROBE's, for `python`), when PROBE was sent and answered, and who
+    holds each of `ports` there (`ports.holders`, as the launch asks)."""
+    argv = ["sh", "-c", PROBE, "probe"]
     if host.is_local:
         if not shutil.which("sh"):
             raise LaunchError("no sh on this machine")
@@ -133,7 +130,7 @@ def _probe(host: Host, ports: list[int], python: str = "") -> tuple[str, float, 
         received = time.time()
         if python:
             output += subprocess.run(["sh", "-c", TORCH_PROBE, python], capture_output=True, text=True, timeout=120).stdout
-        return output, sent, received
+        return output, sent, received, port_probe.holders(ports)  # as the launch asks on this machine
     from .ssh import connect, run  # the SSH library only when a remote host is checked
 
     conn = connect(host)
@@ -143,7 +140,7 @@ def _probe(host: Host, ports: list[int], python: str = "") -> tuple[str, float, 
         received = time.time()
         if python:
             output += run(conn, ["sh", "-c", TORCH_PROBE, python], timeout=120)[1]
-        return output, sent, received
+        return output, sent, received, port_probe.holders(ports, port_probe.listeners_over(conn))
     finally:
         conn.close()
 
@@ -168,11 +165,11 @@ def check_job(job: JobSpec, hosts: tuple[Host, ...], port: int, local_python: st
               port_fixed: bool = True) -> tuple[list[HostCheck], list[str]]:
     """`launch check JOB.yaml`: every host the job would use, as the job needs it (docker, or a
     python with torch, the same version everywhere; GPUs for its processes; on the first host the
-    ports the launch checks (`ports_needed`), none when the run takes a free one: a one-box job whose
-    port is not `port_fixed`), and what the job needs here (its base image). Host results, and job problems."""
+    ports the launch checks (`first_host_ports`: with `port` when it is `port_fixed`, else as the
+    launch picks it), and what the job needs here (its base image). Host results, and job problems."""
     remote = any(not h.is_local for h in hosts)
     on_host = job.runtime == "host" or not remote
-    first_ports = ports_needed(port, len(hosts)) if remote or port_fixed else {}
+    first_ports = first_host_ports(job, hosts, port if port_fixed else None)
 
     def one(host: Host) -> HostCheck:
         python = (host.python or (local_python if host.is_local else "python3")) if on_host else ""

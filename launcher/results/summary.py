@@ -1,4 +1,4 @@
-"""The result of a run: summary.json (DESIGN.md fields) and the table printed at the end."""
+"""The result of a run: summary.json (README: "Where results land", its fields) and the table printed at the end."""
 
 from __future__ import annotations
 
@@ -32,6 +32,34 @@ def last_lines(path: Path, count: int = LAST_LINES) -> list[str]:
 def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dict[str, Any]:
     """Everything the run directory says about how the run went, as one JSON-able mapping."""
     statuses = paths.rank_statuses()
+    ranks, batches = _rank_rows(plan, statuses, paths)
+    reported = [r["samples_per_s"] for r in ranks if r["samples_per_s"] is not None]
+    summary: dict[str, Any] = {
+        "run_id": plan.run_id,
+        "job": plan.job,
+        "status": RunState(outcome.status).value,
+        "exit_code": outcome.exit_code,
+        "restarts": _restarts(plan, statuses, paths),
+        "nodes": plan.nnodes,
+        "hosts": [n.host for n in plan.nodes],
+        "world_size": plan.world_size if plan.world_size is not None else len(ranks),
+        "backend": plan.backend,
+        "wall_time_s": round(outcome.wall_time_s, 3),
+        "throughput_samples_per_s": round(sum(reported), 3) if reported else None,
+        "samples_per_step_per_rank": statistics.median(batches) if batches else None,
+        "warmup_steps": plan.warmup_steps,
+        "metrics_missing": [r["rank"] for r in ranks if r["samples_per_s"] is None],
+        "straggler_threshold": STRAGGLER_THRESHOLD,
+        "stragglers": _stragglers(ranks),
+        "ranks": ranks,
+    }
+    _add_ending(summary, plan, outcome, statuses, paths)
+    return summary
+
+
+def _rank_rows(plan: LaunchPlan, statuses: dict[int, dict[str, Any]], paths: RunPaths) -> tuple[list[dict[str, Any]], list[float]]:
+    """Per rank that left a status or a log: where it ran, how it ended, its step statistics; and the
+    samples per step of those with statistics."""
     logs = paths.rank_logs()
     ranks = []
     batches = []
@@ -58,34 +86,26 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
                 "metrics_source": source.value if stats and source else None,
             }
         )
-    reported = [r["samples_per_s"] for r in ranks if r["samples_per_s"] is not None]
+    return ranks, batches
+
+
+def _stragglers(ranks: list[dict[str, Any]]) -> dict[str, list]:
+    """The ranks, and the hosts (by their ranks' median), whose median step time is far above the others'."""
     rank_medians = {r["rank"]: r["step_time_median_s"] for r in ranks if r["step_time_median_s"] is not None}
     by_host: dict[str, list[float]] = {}
     for r in ranks:
         if r["step_time_median_s"] is not None:
             by_host.setdefault(r["host"], []).append(r["step_time_median_s"])
-    summary: dict[str, Any] = {
-        "run_id": plan.run_id,
-        "job": plan.job,
-        "status": RunState(outcome.status).value,
-        "exit_code": outcome.exit_code,
-        "restarts": _restarts(plan, statuses, paths),
-        "nodes": plan.nnodes,
-        "hosts": [n.host for n in plan.nodes],
-        "world_size": plan.world_size if plan.world_size is not None else len(ranks),
-        "backend": plan.backend,
-        "wall_time_s": round(outcome.wall_time_s, 3),
-        "throughput_samples_per_s": round(sum(reported), 3) if reported else None,
-        "samples_per_step_per_rank": statistics.median(batches) if batches else None,
-        "warmup_steps": plan.warmup_steps,
-        "metrics_missing": [r["rank"] for r in ranks if r["samples_per_s"] is None],
-        "straggler_threshold": STRAGGLER_THRESHOLD,
-        "stragglers": {
-            "ranks": stragglers(rank_medians),
-            "hosts": stragglers({h: statistics.median(v) for h, v in by_host.items()}),
-        },
-        "ranks": ranks,
+    return {
+        "ranks": stragglers(rank_medians),
+        "hosts": stragglers({h: statistics.median(v) for h, v in by_host.items()}),
     }
+
+
+def _add_ending(summary: dict[str, Any], plan: LaunchPlan, outcome: RunOutcome, statuses: dict[int, dict[str, Any]],
+                paths: RunPaths) -> None:
+    """How the run ended, beyond its status: why, what could not be collected, the host lost, the
+    phases' times, what had to be killed, the first failure; then its folders and outputs."""
     if outcome.reason:
         summary["reason"] = outcome.reason
     if outcome.collect_errors:
@@ -102,7 +122,6 @@ def build_summary(plan: LaunchPlan, outcome: RunOutcome, paths: RunPaths) -> dic
     summary["resumed_from"] = plan.resumed_from
     summary["run_folders"] = _run_folders(plan, paths)
     summary["outputs"] = _outputs(plan, paths)
-    return summary
 
 
 def _run_folders(plan: LaunchPlan, paths: RunPaths) -> dict[str, str]:
