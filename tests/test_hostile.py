@@ -13,7 +13,7 @@ import pytest
 from launcher.cli import main
 
 JOB = "command: [python, train.py]\n"
-CLUSTER = "hosts:\n  - {name: a, address: 10.0.0.1}\n"
+CLUSTER = "hosts:\n  - {name: a, address: 192.0.2.1}\n"
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -195,7 +195,7 @@ def test_gpus_as_a_count_a_device_id_or_a_list_of_them(tmp_path: Path, gpus: str
     assert (host.gpus, host.gpu_ids) == ((len(ids), ids) if ids else (2, None))
 
 
-@pytest.mark.parametrize("address, shown", [("10.0.0.7", "10.0.0.7"), ("fd00::7", "fd00::7"), ("[fd00::7]", "fd00::7"),
+@pytest.mark.parametrize("address, shown", [("192.0.2.7", "192.0.2.7"), ("2001:db8::7", "2001:db8::7"), ("[2001:db8::7]", "2001:db8::7"),
                                             ("node-1.lab.example", "node-1.lab.example"), ("gpu_box", "gpu_box")])
 def test_good_addresses_are_taken(tmp_path: Path, address: str, shown: str) -> None:
     from launcher.spec import load_cluster
@@ -259,7 +259,7 @@ def test_hostile_flags_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Ca
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     nproc = 64 if "nproc" in pattern else 1
     (tmp_path / "job.yaml").write_text(JOB + f"nproc_per_node: {nproc}\nscaling: [1]\n")
-    (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: a, address: 10.0.0.1, slots: 8}\n")
+    (tmp_path / "cluster.yaml").write_text("hosts:\n  - {name: a, address: 192.0.2.1, slots: 8}\n")
     monkeypatch.chdir(tmp_path)
     runs = [] if "--runs-dir" in args else ["--runs-dir", str(tmp_path / "runs")]
     code, output = run_cli(capsys, str(tmp_path / "job.yaml"), *args, *runs)
@@ -305,11 +305,11 @@ def test_a_raw_control_or_non_utf8_byte_is_one_line_naming_line_and_column(
     if where == "job":
         job += b"name: '\xc3\xa9" + raw + b"'\n"  # line 3, the byte in column 9: the two bytes of \u00e9 are one column
     else:
-        cluster = cluster.replace(b"address: 10.0.0.1", b"address: '10.0.0.1" + raw + b"'")  # line 2, column 33
+        cluster = cluster.replace(b"address: 192.0.2.1", b"address: '192.0.2.1" + raw + b"'")  # line 2, column 34
     (tmp_path / "job.yaml").write_bytes(job)
     (tmp_path / "cluster.yaml").write_bytes(cluster)
     code, output = run_cli(capsys, str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"))
-    name = "job.yaml: line 3, column 9" if where == "job" else "cluster.yaml: line 2, column 33"
+    name = "job.yaml: line 3, column 9" if where == "job" else "cluster.yaml: line 2, column 34"
     assert_refused(code, output, re.escape(name) + ": (holds )?" + what, tmp_path)
 
 

@@ -83,7 +83,7 @@ def fake_run(tmp_path: Path, metrics: dict[int, list[float] | None], hosts: dict
 
 
 def plan(nodes: int = 2, warmup: int = 1) -> LaunchPlan:
-    return LaunchPlan("run-1", "job", "gloo", "10.0.0.1", 29500, nodes, 3, None, (), warmup_steps=warmup)
+    return LaunchPlan("run-1", "job", "gloo", "192.0.2.1", 29500, nodes, 3, None, (), warmup_steps=warmup)
 
 
 def test_summary_with_a_missing_rank_and_a_straggling_host(tmp_path: Path) -> None:

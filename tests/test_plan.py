@@ -219,15 +219,15 @@ env: {OMP_NUM_THREADS: "1"}
 """
 THREE_MIXED = """\
 hosts:
-  - {name: gpu1, address: 10.0.0.11, gpus: 2, nic: eth0}
-  - {name: cpu1, address: 10.0.0.12, slots: 8, python: /opt/venv/bin/python}
+  - {name: gpu1, address: 192.0.2.11, gpus: 2, nic: eth0}
+  - {name: cpu1, address: 192.0.2.12, slots: 8, python: /opt/venv/bin/python}
   - {name: cpu2, address: cpu2.lab}
 """
 THREE_GPU = """\
 hosts:
-  - {name: g1, address: 10.0.0.21, gpus: 4, nic: ib0}
-  - {name: g2, address: 10.0.0.22, gpus: 4, nic: ib0}
-  - {name: g3, address: 10.0.0.23, gpus: [1, 3], nic: ib0}
+  - {name: g1, address: 192.0.2.21, gpus: 4, nic: ib0}
+  - {name: g2, address: 192.0.2.22, gpus: 4, nic: ib0}
+  - {name: g3, address: 192.0.2.23, gpus: [1, 3], nic: ib0}
 """
 
 
@@ -235,7 +235,7 @@ def test_three_remote_hosts_mixed(tmp_path: Path) -> None:
     job, hosts = setup(tmp_path, REMOTE_JOB, THREE_MIXED)
     plan = make_plan(job, hosts, "20240101-000000-mixed", REMOTE_OPTIONS)
 
-    assert (plan.nnodes, plan.backend, plan.master_addr, plan.world_size) == (3, "gloo", "10.0.0.11", None)
+    assert (plan.nnodes, plan.backend, plan.master_addr, plan.world_size) == (3, "gloo", "192.0.2.11", None)
     assert [n.node_rank for n in plan.nodes] == [0, 1, 2]
     assert [n.nproc for n in plan.nodes] == [2, 8, "auto"]
     assert [n.first_rank for n in plan.nodes] == [0, 2, 10]
@@ -251,10 +251,10 @@ def test_three_remote_hosts_mixed(tmp_path: Path) -> None:
         assert "--nnodes=3" in n.argv
         assert f"--node-rank={n.node_rank}" in n.argv
         assert f"--nproc-per-node={n.nproc}" in n.argv
-        assert "--master-addr=10.0.0.11" in n.argv
+        assert "--master-addr=192.0.2.11" in n.argv
         assert "--rdzv-id=20240101-000000-mixed" in n.argv
     assert plan.describe().splitlines()[0] == (
-        "run 20240101-000000-mixed: 3 node(s), world size decided by the nodes, backend gloo, rendezvous 10.0.0.11:29500"
+        "run 20240101-000000-mixed: 3 node(s), world size decided by the nodes, backend gloo, rendezvous 192.0.2.11:29500"
     )
     check_golden("remote_three_hosts_mixed", normalised(plan, tmp_path))
 
@@ -263,7 +263,7 @@ def test_three_remote_gpu_hosts(tmp_path: Path) -> None:
     job, hosts = setup(tmp_path, REMOTE_JOB, THREE_GPU)
     plan = make_plan(job, hosts, "20240101-000000-gpu", REMOTE_OPTIONS)
 
-    assert (plan.backend, plan.master_addr, plan.world_size) == ("nccl", "10.0.0.21", 10)
+    assert (plan.backend, plan.master_addr, plan.world_size) == ("nccl", "192.0.2.21", 10)
     assert [n.nproc for n in plan.nodes] == [4, 4, 2]
     assert [n.first_rank for n in plan.nodes] == [0, 4, 8]
     assert [n.argv[n.argv.index("--gpus") + 1] for n in plan.nodes] == ["all", "all", '"device=1,3"']
@@ -272,7 +272,7 @@ def test_three_remote_gpu_hosts(tmp_path: Path) -> None:
 
 
 def test_unknown_count_leaves_later_first_ranks_unknown(tmp_path: Path) -> None:
-    cluster = "hosts:\n  - {name: a, address: 10.0.0.1, slots: 2}\n  - {name: b, address: 10.0.0.2}\n  - {name: c, address: 10.0.0.3, slots: 2}\n"
+    cluster = "hosts:\n  - {name: a, address: 192.0.2.1, slots: 2}\n  - {name: b, address: 192.0.2.2}\n  - {name: c, address: 192.0.2.3, slots: 2}\n"
     job, hosts = setup(tmp_path, REMOTE_JOB, cluster)
     plan = make_plan(job, hosts, "r", REMOTE_OPTIONS)
     assert [n.nproc for n in plan.nodes] == [2, "auto", 2]
@@ -324,7 +324,7 @@ def test_secrets_stay_off_the_docker_command_line(tmp_path: Path) -> None:
 
 
 def test_local_mixed_with_remote_hosts_is_refused(tmp_path: Path) -> None:
-    cluster = "hosts:\n  - {name: gpu1, address: 10.0.0.11}\n  - {name: here, address: local}\n"
+    cluster = "hosts:\n  - {name: gpu1, address: 192.0.2.11}\n  - {name: here, address: local}\n"
     job, hosts = setup(tmp_path, REMOTE_JOB, cluster)
     with pytest.raises(SpecError) as info:
         make_plan(job, hosts, "r", OPTIONS)

@@ -67,7 +67,7 @@ def probed(monkeypatch: pytest.MonkeyPatch):
     return asked, busy
 
 
-HOSTS = (Host("h1", "10.0.0.1"), Host("h2", "10.0.0.2"), Host("h3", "10.0.0.3"))
+HOSTS = (Host("h1", "192.0.2.1"), Host("h2", "192.0.2.2"), Host("h3", "192.0.2.3"))
 
 
 def _job(tmp_path: Path, extra: str = "") -> object:

@@ -22,7 +22,7 @@ from launcher.spec import (
 )
 from launcher.spec.yamlfile import load_mapping
 
-CLUSTER = "hosts:\n  - {name: a, address: 10.0.0.1}\n"
+CLUSTER = "hosts:\n  - {name: a, address: 192.0.2.1}\n"
 JOB = "command: [python, train.py]\n"
 
 
@@ -251,14 +251,14 @@ def test_yaml_merge_keys_work_as_with_safe_load(tmp_path: Path) -> None:
     cluster = hosts_of(
         tmp_path,
         "hosts:\n"
-        "  - &gpu {name: g1, address: 10.0.0.1, gpus: 2, user: lab}\n"
+        "  - &gpu {name: g1, address: 192.0.2.1, gpus: 2, user: lab}\n"
         "  - <<: *gpu\n"
         "    name: g2\n"
-        "    address: 10.0.0.2\n",
+        "    address: 192.0.2.2\n",
     )
     assert [(h.name, h.address, h.gpus, h.ssh.user) for h in cluster.hosts] == [
-        ("g1", "10.0.0.1", 2, "lab"),
-        ("g2", "10.0.0.2", 2, "lab"),
+        ("g1", "192.0.2.1", 2, "lab"),
+        ("g2", "192.0.2.2", 2, "lab"),
     ]
 
 
@@ -361,7 +361,7 @@ ssh:
   host_key_policy: accept-new
 hosts:
   - name: gpu1
-    address: 10.0.0.11
+    address: 192.0.2.11
     gpus: 4
     slots: 8
     nic: eth0
@@ -372,7 +372,7 @@ hosts:
     user: root
     python: /opt/venv/bin/python
   - name: cpu1
-    address: 10.0.0.13
+    address: 192.0.2.13
     host_key_policy: strict
   - name: local
     address: local
@@ -407,7 +407,7 @@ def test_full_cluster_loads(tmp_path: Path) -> None:
     assert load_cluster(path) == ClusterSpec(
         path=path,
         hosts=(
-            Host(name="gpu1", address="10.0.0.11", gpus=4, slots=8, nic="eth0", ssh=defaults),
+            Host(name="gpu1", address="192.0.2.11", gpus=4, slots=8, nic="eth0", ssh=defaults),
             Host(
                 name="gpu2",
                 address="gpu2.lab",
@@ -421,7 +421,7 @@ def test_full_cluster_loads(tmp_path: Path) -> None:
             ),
             Host(
                 name="cpu1",
-                address="10.0.0.13",
+                address="192.0.2.13",
                 ssh=SshSettings(
                     user="lab", port=22, identity_file="~/.ssh/id_ed25519", known_hosts="~/.ssh/known_hosts",
                     host_key_policy="strict",
@@ -434,7 +434,7 @@ def test_full_cluster_loads(tmp_path: Path) -> None:
 
 def test_cluster_ssh_defaults_when_no_ssh_section(tmp_path: Path) -> None:
     cluster = hosts_of(tmp_path, CLUSTER)
-    assert cluster.hosts == (Host(name="a", address="10.0.0.1", ssh=SshSettings()),)
+    assert cluster.hosts == (Host(name="a", address="192.0.2.1", ssh=SshSettings()),)
     # what the inventory leaves out comes from ~/.ssh/config and OpenSSH's defaults when connecting
     assert SshSettings() == SshSettings(user=None, port=None, identity_file=None, known_hosts=None, host_key_policy="strict")
     assert cluster.label == str(tmp_path / "cluster.yaml")
@@ -603,13 +603,13 @@ def test_suggest(name: str, choices: list[str], expected: str | None) -> None:
 
 FOUR_HOSTS = (
     "hosts:\n"
-    "  - {name: d, address: 10.0.0.4}\n"
-    "  - {name: b, address: 10.0.0.2}\n"
-    "  - {name: c, address: 10.0.0.3}\n"
-    "  - {name: a, address: 10.0.0.1}\n"
+    "  - {name: d, address: 192.0.2.4}\n"
+    "  - {name: b, address: 192.0.2.2}\n"
+    "  - {name: c, address: 192.0.2.3}\n"
+    "  - {name: a, address: 192.0.2.1}\n"
 )
-GPU_HOSTS = "hosts:\n  - {name: g1, address: 10.0.0.1, gpus: 4}\n  - {name: g2, address: 10.0.0.2, gpus: 2}\n"
-MIXED_HOSTS = "hosts:\n  - {name: g1, address: 10.0.0.1, gpus: 4}\n  - {name: c1, address: 10.0.0.2, gpus: 0}\n"
+GPU_HOSTS = "hosts:\n  - {name: g1, address: 192.0.2.1, gpus: 4}\n  - {name: g2, address: 192.0.2.2, gpus: 2}\n"
+MIXED_HOSTS = "hosts:\n  - {name: g1, address: 192.0.2.1, gpus: 4}\n  - {name: c1, address: 192.0.2.2, gpus: 0}\n"
 
 
 def pair(tmp_path: Path, job_text: str, cluster_text: str) -> tuple[JobSpec, ClusterSpec]:
