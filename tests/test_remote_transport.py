@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from launcher.backends.ssh import SshTransport
+from launcher.backends.ssh import SshBackend
 
 
 class _Session:
     """An SFTP session whose closing races a lease renewal that drops another host's session."""
 
-    def __init__(self, transport: SshTransport, other: str) -> None:
+    def __init__(self, transport: SshBackend, other: str) -> None:
         self.transport, self.other, self.closed = transport, other, False
 
     def close(self) -> None:
@@ -18,7 +18,7 @@ class _Session:
 
 
 def test_closing_while_a_renewal_drops_a_session_closes_every_session() -> None:
-    transport = SshTransport({}, None, "run")  # type: ignore[arg-type]
+    transport = SshBackend({}, None, "run")  # type: ignore[arg-type]
     first, second = _Session(transport, "h2"), _Session(transport, "h1")
     transport.sftps.update({"h1": first, "h2": second})  # type: ignore[dict-item]
     transport.close()
