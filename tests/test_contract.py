@@ -33,6 +33,11 @@ def test_events_round_trip_and_ordinary_lines_are_not_events() -> None:
     assert contract.parse_event(contract.EVENT_MARK + b"not json\n") is None
 
 
+def test_event_kinds_keep_the_names_older_launchers_and_nodes_read() -> None:
+    assert contract.EVENTS == ("rank-start", "rank-end", "attempt", "progress", "killed", "stopping", "node-end")
+    assert (contract.EVENT_RANK_END, contract.EVENT_NODE_END) == ("rank-end", "node-end")
+
+
 def test_secrets_format_round_trips_values_with_equals_signs() -> None:
     values = {"TOKEN": "a=b=c", "EMPTY": ""}
     assert contract.parse_secrets(contract.format_secrets(values).decode()) == values

@@ -105,13 +105,15 @@ def split_rank_line(line: bytes, host: str) -> tuple[int, bytes] | None:
 # Events: one line each, written by the rank wrapper and the supervisor into the node's output
 # stream, read by the launcher (live console, `logs --follow`) and never shown as they are.
 EVENT_MARK = b"\x1elaunch-event "
-EVENT_RANK_START = "rank-start"  # a rank's process started: host, rank, attempt
-EVENT_RANK_END = "rank-end"  # a rank's process ended: host, rank, attempt, exit code
-EVENT_ATTEMPT = "attempt"  # the node starts another attempt: attempt, attempts, reason
-EVENT_PROGRESS = "progress"  # the ranks' metrics moved on: ranks (rank -> step, step_s, samples_per_s, ...)
-EVENT_KILLED = "killed"  # what outlived the grace period and was killed: host, grace, processes
-EVENT_STOPPING = "stopping"  # the node stops its part: host, cause, reason, lost
-EVENT_NODE_END = "node-end"  # the node's part ended, its last line: state, exit_code, cause, reason, lost
+# The kinds (the line's "event" field), each with the fields it carries. The supervisor's events
+# all carry `host` and `node_rank` besides those named.
+EVENT_RANK_START = "rank-start"  # a rank's command is starting (rank wrapper): host, rank, attempt
+EVENT_RANK_END = "rank-end"  # a rank's command ended (rank wrapper): host, rank, attempt, exit_code, stopped (by a signal sent to it)
+EVENT_ATTEMPT = "attempt"  # the group restarted and this node starts another attempt: attempt, attempts (in all), reason
+EVENT_PROGRESS = "progress"  # what the ranks' metrics say, by rank as text: ranks {rank: {step, samples_per_s, step_s, total_steps}}
+EVENT_KILLED = "killed"  # processes outlived the grace period and were SIGKILLed: grace, processes [{pid, rank, command}]
+EVENT_STOPPING = "stopping"  # the node is stopping its ranks: cause (one of STOP_CAUSES), reason, lost (a host, or null)
+EVENT_NODE_END = "node-end"  # the node's part is over, its last line: state, exit_code, cause, reason, lost, restarts
 EVENTS = (EVENT_RANK_START, EVENT_RANK_END, EVENT_ATTEMPT, EVENT_PROGRESS, EVENT_KILLED, EVENT_STOPPING, EVENT_NODE_END)
 
 
@@ -147,21 +149,39 @@ def parse_secrets(text: str) -> dict[str, str]:
     return found
 
 
-def write_json_file(path: str, record: dict[str, Any]) -> bool:
-    """Write a state file whole or not at all (a temporary file renamed into place); False, with no
-    temporary file left, when the disk is full or read-only."""
-    import json
+def replace_file(path: str, data: bytes, mode: int | None = None) -> None:
+    """Replace `path` with `data` whole or not at all: a temporary file in the same folder
+    (`.<name>.<pid>.<random>.tmp`), synced to disk, then renamed over `path`. `mode`: the new
+    file's permissions (None: the default, as for `open`). Raises OSError (a full or read-only
+    disk), and then leaves `path` as it was and no temporary file behind."""
     import os
 
-    tmp = f"{path}.tmp"
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with open(tmp, "w") as fh:
-            json.dump(record, fh)
+        with os.fdopen(fd, "wb") as fh:
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
-        return True
-    except OSError:
+    except BaseException:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        raise
+
+
+def write_json_file(path: str, record: dict[str, Any]) -> bool:
+    """Write a state file whole or not at all (`replace_file`); False, with no temporary file
+    left, when the disk is full or read-only."""
+    import json
+
+    try:
+        replace_file(path, json.dumps(record).encode())
+        return True
+    except OSError:
         return False

@@ -1,11 +1,14 @@
 """Linux process helpers for the node side (standard library only): parent-death signals, the
-subreaper flag, a process's descendants, and whether a pid is still what we think it is."""
+subreaper flag, a process's descendants, whether a pid is still what we think it is, and the one
+way processes are stopped (`terminate`: SIGTERM, a grace period, SIGKILL)."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import signal
+import time
+from typing import Callable
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -75,6 +78,27 @@ def kill_all(pids: list[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def kill_after_grace(kill: Callable[[], None], alive: Callable[[], bool], grace_s: float, poll_s: float = 0.05) -> bool:
+    """Wait up to `grace_s` for `alive()` to turn false, then call `kill()` if it has not: the second
+    half of `terminate`, for a caller that sent SIGTERM itself (or sends none). True when it killed."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if not alive():
+            return False
+        time.sleep(poll_s)
+    if not alive():
+        return False
+    kill()
+    return True
+
+
+def terminate(signal_fn: Callable[[int], None], alive: Callable[[], bool], grace_s: float, poll_s: float = 0.05) -> bool:
+    """SIGTERM through `signal_fn`, up to `grace_s` for `alive()` to turn false, then SIGKILL through
+    `signal_fn` if it has not. True when it had to kill."""
+    signal_fn(signal.SIGTERM)
+    return kill_after_grace(lambda: signal_fn(signal.SIGKILL), alive, grace_s, poll_s)
 
 
 def describe_process(pid: int) -> dict:

@@ -45,15 +45,7 @@ def main(argv: list[str]) -> int:
     rank = os.environ.get("RANK", "0")
     host = os.environ.get(contract.HOST, "local")
     log_dir = os.environ.get(contract.LOG_DIR)  # unset outside a launch: no files, output only
-    if log_dir:
-        os.makedirs(log_dir, exist_ok=True)
-    if os.environ.get(contract.METRICS_DIR):
-        os.makedirs(os.environ[contract.METRICS_DIR], exist_ok=True)
-    attempt = int(os.environ.get(contract.ATTEMPT, "0") or 0)
-    if log_dir:
-        if attempt > 0:
-            _keep_attempt(log_dir, rank, attempt - 1)
-        _write_line(sys.stdout.buffer, contract.event_line("rank-start", host=host, rank=int(rank), attempt=attempt))
+    attempt = _begin(log_dir, rank, host)
 
     parent = os.getppid()
     die_with_parent(signal.SIGTERM)
@@ -72,14 +64,7 @@ def main(argv: list[str]) -> int:
             preexec_fn=lambda: die_with_parent(signal.SIGKILL),
         )
     except OSError as exc:
-        message = f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode()
-        if log_dir:
-            try:
-                with open(os.path.join(log_dir, contract.rank_log(rank)), "ab") as log:
-                    log.write(message)
-            except OSError:
-                pass
-        _write_line(sys.stdout.buffer, contract.rank_prefix(host, rank) + message)
+        _not_started(log_dir, rank, host, f"cannot start {argv[0]!r}: {exc.strerror or exc}\n".encode())
         _write_status(log_dir, rank, host, 127, None, started, False, attempt)
         return 127
 
@@ -93,7 +78,45 @@ def main(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
 
-    prefix = contract.rank_prefix(host, rank)
+    _pass_lines(child, log_dir, rank, contract.rank_prefix(host, rank))
+    code = child.wait()
+    signum = -code if code < 0 else None
+    exit_code = 128 + signum if signum else code
+    _write_status(log_dir, rank, host, exit_code, signum, started, bool(stopped_by), attempt)
+    if log_dir:
+        _write_line(sys.stdout.buffer, contract.event_line(contract.EVENT_RANK_END, host=host, rank=int(rank), attempt=attempt,
+                                                           exit_code=exit_code, stopped=bool(stopped_by)))
+    return exit_code
+
+
+def _begin(log_dir: str | None, rank: str, host: str) -> int:
+    """Make the rank's folders, keep the earlier attempt's files, say the rank starts; its attempt."""
+    if log_dir:
+        os.makedirs(log_dir, exist_ok=True)
+    if os.environ.get(contract.METRICS_DIR):
+        os.makedirs(os.environ[contract.METRICS_DIR], exist_ok=True)
+    attempt = int(os.environ.get(contract.ATTEMPT, "0") or 0)
+    if log_dir:
+        if attempt > 0:
+            _keep_attempt(log_dir, rank, attempt - 1)
+        _write_line(sys.stdout.buffer, contract.event_line(contract.EVENT_RANK_START, host=host, rank=int(rank), attempt=attempt))
+    return attempt
+
+
+def _not_started(log_dir: str | None, rank: str, host: str, message: bytes) -> None:
+    """Why the command did not start: to the rank's log and the console."""
+    if log_dir:
+        try:
+            with open(os.path.join(log_dir, contract.rank_log(rank)), "ab") as log:
+                log.write(message)
+        except OSError:
+            pass
+    _write_line(sys.stdout.buffer, contract.rank_prefix(host, rank) + message)
+
+
+def _pass_lines(child: subprocess.Popen, log_dir: str | None, rank: str, prefix: bytes) -> None:
+    """Every line of the command to the rank's log as it is and to stdout prefixed, until it closes
+    its output; the log is given up (once said) when it cannot be written, stdout when it is gone."""
     out = sys.stdout.buffer
     console_ok = True
     log = _open_log(log_dir, rank, out, prefix)
@@ -113,14 +136,6 @@ def main(argv: list[str]) -> int:
             console_ok = _write_line(out, prefix + line)
     if log is not None:
         log.close()
-    code = child.wait()
-    signum = -code if code < 0 else None
-    exit_code = 128 + signum if signum else code
-    _write_status(log_dir, rank, host, exit_code, signum, started, bool(stopped_by), attempt)
-    if log_dir:
-        _write_line(out, contract.event_line("rank-end", host=host, rank=int(rank), attempt=attempt,
-                                             exit_code=exit_code, stopped=bool(stopped_by)))
-    return exit_code
 
 
 def _open_log(log_dir: str | None, rank: str, out, prefix: bytes):

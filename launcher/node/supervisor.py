@@ -9,7 +9,7 @@ It makes a node's part end on its own, whatever happens to the launcher:
 - with `--peers` the supervisors of one run keep in touch over TCP: node 0's listens on
   `--coordinator ADDR:PORT`, the others connect to it and exchange a beat every second. When one
   node's torchrun fails, or a node stops answering for `--peer-timeout` seconds (its host lost),
-  every node is stopped: fail-fast done on the nodes, with or without a launcher;
+  every node is stopped: fail-fast done on the nodes, with or without a launcher (`mesh`);
 - with `--max-restarts N`, when a node's torchrun fails, every node stops its torchrun, waits
   until all have, and starts the next attempt (`contract.ATTEMPT` tells the ranks which), up to N
   times: the whole group restarts on every host, with the same node ranks;
@@ -17,30 +17,27 @@ It makes a node's part end on its own, whatever happens to the launcher:
 Stopping is SIGTERM to torchrun's process group, then SIGKILL to every process descended from the
 supervisor (it is their subreaper) after `--grace` seconds. Throughout, it writes every line of
 torchrun's output to the node's output file (and to its stdout with `--echo`), torchrun's own lines
-to its log, and the node's state to `contract.NODE_STATUS`. Standard library only.
+to its log (`output`), and the node's state to `contract.NODE_STATUS`. Standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 from . import contract, workspace
+from .mesh import Mesh
+from .output import NodeOutput
 from .progress import Progress
-from .procs import become_subreaper, descendants, describe_process, die_with_parent, kill_all, signal_group
+from .procs import become_subreaper, descendants, describe_process, die_with_parent, kill_after_grace, kill_all, signal_group
 
-BEAT_S = 1.0
 PROGRESS_S = 3.0  # how often the ranks' progress is read from their metrics files and sent
 LEASE_GRACE_S = 5.0  # when the lease ran out nobody waits for the ranks: a shorter grace period
-ECHO_QUEUE = 10000  # lines waiting for stdout; more are dropped from stdout (the output file has them)
-JOIN_TIMEOUT_S = 120.0  # how long node 0 waits for every other node's supervisor to report in
 
 
 class Supervisor:
@@ -49,9 +46,7 @@ class Supervisor:
         self.log_dir, self.metrics_dir = contract.node_dirs(args.node_dir, args.host)
         self.lock = threading.Lock()  # the node's state; never held while writing
         self.changed = threading.Condition(self.lock)  # a restart was asked for, or may begin
-        self.out_lock = threading.Lock()  # the output file and the agent log
-        self.output = None
-        self.echo: queue.Queue[bytes | None] | None = queue.Queue(ECHO_QUEUE) if args.echo else None
+        self.out = NodeOutput(args.host, args.echo)
         self.stop_reason: str | None = None
         self.cause: str | None = None  # why the node was stopped: one of contract.STOP_CAUSES
         self.lost: str | None = None  # the host whose loss stopped the node, when one did
@@ -66,48 +61,11 @@ class Supervisor:
         self.rank_failure: str | None = None  # the first rank that failed on its own in this attempt
         self.mesh: Mesh | None = None
         self.killed: list[dict] = []  # processes that outlived the grace period and were killed
-        self.agent_log_failed = False
         self.resumed: dict[str, int] = {}  # files that came from the run resumed from, by kind
 
     # ---- output and state
     def emit(self, line: bytes, agent_log=None) -> None:
-        """One line of the node's output: to the node's output file, and to stdout when echoing.
-
-        Stdout is written by a thread of its own, so a stalled SSH channel never holds up the
-        node (its lines wait in a bounded queue, then are dropped from stdout alone)."""
-        failed = None
-        with self.out_lock:
-            if self.output is not None:
-                try:
-                    self.output.write(line)
-                except OSError as exc:  # a full or read-only disk: the node goes on, its lines still reach the console
-                    self.output, failed = None, exc
-            if agent_log is not None and not self.agent_log_failed:
-                try:
-                    agent_log.write(line)
-                except OSError as exc:
-                    self.agent_log_failed, failed = True, exc
-        if failed is not None and self.echo is not None:
-            notice = f"launch: cannot write the node's files any more ({failed.strerror or failed}); its lines go on to the console only\n"
-            try:
-                self.echo.put_nowait(contract.agent_prefix(self.args.host) + notice.encode())
-            except queue.Full:
-                pass
-        if self.echo is not None:
-            try:
-                self.echo.put_nowait(line)
-            except queue.Full:
-                pass
-
-    def _echo(self) -> None:
-        assert self.echo is not None
-        while (line := self.echo.get()) is not None:
-            try:
-                sys.stdout.buffer.write(line)
-                sys.stdout.buffer.flush()
-            except (BrokenPipeError, OSError):  # the launcher is gone: its lease will tell
-                self.echo = None
-                return
+        self.out.emit(line, agent_log)
 
     def event(self, kind: str, **fields) -> None:
         self.emit(contract.event_line(kind, host=self.args.host, node_rank=self.args.node_rank, **fields))
@@ -134,7 +92,7 @@ class Supervisor:
             self.stopping.set()
             self.changed.notify_all()
         self._end_child(LEASE_GRACE_S if cause == contract.STOPPED_BY_LEASE else self.args.grace)
-        self.event("stopping", cause=cause, reason=reason, lost=lost)
+        self.event(contract.EVENT_STOPPING, cause=cause, reason=reason, lost=lost)
 
     def request_restart(self, attempt: int, reason: str) -> None:
         """The group moves to `attempt`: end this node's torchrun of the current one."""
@@ -151,6 +109,8 @@ class Supervisor:
             self.changed.notify_all()
 
     def _end_child(self, grace: float | None = None) -> None:
+        """SIGTERM to torchrun's process group now (before the stop is announced), SIGKILL to what
+        is left after the grace period, from a thread of its own."""
         child = self.child
         if child is not None and child.poll() is None:
             self.signaled = True
@@ -160,23 +120,23 @@ class Supervisor:
     def _kill_after_grace(self, child: subprocess.Popen, grace: float | None = None) -> None:
         """After the grace period, SIGKILL every process below the supervisor (torchrun, the ranks,
         and whatever they left: the supervisor is their subreaper)."""
-        deadline = time.monotonic() + (self.args.grace if grace is None else grace)
-        while time.monotonic() < deadline:
-            if child.poll() is not None and not descendants(os.getpid()):
-                return
-            time.sleep(0.1)
-        if self.child is child or self.stopping.is_set():
-            self._kill(descendants(os.getpid()), self.args.grace if grace is None else grace)
+        grace = self.args.grace if grace is None else grace
+        kill_after_grace(lambda: self._kill_left(child, grace),
+                         lambda: child.poll() is None or bool(descendants(os.getpid())), grace, poll_s=0.1)
 
-    def _kill(self, pids: list[int], grace: float) -> None:
-        """SIGKILL what is left, and say which processes had to be killed."""
+    def _kill_left(self, child: subprocess.Popen, grace: float) -> None:
+        """SIGKILL what is left of `child`'s attempt (unless a later attempt has begun), and say which
+        processes had to be killed."""
+        if self.child is not child and not self.stopping.is_set():
+            return
+        pids = descendants(os.getpid())
         if not pids:
             return
         described = [describe_process(pid) for pid in pids]
         with self.lock:  # before the kill: the node's end, which the kill lets come, reports these
             self.killed += described
         kill_all(pids)
-        self.event("killed", grace=grace, processes=described)
+        self.event(contract.EVENT_KILLED, grace=grace, processes=described)
 
     def _on_signal(self, signum: int, _frame) -> None:
         # not here: the main thread may hold a lock this handler interrupted
@@ -202,26 +162,21 @@ class Supervisor:
         while not self.stopping.wait(PROGRESS_S):
             found = progress.read()
             if found and found != last:
-                self.event("progress", ranks=found)
+                self.event(contract.EVENT_PROGRESS, ranks=found)
                 last = found
 
     def _watch_timeout(self) -> None:
         if not self.stopping.wait(self.args.timeout):
             self.stop(contract.STOPPED_BY_TIMEOUT, f"timed out after {self.args.timeout:g} s")
 
-    # ---- the run
-    def run(self, argv: list[str]) -> int:
-        os.makedirs(self.log_dir, exist_ok=True)
-        become_subreaper()
+    def _start_watching(self) -> None:
+        """The node's output, signals, the mesh, the lease and the timeout: before anything is copied."""
         if self.args.lease:  # the lease runs from the node's start, whatever the launcher did before
             lease = os.path.join(self.args.node_dir, contract.LEASE_FILE)
             with open(lease, "a"):
                 pass
             os.utime(lease, None)
-        self.output = open(os.path.join(self.log_dir, contract.NODE_OUTPUT), "ab", buffering=0)
-        echo = threading.Thread(target=self._echo, daemon=True) if self.echo is not None else None
-        if echo:
-            echo.start()
+        self.out.open(os.path.join(self.log_dir, contract.NODE_OUTPUT))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
         self.write_status(contract.RUNNING)  # before the copies: a long one is a node at work, not a lost one
@@ -232,6 +187,12 @@ class Supervisor:
             threading.Thread(target=self._watch_lease, daemon=True).start()
         if self.args.timeout:
             threading.Thread(target=self._watch_timeout, daemon=True).start()
+
+    # ---- the run
+    def run(self, argv: list[str]) -> int:
+        os.makedirs(self.log_dir, exist_ok=True)
+        become_subreaper()
+        self._start_watching()
         prepared = self._prepare_workspace()
         self.write_status(contract.RUNNING, resumed=self.resumed)
         threading.Thread(target=self._watch_progress, daemon=True).start()
@@ -245,22 +206,13 @@ class Supervisor:
             state = contract.STOPPED
         else:
             state = contract.SUCCEEDED
-        self.event("node-end", state=state, exit_code=code, cause=self.cause, reason=self.stop_reason, lost=self.lost,
-                   restarts=self.attempt)
+        self.event(contract.EVENT_NODE_END, state=state, exit_code=code, cause=self.cause, reason=self.stop_reason,
+                   lost=self.lost, restarts=self.attempt)
         with self.lock:
             killed = list(self.killed)
         self.write_status(state, exit_code=code, end_time=time.time(), cause=self.cause, reason=self.stop_reason,
                           lost=self.lost, killed=killed, resumed=self.resumed, kept=kept)
-        if echo and self.echo is not None:
-            self.echo.put(None)  # what is queued goes out first, unless stdout is stuck
-            echo.join(timeout=5)
-        with self.out_lock:
-            if self.output is not None:
-                try:
-                    self.output.close()
-                except OSError:
-                    pass
-            self.output = None
+        self.out.close()
         return code
 
     def _prepare_workspace(self) -> bool:
@@ -337,7 +289,7 @@ class Supervisor:
                 return False
             self.attempt = target
             reason = self.restart_reason
-        self.event("attempt", attempt=target, attempts=self.args.max_restarts + 1, reason=reason)
+        self.event(contract.EVENT_ATTEMPT, attempt=target, attempts=self.args.max_restarts + 1, reason=reason)
         self.write_status(contract.RUNNING)
         return True
 
@@ -361,7 +313,7 @@ class Supervisor:
                     line += b"\n"
                 event = contract.parse_event(line)
                 if event is not None:
-                    if (event.get("event") == "rank-end" and event.get("exit_code") not in (0, None)
+                    if (event.get("event") == contract.EVENT_RANK_END and event.get("exit_code") not in (0, None)
                             and not event.get("stopped") and self.rank_failure is None):
                         self.rank_failure = f"rank {event.get('rank')} on {self.args.host} exited with code {event['exit_code']}"
                     self.emit(line)
@@ -375,266 +327,6 @@ class Supervisor:
         if descendants(os.getpid()):
             self._kill_after_grace(child)
         return code
-
-
-class Mesh:
-    """The supervisors of one run in touch: node 0 coordinates, the others report to it.
-
-    One line per message. To node 0: `hello RANK HOST`, `beat`, `failed ATTEMPT REASON` (its
-    torchrun failed and restarts are left), `ready ATTEMPT` (its torchrun of the attempt before
-    ended), `end CODE [CAUSE REASON]` (its part is over; CAUSE when it was stopped). From node 0:
-    `node0 HOST`, `beat`, `restart ATTEMPT REASON`, `go ATTEMPT` (every node is ready),
-    `stop CAUSE REASON`.
-    """
-
-    def __init__(self, sup: Supervisor) -> None:
-        self.sup = sup
-        host, _, port = sup.args.coordinator.rpartition(":")
-        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # IPv6
-        self.address = (host, int(port))
-        self.members: dict[int, dict] = {}  # node rank -> {"host", "conn", "last", "ended"}
-        self.coordinator_host = host  # node 0's name, once it has said it
-        self.mlock = threading.Lock()
-        self.conn: socket.socket | None = None
-        self.ended = threading.Event()
-        self.restarting = 0  # node 0: the attempt the group is moving to
-        self.said: dict[str, str] = {}  # node 0: the last `restart` and `go`, for a node that joins late
-        self.ready_for: dict[int, set[int]] = {}  # node 0: attempt -> node ranks whose torchrun ended
-        self.last_beat = 0.0
-
-    @property
-    def is_coordinator(self) -> bool:
-        return self.sup.args.node_rank == 0
-
-    def start(self) -> None:
-        target = self._coordinate if self.is_coordinator else self._report
-        threading.Thread(target=target, daemon=True).start()
-
-    # ---- node 0
-    def _coordinate(self) -> None:
-        server = socket.socket(socket.AF_INET6 if ":" in self.address[0] else socket.AF_INET, socket.SOCK_STREAM)
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            server.bind(self.address)
-        except OSError as exc:
-            self.sup.stop(contract.STOPPED_FOR_PEER_FAILED, f"cannot listen on {self.address[0]}:{self.address[1]} for the other nodes: {exc.strerror or exc}")
-            return
-        server.listen(64)
-        server.settimeout(0.5)
-        started = time.monotonic()
-        while not self.ended.is_set():
-            try:
-                conn, _ = server.accept()
-                threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-            except socket.timeout:
-                pass
-            except OSError:
-                break
-            now = time.monotonic()
-            with self.mlock:
-                members = dict(self.members)
-            for rank, m in members.items():
-                if m["ended"] is None and now - m["last"] > self.sup.args.peer_timeout:
-                    self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"node {rank} ({m['host']}) stopped answering for "
-                                   f"{self.sup.args.peer_timeout:g} s", lost=m["host"])
-            if len(members) < self.sup.args.peers - 1 and now - started > JOIN_TIMEOUT_S:
-                self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"only {len(members)} of {self.sup.args.peers - 1} other node(s) reported in "
-                               f"within {JOIN_TIMEOUT_S:g} s")
-            if self.sup.stopping.is_set():
-                self._broadcast(f"stop {self.sup.cause} {self.sup.stop_reason}")
-            self._beat_members()
-        server.close()
-
-    def _serve(self, conn: socket.socket) -> None:
-        reader = conn.makefile("rb")
-        rank = None
-        try:
-            conn.settimeout(self.sup.args.peer_timeout)
-            hello = reader.readline().decode().split()
-            if len(hello) != 3 or hello[0] != "hello" or not hello[1].isdigit():
-                conn.close()
-                return
-            rank, host = int(hello[1]), hello[2]
-            with self.mlock:
-                self.members[rank] = {"host": host, "conn": conn, "last": time.monotonic(), "ended": None}
-            self._send(conn, f"node0 {self.sup.args.host}")
-            with self.mlock:
-                said = list(self.said.values())
-            for message in said:  # a restart under way when this node joined
-                self._send(conn, message)
-            if self.sup.stopping.is_set():
-                self._send(conn, f"stop {self.sup.cause} {self.sup.stop_reason}")
-            for raw in reader:
-                words = raw.decode(errors="replace").split(None, 1)
-                with self.mlock:
-                    self.members[rank]["last"] = time.monotonic()
-                if words and words[0] == "end":
-                    parts = words[1].split(None, 2) if len(words) > 1 else []
-                    code = int(parts[0]) if parts and parts[0].lstrip("-").isdigit() else 1
-                    with self.mlock:
-                        self.members[rank]["ended"] = code
-                        restarting = self.restarting > self.sup.attempt
-                    if len(parts) > 1 and parts[1] in contract.STOP_CAUSES:  # it was stopped: the others stop alike
-                        self._stop_all(parts[1], parts[2].strip() if len(parts) > 2 else f"node {rank} ({host}) stopped")
-                    elif code != 0:
-                        self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node {rank} ({host}) failed with exit code {code}")
-                    elif restarting:  # it finished while the others restart: the group cannot come together
-                        self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node {rank} ({host}) ended while the group restarted")
-                    return
-                if words and words[0] in ("failed", "ready") and len(words) > 1:
-                    attempt, _, reason = words[1].strip().partition(" ")
-                    if attempt.isdigit() and words[0] == "failed":
-                        self._on_failed(int(attempt), reason)
-                    elif attempt.isdigit():
-                        self._on_ready(rank, int(attempt))
-        except OSError:
-            pass
-        if rank is not None:
-            with self.mlock:
-                member = self.members[rank]
-            if member["ended"] is None:
-                self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"lost node {rank} ({member['host']}): its connection dropped",
-                               lost=member["host"])
-
-    def _on_failed(self, attempt: int, reason: str) -> None:
-        """A node's torchrun of `attempt` failed: the whole group moves to the next attempt."""
-        with self.mlock:
-            if attempt + 1 <= self.restarting:
-                return  # that restart is under way already
-            if attempt >= self.sup.args.max_restarts or any(m["ended"] is not None for m in self.members.values()):
-                restart = False
-            else:
-                restart, self.restarting = True, attempt + 1
-        if not restart:
-            self._stop_all(contract.STOPPED_FOR_PEER_FAILED, reason)
-            return
-        message = f"restart {attempt + 1} {reason}"
-        with self.mlock:
-            self.said["restart"] = message
-        self._broadcast(message)
-        self.sup.request_restart(attempt + 1, reason)
-
-    def _on_ready(self, rank: int, attempt: int) -> None:
-        with self.mlock:
-            ready = self.ready_for.setdefault(attempt, set())
-            ready.add(rank)
-            everyone = len(ready) == self.sup.args.peers
-        if everyone:
-            with self.mlock:
-                self.said["go"] = f"go {attempt}"
-            self._broadcast(f"go {attempt}")
-            self.sup.go(attempt)
-
-    def failed(self, attempt: int, reason: str) -> None:
-        """This node's torchrun failed and restarts are left: ask node 0 to restart the group."""
-        if self.is_coordinator:
-            self._on_failed(attempt, reason)
-        else:
-            self._to_coordinator(f"failed {attempt} {reason}")
-
-    def ready(self, attempt: int) -> None:
-        """This node's torchrun of the attempt before `attempt` has ended."""
-        if self.is_coordinator:
-            self._on_ready(0, attempt)
-        else:
-            self._to_coordinator(f"ready {attempt}")
-
-    def _to_coordinator(self, message: str) -> None:
-        """Send once this node has reached node 0 (it may still be connecting)."""
-        while self.conn is None and not self.ended.is_set() and not self.sup.stopping.is_set():
-            time.sleep(0.1)
-        if self.conn is not None:
-            self._send(self.conn, message)
-
-    def _stop_all(self, cause: str, reason: str, lost: str | None = None) -> None:
-        self.sup.stop(cause, reason, lost)
-        self._broadcast(f"stop {self.sup.cause} {self.sup.stop_reason}")
-
-    def _broadcast(self, message: str) -> None:
-        with self.mlock:
-            conns = [m["conn"] for m in self.members.values() if m["ended"] is None]
-        for conn in conns:
-            self._send(conn, message)
-
-    def _beat_members(self) -> None:
-        now = time.monotonic()
-        if now - self.last_beat >= BEAT_S:
-            self.last_beat = now
-            self._broadcast("beat")
-
-    # ---- nodes 1..N-1
-    def _report(self) -> None:
-        started = time.monotonic()
-        while self.conn is None and not self.ended.is_set():
-            try:
-                self.conn = socket.create_connection(self.address, timeout=5)
-            except OSError:
-                if time.monotonic() - started > JOIN_TIMEOUT_S:
-                    self.sup.stop(contract.STOPPED_FOR_PEER_LOST, f"cannot reach node 0's supervisor at {self.address[0]}:{self.address[1]}",
-                                  lost=self.coordinator_host)
-                    return
-                time.sleep(0.5)
-        conn = self.conn
-        if conn is None:
-            return
-        self._send(conn, f"hello {self.sup.args.node_rank} {self.sup.args.host}")
-        threading.Thread(target=self._beat_coordinator, args=(conn,), daemon=True).start()
-        conn.settimeout(self.sup.args.peer_timeout)
-        reader = conn.makefile("rb")
-        try:
-            for raw in reader:
-                words = raw.decode(errors="replace").rstrip("\n").split(None, 1)
-                if words and words[0] == "node0" and len(words) > 1:
-                    self.coordinator_host = words[1]
-                if words and words[0] in ("restart", "go") and len(words) > 1:
-                    attempt, _, reason = words[1].partition(" ")
-                    if attempt.isdigit() and words[0] == "restart":
-                        self.sup.request_restart(int(attempt), reason)
-                    elif attempt.isdigit():
-                        self.sup.go(int(attempt))
-                if words and words[0] == "stop":
-                    cause, _, reason = (words[1] if len(words) > 1 else "").partition(" ")
-                    self.sup.stop(cause if cause in contract.STOP_CAUSES else contract.STOPPED_FOR_PEER_FAILED,
-                                  reason or "node 0 asked every node to stop")
-        except OSError:
-            pass
-        if not self.ended.is_set():
-            self.sup.stop(contract.STOPPED_FOR_PEER_LOST, f"lost node 0 ({self.coordinator_host}): no word from it for "
-                          f"{self.sup.args.peer_timeout:g} s", lost=self.coordinator_host)
-
-    def _beat_coordinator(self, conn: socket.socket) -> None:
-        while not self.ended.wait(BEAT_S):
-            if not self._send(conn, "beat"):
-                return
-
-    def _send(self, conn: socket.socket, message: str) -> bool:
-        try:
-            conn.sendall(message.encode() + b"\n")
-            return True
-        except OSError:
-            return False
-
-    def finish(self, code: int) -> None:
-        """The node's torchrun ended: tell the others; node 0 waits for every node to end."""
-        if self.is_coordinator:
-            if code != 0 and not self.sup.stopping.is_set():
-                self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node 0 ({self.sup.args.host}) failed with exit code {code}")
-            # a run that succeeded here waits for every member to end (a member that stops answering
-            # stops the run); a stopped run has told every member to stop, and waits for none
-            while not self.sup.stopping.is_set():
-                with self.mlock:
-                    open_members = [m for m in self.members.values() if m["ended"] is None]
-                    joined = len(self.members)
-                if not open_members and joined >= self.sup.args.peers - 1:
-                    break
-                time.sleep(0.2)
-            self.ended.set()
-        else:
-            stopped = f" {self.sup.cause} {self.sup.stop_reason}" if self.sup.stopping.is_set() else ""
-            self._to_coordinator(f"end {code}{stopped}")
-            self.ended.set()
-            if self.conn is not None:
-                self.conn.close()
 
 
 def _torchrun_dies_with_supervisor() -> None:

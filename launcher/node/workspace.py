@@ -47,8 +47,7 @@ def prepare(state_dir: str, code_from: str, code_list: str = "", resume_from: st
                 os.chmod(target, os.stat(target).st_mode | 0o200)  # the run may write its copy (the host's is read-only)
             st = os.lstat(target)
             copied[rel] = [st.st_size, st.st_mtime_ns]
-        with open(os.path.join(state_dir, CODE_RECORD), "w") as fh:
-            json.dump(copied, fh)
+        contract.replace_file(os.path.join(state_dir, CODE_RECORD), json.dumps(copied).encode())
     except BaseException:
         discard(state_dir, work)
         raise

@@ -1,0 +1,173 @@
+"""The node side's own pieces: whole-file writes, stopping a process, the mesh's messages, and
+two node supervisors keeping in touch over loopback (fail-fast, a restart of the group)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.node import contract, mesh
+from launcher.node.mesh import Message
+from launcher.node.procs import terminate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- replace_file
+def test_replace_file_replaces_the_content_whole_with_a_hidden_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old, and longer than the new content")
+    renamed = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (renamed.append((src, dst)), real_replace(src, dst)))
+    contract.replace_file(str(target), b"new", mode=0o600)
+    assert target.read_bytes() == b"new"
+    assert target.stat().st_mode & 0o777 == 0o600
+    [(src, dst)] = renamed
+    assert dst == str(target) and os.path.dirname(src) == str(tmp_path)
+    assert re.fullmatch(rf"\.state\.json\.{os.getpid()}\.[0-9a-f]+\.tmp", os.path.basename(src)), src
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_replace_file_that_fails_leaves_the_old_file_and_no_temporary_file(tmp_path: Path, monkeypatch) -> None:
+    target = tmp_path / "state.json"
+    target.write_bytes(b"old")
+
+    def no_room(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_room)
+    with pytest.raises(OSError):
+        contract.replace_file(str(target), b"new")
+    assert not contract.write_json_file(str(target), {"state": "running"})
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json"]
+
+
+def test_write_json_file_writes_the_record(tmp_path: Path) -> None:
+    path = tmp_path / "node.status.json"
+    assert contract.write_json_file(str(path), {"state": "running", "pid": 7})
+    assert json.loads(path.read_text()) == {"state": "running", "pid": 7}
+
+
+# ---- terminate
+def _child(code: str) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", code + "\nprint('ready', flush=True)\nimport time\ntime.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"  # its signal handling is in place
+    return child
+
+
+def test_terminate_kills_a_child_that_ignores_sigterm_after_the_grace_period() -> None:
+    child = _child("import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)")
+    started = time.monotonic()
+    assert terminate(child.send_signal, lambda: child.poll() is None, grace_s=0.6) is True
+    assert child.wait(timeout=5) == -signal.SIGKILL
+    assert time.monotonic() - started >= 0.6
+
+
+def test_terminate_lets_a_child_that_exits_on_sigterm_go_without_killing_it() -> None:
+    child = _child("")
+    sent = []
+    started = time.monotonic()
+    assert terminate(lambda sig: (sent.append(sig), child.send_signal(sig)), lambda: child.poll() is None, grace_s=10) is False
+    assert child.returncode == -signal.SIGTERM and sent == [signal.SIGTERM]
+    assert time.monotonic() - started < 5
+
+
+# ---- the mesh's messages
+@pytest.mark.parametrize("message", [
+    Message(mesh.HELLO, 3, host="h4"),
+    Message(mesh.BEAT),
+    Message(mesh.FAILED, 0, reason="rank 2 on h3 exited with code 3"),
+    Message(mesh.READY, 2),
+    Message(mesh.END, 0),
+    Message(mesh.END, -9),
+    Message(mesh.END, 143, cause=contract.STOPPED_BY_SIGNAL, reason="SIGTERM received"),
+    Message(mesh.NODE0, host="h1"),
+    Message(mesh.RESTART, 1, reason="torchrun on h2 exited with code 1"),
+    Message(mesh.GO, 1),
+    Message(mesh.STOP, cause=contract.STOPPED_FOR_PEER_LOST, reason="node 2 (h3) stopped answering for 10 s"),
+])
+def test_mesh_messages_round_trip_as_one_line(message: Message) -> None:
+    line = message.to_line()
+    assert line.endswith(b"\n") and b"\n" not in line[:-1]
+    assert Message.from_line(line) == message
+
+
+def test_a_reason_over_several_lines_travels_on_one() -> None:
+    line = Message(mesh.STOP, cause=contract.STOPPED_FOR_PEER_FAILED, reason="cannot prepare:\nOSError: full").to_line()
+    assert line == b"stop peer-failed cannot prepare: OSError: full\n"
+    assert Message.from_line(line) == Message(mesh.STOP, cause=contract.STOPPED_FOR_PEER_FAILED, reason="cannot prepare: OSError: full")
+
+
+@pytest.mark.parametrize("line, expected", [
+    (b"\n", None),
+    (b"hello\n", None),
+    (b"hello x h2\n", None),
+    (b"hello 1 h 2\n", None),
+    (b"ready soon\n", None),
+    (b"go\n", None),
+    (b"shout 1\n", None),
+    (b"end\n", Message(mesh.END, 1)),  # an end that says no code is a failure
+    (b"end 0 not-a-cause words\n", Message(mesh.END, 0)),
+    (b"stop nonsense\n", Message(mesh.STOP, cause=None, reason="")),
+])
+def test_mesh_lines_that_are_no_message_or_say_too_little(line: bytes, expected: Message | None) -> None:
+    assert Message.from_line(line) == expected
+
+
+# ---- two node supervisors on loopback
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _supervisors(tmp_path: Path, commands: list[str], *options: str) -> list[dict]:
+    """Run one supervisor per command as the nodes of one run on 127.0.0.1; their final states."""
+    port, procs = _free_port(), []
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+    for rank, command in enumerate(commands):
+        node_dir = tmp_path / f"n{rank}"
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "launcher.node.supervisor", "--node-dir", str(node_dir), "--host", f"n{rank}",
+             "--node-rank", str(rank), "--peers", str(len(commands)), "--coordinator", f"127.0.0.1:{port}",
+             "--grace", "2", *options, "--", sys.executable, "-c", command],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    try:
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert all(not e for e in errors), errors
+    return [json.loads((tmp_path / f"n{rank}" / "logs" / f"n{rank}" / contract.NODE_STATUS).read_text())
+            for rank in range(len(commands))]
+
+
+def test_a_failed_node_stops_the_others_over_the_mesh(tmp_path: Path) -> None:
+    node0, node1 = _supervisors(tmp_path, ["import time; time.sleep(60)", "raise SystemExit(3)"])
+    assert (node1["state"], node1["exit_code"]) == (contract.FAILED, 3)
+    assert (node0["state"], node0["cause"], node0["reason"]) == (
+        contract.STOPPED, contract.STOPPED_FOR_PEER_FAILED, "node 1 (n1) failed with exit code 3")
+
+
+def test_the_group_restarts_on_every_node_over_the_mesh(tmp_path: Path) -> None:
+    attempt = f"int(os.environ['{contract.ATTEMPT}'])"
+    node0, node1 = _supervisors(tmp_path, [f"import os, time; time.sleep(60 if {attempt} == 0 else 0)",
+                                           f"import os; raise SystemExit(3 if {attempt} == 0 else 0)"],
+                                "--max-restarts", "1")
+    assert [(n["state"], n["restarts"]) for n in (node0, node1)] == [(contract.SUCCEEDED, 1), (contract.SUCCEEDED, 1)]
+    events = [contract.parse_event(line + b"\n") for line in (tmp_path / "n0" / "logs" / "n0" / contract.NODE_OUTPUT).read_bytes().splitlines()]
+    [restart] = [e for e in events if e and e["event"] == contract.EVENT_ATTEMPT]
+    assert (restart["attempt"], restart["reason"]) == (1, "torchrun on n1 exited with code 3")
