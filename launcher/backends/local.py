@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import RunError
 from ..node import contract
-from ..node.procs import alive, signal_group
+from ..node.procs import alive, signal_group, terminate
 from ..hosts.ports import check_ports_free
 from ..plan import DETACHED_OUTPUT, STOP_GRACE_S, SUPERVISOR_MODULE, LaunchPlan, NodePlan, PlanOptions, make_plan
 from ..plan.ports import first_host_ports
@@ -30,16 +28,11 @@ from ..sync.manifest import Manifest
 from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, start_every_node, node_environment
 
 
-def stop_group(pgid: int, grace_s: float, running) -> str | None:
+def stop_group(pgid: int, grace_s: float, running: Callable[[], bool]) -> str | None:
     """SIGTERM a node supervisor's process group (the supervisor stops torchrun and, after `grace_s`,
     kills every process below it); SIGKILL the group if the supervisor is still there after that.
     torchrun, in a session of its own, then gets SIGTERM from the supervisor's death."""
-    signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s + EXTRA_WAIT_S
-    while running() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if running():
-        signal_group(pgid, signal.SIGKILL)
+    if terminate(lambda signum: signal_group(pgid, signum), running, grace_s + EXTRA_WAIT_S):
         return f"the node's supervisor (process group {pgid}) did not end {grace_s + EXTRA_WAIT_S:g} s after SIGTERM"
     return None
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import RunError
+from ..node.contract import replace_file
 
 WHEELS_PORT = int(os.environ.get("LAUNCH_WHEELS_PORT", "29499"))
 CACHE = Path(os.environ.get("LAUNCH_CACHE", Path.home() / ".cache" / "launch"))
@@ -262,9 +263,7 @@ def _replace_dir(target: Path, fill: Callable[[Path], None]) -> None:
 
 def _write_atomically(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
+    replace_file(str(path), text.encode())
 
 
 def _this_python() -> tuple[str, str]:

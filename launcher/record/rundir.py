@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import time
@@ -172,15 +171,11 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Replace `path` with `text` whole or not at all; RunError (no temporary file left) when the
+    disk is full or read-only."""
     try:
-        tmp.write_text(text)
-        tmp.replace(path)
+        contract.replace_file(str(path), text.encode())
     except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
         raise RunError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 

@@ -23,6 +23,7 @@ import fabric
 
 from ..errors import RunError
 from ..hosts.ssh import open_command, run
+from ..node.contract import replace_file
 from .manifest import Entry, Manifest
 from .transfer import Transfer, plan_transfer
 
@@ -118,9 +119,7 @@ def remember(manifest: Manifest, cache: Path) -> None:
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / f"{manifest.hash}.json"
     if not target.exists():
-        tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}.tmp")
-        tmp.write_text(json.dumps(manifest.to_json()))
-        tmp.replace(target)
+        replace_file(str(target), json.dumps(manifest.to_json()).encode())
 
 
 class _Channel(io.RawIOBase):

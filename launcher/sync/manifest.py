@@ -23,6 +23,7 @@ from pathlib import Path
 import pathspec
 
 from ..errors import SpecError
+from ..node.contract import replace_file
 from ..spec.yamlfile import read_user_file
 
 IGNORE_FILE = ".launchignore"
@@ -197,9 +198,7 @@ class HashCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self.fresh))
-            tmp.replace(self.path)
+            replace_file(str(self.path), json.dumps(self.fresh).encode())
         except OSError:  # only the next launch's speed depends on it
             pass
 
