@@ -95,13 +95,12 @@ def test_an_unexpected_error_stops_every_node_and_keeps_its_traceback(tmp_path: 
     (plant / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('PLANT_BUG'):\n"
-        "    from launcher.run import execute\n"
-        "    real = execute._watch\n"
-        "    def broken(plan, procs, *args):\n"
+        "    from launcher.run import attach\n"
+        "    def broken(self, *args):\n"
         "        import time\n"
         "        time.sleep(4)\n"
         "        raise ZeroDivisionError('planted bug')\n"
-        "    execute._watch = broken\n"
+        "    attach.Attached._watch = broken\n"
     )
     (tmp_path / "sleepy.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(300)\n")
     (tmp_path / "job.yaml").write_text("name: sleepy\nnproc_per_node: 2\nruntime: host\ncommand: [python, sleepy.py]\n")

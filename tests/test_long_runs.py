@@ -189,21 +189,22 @@ def test_stop_of_an_attached_run_from_another_terminal(probe_job, tmp_path: Path
 
 
 def test_logs_follow_of_a_detached_run_says_its_progress(probe_job, tmp_path: Path, monkeypatch) -> None:
-    from launcher.run import existing
+    from launcher.run import console, existing
 
-    monkeypatch.setattr(existing, "PLAIN_EVERY_S", 1.0)  # a line every 30 s for users; every second here
+    monkeypatch.setattr(console, "PLAIN_EVERY_S", 1.0)  # a line every 30 s for users; every second here
     job = probe_job(["--steps", "60", "--sleep", "0.2"])
     result = launch(str(job), "--detach", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     run = existing.open_run(tmp_path / "runs" / result.stdout.split()[2])
-    said: list[str] = []
+    notes = io.BytesIO()
     try:
-        summary = existing.follow(run, None, io.BytesIO(), said.append)
+        summary = existing.follow(run, console.Console(io.BytesIO(), notes))
     finally:
         run.close()
+    said = notes.getvalue().decode().splitlines()
     assert summary["status"] == "succeeded"
     progress = [line for line in said if line.startswith("launch: progress: elapsed ")]
     assert progress, said
     assert "samples/s over 2 rank(s)" in progress[-1] and "slowest rank" in progress[-1]
-    steps = [int(re.search(r"\| step (\d+)", line).group(1)) for line in progress]
+    steps = [int(found.group(1)) for line in progress if (found := re.search(r"\| step (\d+)", line))]
     assert steps == sorted(steps) and 0 < steps[-1] <= 60

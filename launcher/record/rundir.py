@@ -60,11 +60,6 @@ class RunPaths:
         return self.root / "handle.json"
 
     @property
-    def finish_lock(self) -> Path:
-        """Held while the run is finished (collected, summarised), so that it happens once."""
-        return self.root / ".finishing"
-
-    @property
     def error_file(self) -> Path:
         """The traceback of an error the launcher did not expect, when one ended the run."""
         return self.root / "launcher-error.txt"

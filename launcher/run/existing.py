@@ -267,6 +267,7 @@ def stop(run: ExistingRun, grace_s: float = STOP_GRACE_S) -> dict[str, Any]:
 def follow(run: ExistingRun, console: Console, rank: int | None = None, verbose: bool = False) -> dict[str, Any]:
     """Show every node's output from its host as it comes, as an attached launcher shows it, until
     every node has ended; then the run's summary (finished here when no launcher is watching it)."""
+    watched = run.watched()
     view = RunView(run.plan.max_restarts)
     follower = Follower(run.plan, run.backend, console, view, rank=rank, verbose=verbose)
     status = StatusLine(view.board, console, _times(run, {})[0] or time.time())
@@ -285,11 +286,12 @@ def follow(run: ExistingRun, console: Console, rank: int | None = None, verbose:
     finally:
         status.close()
         follower.close()
-    return settle(run)
+    return settle(run, console, watched)
 
 
-def settle(run: ExistingRun) -> dict[str, Any]:
-    """The summary of a run whose nodes have ended: its watching launcher's, or finished here."""
+def settle(run: ExistingRun, console: Console, watched: bool = False) -> dict[str, Any]:
+    """The summary of a run whose nodes have ended: its watching launcher's, or finished here (said,
+    when the run was `watched` by a launcher that stopped watching it)."""
     while True:  # a node says its last line a moment before its processes are gone
         summary = run.summary
         if summary is not None:
@@ -297,6 +299,8 @@ def settle(run: ExistingRun) -> dict[str, Any]:
         hosts = host_states(run)
         state = run_state(hosts)
         if state is not RunState.RUNNING and not run.watched(hosts):
+            if watched:
+                console.say("launch: the run's launcher stopped watching it (killed, or cut off); finishing the run here")
             return finish_ended(run, hosts, state)
         time.sleep(FOLLOW_EVERY_S)
 

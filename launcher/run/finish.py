@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -55,7 +56,7 @@ def finish(paths: RunPaths, plan: LaunchPlan, backend: Backend, outcome: RunOutc
         try:
             rundir.write_json(paths.summary_file, summary)
         except LaunchError as exc:
-            say(f"launch: {exc}; the summary is only on this terminal")
+            say(f"launch: {exc}; the summary below is only on this terminal")
         return summary
 
 
@@ -76,12 +77,14 @@ def collect_all(plan: LaunchPlan, backend: Backend, unreachable: set[str], outco
 
 @contextmanager
 def _held(paths: RunPaths) -> Iterator[None]:
-    """The run's finishing lock, waited for; without it (a read-only run directory) the finish goes on."""
+    """The run's finishing lock (on its directory: no file of its own), waited for."""
     try:
-        fh = open(paths.finish_lock, "a")
-    except OSError:
+        fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # not there: nothing to finish in it but what the caller writes
         yield
         return
-    with fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(fd)
