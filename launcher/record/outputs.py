@@ -4,7 +4,7 @@ When a node's part ends, its supervisor takes the unchanged code out of the rank
 directory (`launcher.node.workspace`); what is left there is the run's outputs. Collecting a node
 copies those that match the job's `outputs` globs into `outputs/<host>/`, in path order, up to the
 job's `outputs_limit` per host; what is over it stays on the host, in the run's own folder, and is
-named in the host's record. The choice is pure (`choose`); the copying is each transport's.
+named in the host's record. The choice is pure (`choose`); the copying is each backend's.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def choose(found: list[tuple[str, int]], patterns: tuple[str, ...], limit: int |
 def collect(paths: RunPaths, node: NodePlan, plan: LaunchPlan, found: list[tuple[str, int]],
             fetch: Callable[[str, Path], None]) -> None:
     """Bring back a node's outputs: of `found` (path in its working directory, bytes), those `choose`
-    takes, each by `fetch(path, destination)` (the transport's copy), then the host's record."""
+    takes, each by `fetch(path, destination)` (the backend's copy), then the host's record."""
     choice = choose(found, plan.outputs, plan.outputs_limit, untidied_code(paths, node.host))
 
     def to_run_directory(rel: str) -> None:

@@ -1,4 +1,4 @@
-"""The run directory: the one place that knows where each file of a run lives (DESIGN.md layout)."""
+"""The run directory: the one place that knows where each file of a run lives (README: "Where results land")."""
 
 from __future__ import annotations
 
