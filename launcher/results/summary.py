@@ -235,7 +235,8 @@ def first_failure(outcome: RunOutcome, statuses: dict[int, dict[str, Any]], path
         }
     host = outcome.failed_node or next(iter(outcome.node_exit_codes), None)
     log = paths.agent_log(host) if host and paths.agent_log(host).exists() else None
-    lines = last_lines(log) if log else []
+    # torchrun's last lines tell why it failed, not why it was stopped (its traceback of the signal)
+    lines = last_lines(log) if log and not _stopped_on_purpose(paths, host) else []
     return {
         "host": host,
         "rank": None,
@@ -244,6 +245,15 @@ def first_failure(outcome: RunOutcome, statuses: dict[int, dict[str, Any]], path
         "last_lines": lines or outcome.before_supervisor.get(host or "", [])[-LAST_LINES:],
         "reason": outcome.reason or "the node's torchrun failed before any rank ended with an error",
     }
+
+
+def _stopped_on_purpose(paths: RunPaths, host: str | None) -> bool:
+    """Whether the host's node was stopped from outside (a stop, a timeout, its lost launcher)."""
+    try:
+        cause = json.loads(paths.node_status(host or "").read_text()).get("cause")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return cause in (contract.STOPPED_BY_SIGNAL, contract.STOPPED_BY_LEASE, contract.STOPPED_BY_TIMEOUT)
 
 
 def render(summary: dict[str, Any], console: RichConsole) -> None:

@@ -86,6 +86,7 @@ def killed_words(host: str, grace: object, processes: object) -> str | None:
     """What a node had to kill when its part stopped (its `killed` event, or a summary's `killed`)."""
     if not processes or not isinstance(processes, list):
         return None
+    grace = f"{grace:g}" if isinstance(grace, (int, float)) else grace
     return f"launch: {host}: killed what outlived the {grace} s grace period: {describe_killed(processes)}"
 
 
