@@ -225,7 +225,7 @@ def test_the_usage_for_a_missing_job_file(tmp_path: Path) -> None:
 @pytest.fixture
 def runs_asked(monkeypatch: pytest.MonkeyPatch) -> list:
     """The (job, request) of each run the command line asks for; none is started."""
-    from launcher import cli
+    from launcher.cli import job as cli
 
     asked: list = []
     monkeypatch.setattr(cli, "run_once", lambda job, cluster, request: (asked.append((job, request)), (0, None))[1])
@@ -277,7 +277,7 @@ def test_check_takes_a_folder_as_its_job_or_else_its_inventory(tmp_path: Path, c
 
 def test_an_unexpected_error_once_the_run_directory_exists_is_kept_there(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from launcher import cli
+    from launcher.cli import job as job_commands
     from launcher.image import wheels
     from launcher.record import rundir
 
@@ -290,7 +290,7 @@ def test_an_unexpected_error_once_the_run_directory_exists_is_kept_there(tmp_pat
         rundir.create(made[-1])
         raise RuntimeError("boom while deploying")
 
-    monkeypatch.setattr(cli, "run_once", fails_after_making_the_run_directory)
+    monkeypatch.setattr(job_commands, "run_once", fails_after_making_the_run_directory)
     (tmp_path / "job.yaml").write_text("command: [python, x.py]\n")
     code, out, err = run_main(capsys, str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"))
     error_file = made[0].root / "launcher-error.txt"
@@ -300,7 +300,7 @@ def test_an_unexpected_error_once_the_run_directory_exists_is_kept_there(tmp_pat
     assert not (tmp_path / "cache" / "last-error.txt").exists()
     # once the run has ended (its summary written), a later error is not the run's
     rundir.write_json(made[0].summary_file, {"status": "succeeded"})
-    monkeypatch.setattr(cli, "run_once", lambda *a: (_ for _ in ()).throw(RuntimeError("late error")))
+    monkeypatch.setattr(job_commands, "run_once", lambda *a: (_ for _ in ()).throw(RuntimeError("late error")))
     code, _, err = run_main(capsys, str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"))
     assert code == 1 and f"the traceback is in {tmp_path / 'cache' / 'last-error.txt'}" in err
     assert "late error" in (tmp_path / "cache" / "last-error.txt").read_text() and "late error" not in error_file.read_text()
