@@ -78,8 +78,10 @@ def _caller() -> str:
     if frame is None:
         return ""
     path = frame.f_code.co_filename.split("/launcher/", 1)[1]
-    parent = frame.f_back.f_code.co_name if frame.f_back else ""
-    return f"{path}:{frame.f_code.co_name} < {parent}"
+    parent = frame.f_back
+    while parent and parent.f_code.co_filename == __file__:  # another traced function: name what it wraps
+        parent = parent.f_back
+    return f"{path}:{frame.f_code.co_name} < {parent.f_code.co_name if parent else ''}"
 
 
 def _command_label(args) -> str:
