@@ -140,22 +140,26 @@ def reach(hosts: tuple[Host, ...]) -> Reached:
 def detect_nics(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) -> dict[str, str]:
     """For hosts without `nic`: the interface that holds (rank 0) or routes to rank 0's address."""
     master = hosts[0].net_address
-    found: dict[str, str] = {}
-    for i, host in enumerate(hosts):
-        if host.nic:
-            continue
-        argv = ["ip", "-o", "-4", "addr", "show", "to", master] if i == 0 else ["ip", "-o", "route", "get", master]
+
+    def nic(host: Host) -> str | None:
+        first = host is hosts[0]
+        argv = ["ip", "-o", "-4", "addr", "show", "to", master] if first else ["ip", "-o", "route", "get", master]
         code, out = run(conns[host.name], argv)
         words = out.split()
-        if code == 0 and i == 0 and len(words) > 1:
-            found[host.name] = words[1]
-        elif code == 0 and "dev" in words:
-            found[host.name] = words[words.index("dev") + 1]
-    return found
+        if code == 0 and first and len(words) > 1:
+            return words[1]
+        if code == 0 and "dev" in words:
+            return words[words.index("dev") + 1]
+        return None
+
+    found, _ = on_every_host([h for h in hosts if not h.nic], nic, lambda h: h.name)  # every host at once
+    return {host: name for host, name in found.items() if name}
 
 
-def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases: Phases | None = None) -> BuiltImage:
-    """Build the job's image here unless it exists, and get it onto every host that lacks it."""
+def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases: Phases | None = None,
+                  tidy: list | None = None) -> BuiltImage:
+    """Build the job's image here unless it exists, and get it onto every host that lacks it; its
+    old images are removed then, or later by whoever runs what `tidy` collects."""
     import docker
 
     phases = phases or Phases()
@@ -179,8 +183,10 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
             say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
                 f"{result.layers_skipped} layer(s) were there already")
     report.raise_for_failures()
-    with phases.timing("ship"):
+    if tidy is None:
         _prune(client, image.tag, conns, say)
+    else:
+        tidy.append(lambda: _prune(client, image.tag, conns, say))
     return image
 
 
@@ -201,9 +207,10 @@ def plan_workdir(manifest: Manifest, folders: dict[str, str], conns: dict[str, f
 
 
 def provide_workdir(workdir: Path, manifest: Manifest, folders: dict[str, str], conns: dict[str, fabric.Connection],
-                    say) -> None:
+                    say, tidy: list | None = None) -> None:
     """Every host gets an exact copy of the workdir (from the copy it has that is nearest), then
-    loses its copies beyond the newest few; one error naming every host that failed."""
+    loses its copies beyond the newest few (then, or later by whoever runs what `tidy` collects);
+    one error naming every host that failed."""
     cache = Path(CACHE) / "workdir-manifests"
     sync.remember(manifest, cache)
     planned = plan_workdir(manifest, folders, conns)
@@ -224,6 +231,14 @@ def provide_workdir(workdir: Path, manifest: Manifest, folders: dict[str, str], 
     if failures:
         lines = "; ".join(str(failures[h]) if str(failures[h]).startswith(h) else f"{h}: {failures[h]}" for h in folders if h in failures)
         raise RunError(f"the workdir could not be copied to {len(failures)} host(s): {lines}")
+    if tidy is None:
+        _prune_copies(manifest, folders, conns, say)
+    else:
+        tidy.append(lambda: _prune_copies(manifest, folders, conns, say))
+
+
+def _prune_copies(manifest: Manifest, folders: dict[str, str], conns: dict[str, fabric.Connection], say) -> None:
+    """Every host loses its workdir copies beyond the newest few (never the one of this run)."""
     removed, _ = on_every_host(folders.items(), lambda item: sync.prune(conns[item[0]], item[1], manifest.hash, KEEP),
                                lambda item: item[0])
     counts = [host for host, names in removed.items() if names]
@@ -273,11 +288,11 @@ def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, opt
     check_ports_free(f"{first.name} (rank 0's host)", first_host_ports(job, hosts), listeners_over(reached.conns[first.name]))
     plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=reached.nics))
     if options.image:
-        built = provide_image(job, reached.conns, say, phases)
+        built = provide_image(job, reached.conns, say, phases, backend.tidy_ups)
         assert built.tag == options.image, (built.tag, options.image)
         plan = dataclasses.replace(plan, image_id=built.id)
     with phases.timing("workdir"):
-        provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), reached.conns, say)
+        provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), reached.conns, say, backend.tidy_ups)
     return plan
 
 

@@ -37,6 +37,7 @@ from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, start_every_node
 
 RENEW_TIMEOUT_S = 5.0
 COLLECT_TIMEOUT_S = 60.0  # a host silent this long while its files come back has failed the copy
+TIDY_TIMEOUT_S = 120.0  # the launcher waits this long at its end for old copies' removal
 
 
 class SshProcess:
@@ -90,6 +91,9 @@ class SshBackend:
         self.lock = threading.Lock()
         self.connecting = {name: threading.Lock() for name in hosts}  # one connect at a time per host
         self.live: dict[str, SshProcess] = {}  # host -> its attached command
+        self.helpers: bytes | None = None
+        self.tidy_ups: list[Callable[[], None]] = []  # done once the nodes have started: old copies removed
+        self.tidying: threading.Thread | None = None
 
     def prepare(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest,
                 say: Callable[[str], None], phases: Phases) -> LaunchPlan:
@@ -130,12 +134,14 @@ class SshBackend:
         # umask 077: the run's folders (and the user's folder above them) are private to the SSH user;
         # the lease is there before the node starts, so renewing it never fails on a healthy host
         make = 'umask 077 && mkdir -p "$0" "$1" "$2" "$3" && touch "$4"'
-        code, out = run(conn, ["sh", "-c", make, *contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir,
-                               f"{node.state_dir}/{contract.STATE_WORK}", f"{node.node_dir}/{contract.LEASE_FILE}"])
+        folders = [*contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir,
+                   f"{node.state_dir}/{contract.STATE_WORK}", f"{node.node_dir}/{contract.LEASE_FILE}"]
+        if node.kind is NodeKind.HOST_PROCESS:  # with what ships with the ranks, in the same round trip
+            code, out = pipe_into(conn, ["sh", "-c", make + ' && tar -xz -C "$5"', *folders, node.node_dir], self._helpers())
+        else:
+            code, out = run(conn, ["sh", "-c", make, *folders])
         if code != 0:
-            raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()}")
-        if node.kind is NodeKind.HOST_PROCESS:
-            self._copy_job(conn, node)
+            raise RunError(f"{node.host}: cannot prepare {node.node_dir}: {out.strip()[-300:]}")
         if node.secrets:
             # created 0600 from the start (umask), its content through stdin: never on a command line
             data = contract.format_secrets({name: secrets[name] for name in node.secrets})
@@ -146,6 +152,9 @@ class SshBackend:
 
     def submit(self, plan: LaunchPlan, secrets: dict[str, str], attached: bool) -> None:
         start_every_node(plan, lambda node: self._start(node, secrets, attached), lambda node: self.stop(node, STOP_GRACE_S))
+        if self.tidy_ups:  # out of the start's way
+            self.tidying = threading.Thread(target=lambda: [tidy() for tidy in self.tidy_ups], daemon=True)
+            self.tidying.start()
 
     def _start(self, node: NodePlan, secrets: dict[str, str], attached: bool) -> None:
         conn = self._prepare(node, secrets)
@@ -156,16 +165,17 @@ class SshBackend:
         if code != 0:
             raise RunError(f"{node.host}: the node did not start (exit code {code}): {out.strip()[-300:]}")
 
-    def _copy_job(self, conn: fabric.Connection, node: NodePlan) -> None:
-        """runtime: host: what ships with the ranks, as a tar over SSH (the node's supervisor copies
-        the job's code into the run's own working directory)."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-            for path, name in shipped_files():
-                tar.add(path, arcname=f"{REMOTE_LIB}/{name}")
-        code, output = pipe_into(conn, ["tar", "-xz", "-C", node.node_dir], buffer.getvalue())
-        if code != 0:
-            raise RunError(f"{node.host}: cannot copy the launcher's helpers to {node.node_dir}: {output.strip()[-300:]}")
+    def _helpers(self) -> bytes:
+        """runtime: host: what ships with the ranks (the node supervisor, the rank wrapper), as a
+        tar.gz made once per launch for every host."""
+        with self.lock:
+            if self.helpers is None:
+                buffer = io.BytesIO()
+                with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+                    for path, name in shipped_files():
+                        tar.add(path, arcname=f"{REMOTE_LIB}/{name}")
+                self.helpers = buffer.getvalue()
+            return self.helpers
 
     # ---- while it runs
     def renew(self, node: NodePlan) -> None:
@@ -318,6 +328,8 @@ class SshBackend:
         outputs.collect(self.paths, node, plan, found, lambda rel, target: sftp.get(f"{work}/{rel}", str(target)))
 
     def close(self) -> None:
+        if self.tidying is not None:
+            self.tidying.join(timeout=TIDY_TIMEOUT_S)
         # a lease renewal still finishing in its thread may add or drop a session meanwhile
         with self.lock:
             sftps, self.sftps = list(self.sftps.values()), {}

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator
 
 from ..backends.base import Backend
 from ..errors import LaunchError
+from ..hosts.parallel import on_every_host
 from ..plan import LaunchPlan
 from ..record import rundir
 from ..record.outcome import Phases, RunOutcome
@@ -63,15 +64,16 @@ def finish(paths: RunPaths, plan: LaunchPlan, backend: Backend, outcome: RunOutc
 def collect_all(plan: LaunchPlan, backend: Backend, unreachable: set[str], outcome: RunOutcome, say: Say) -> None:
     """Every reachable node's logs and metrics into the run directory; what could not be, said and
     kept in `outcome.collect_errors`."""
+    reachable = [node for node in plan.nodes if node.host not in unreachable]
+    # every host at once; one host's trouble never loses the others' results
+    _, errors = on_every_host(reachable, lambda node: backend.collect(node, plan), lambda node: node.host)
     for node in plan.nodes:
         if node.host in unreachable:
             outcome.collect_errors[node.host] = f"unreachable; its logs stay on it ({node.node_dir})"
+        elif node.host in errors:
+            outcome.collect_errors[node.host] = str(errors[node.host]) or type(errors[node.host]).__name__
         else:
-            try:
-                backend.collect(node, plan)
-                continue
-            except Exception as exc:  # noqa: BLE001 - one host's trouble must not lose the others' results
-                outcome.collect_errors[node.host] = str(exc) or type(exc).__name__
+            continue
         say(f"launch: could not collect the logs of {node.host}: {outcome.collect_errors[node.host]}")
 
 

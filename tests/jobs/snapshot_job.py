@@ -44,4 +44,5 @@ for epoch in range(start, args.epochs):
 if args.out and rank == 0:
     with open(args.out, "w") as fh:
         fh.write(f"trained to epoch {args.epochs}\n")
+dist.barrier()  # every rank past its last collective before the group goes (gloo may abort a rank otherwise)
 dist.destroy_process_group()
