@@ -125,9 +125,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--cold-runs", type=int, default=5)
     parser.add_argument("--skip-reference", action="store_true", help="leave out the cold launch of the reference job")
+    parser.add_argument("--warm-only", action="store_true", help="only the warm case: image and workdir on the hosts")
     args = parser.parse_args()
     lab_base = base_image("tests/lab-base/requirements.txt", "launch-lab-base")
-    cpu_base = None if args.skip_reference else base_image()
+    cpu_base = None if args.skip_reference or args.warm_only else base_image()
     lab = simlab.Lab(hosts=3).up()
     tmp = Path(tempfile.mkdtemp(prefix="launch-bench-"))
     bench = Bench(lab, tmp)
@@ -157,8 +158,9 @@ def main() -> None:
             reference = bench.job("bench-reference", BOOK, ["python", "resnet18_cifar10.py", *REFERENCE_ARGS], cpu_base,
                                   BOOK / "requirements.txt")
             cold("cold reference", reference, cpu_base, BOOK, ["python", "resnet18_cifar10.py", *REFERENCE_ARGS])
-        cold("cold probe", probe, lab_base, work, command)
-        bench.clear_hosts()
+        if not args.warm_only:
+            cold("cold probe", probe, lab_base, work, command)
+            bench.clear_hosts()
         lab.ensure_image(lab_base)
         out = bench.launch(probe)  # the probe's image and workdir on every host
         warm_l, warm_h = [], []
@@ -168,21 +170,23 @@ def main() -> None:
             warm_h.append(timed(lambda: bench.by_hand_run(lab_base, work, command))[0])
         rows["warm"] = {"launch": warm_l, "hand": warm_h, "sent": sent_mb(out), "size": image_size(out)}
         edit_l, edit_h, edit_sent = [], [], {}
-        for _ in range(args.runs):
+        for _ in range(0 if args.warm_only else args.runs):
             with (work / "train.py").open("a") as fh:
                 fh.write(f"# edited {time.time()}\n")
             seconds, out = timed(lambda: bench.launch(probe))
             edit_l.append(seconds)
             edit_sent = sent_mb(out)
             edit_h.append(timed(lambda: bench.by_hand_run(lab_base, work, command))[0])
-        rows["edit (one line)"] = {"launch": edit_l, "hand": edit_h, "sent": edit_sent, "size": image_size(out)}
+        if edit_l:
+            rows["edit (one line)"] = {"launch": edit_l, "hand": edit_h, "sent": edit_sent, "size": image_size(out)}
         req_l, req_sent = [], {}
-        for i in range(args.runs):
+        for i in range(0 if args.warm_only else args.runs):
             (work / "requirements.txt").write_text(f"# change {i} at {time.time()}\nsix\n")
             seconds, out = timed(lambda: bench.launch(probe))
             req_l.append(seconds)
             req_sent = sent_mb(out)
-        rows["requirements change"] = {"launch": req_l, "hand": [], "sent": req_sent, "size": image_size(out)}
+        if req_l:
+            rows["requirements change"] = {"launch": req_l, "hand": [], "sent": req_sent, "size": image_size(out)}
     finally:
         lab.down()
     warm = statistics.median(rows["warm"]["launch"])
