@@ -108,10 +108,11 @@ def _command_label(args) -> str:
 
 def _install(tracer: Tracer) -> None:
     """Every SSH round trip (connect, command, channel) and the launcher's steps around them."""
-    import launcher.run.conduct as conduct
-    from launcher.hosts import deploy, remote, ssh
-    from launcher.results import outcome
-    from launcher.run import execute
+    from launcher.backends import deploy, local
+    from launcher.backends import ssh as lab
+    from launcher.hosts import ssh
+    from launcher.record import outcome
+    from launcher.run import attach, conduct, events, finish
     from launcher.sync import hosts as sync
 
     conn_host = lambda a: a[0].host  # noqa: E731
@@ -124,28 +125,32 @@ def _install(tracer: Tracer) -> None:
         tracer.wrap(sync, name, lambda a, name=name: f"workdir {name}", conn_host)
     for name in ("reach", "detect_nics", "provide_workdir"):
         tracer.wrap(deploy, name, lambda a, name=name: f"deploy.{name}", lambda a: "")
-    for name in ("_prepare", "_copy_job", "collect", "close", "renew"):
-        tracer.wrap(remote.SshTransport, name, lambda a, name=name: f"SshTransport.{name}",
+    for name in ("_prepare", "collect", "close", "renew"):
+        tracer.wrap(lab.SshBackend, name, lambda a, name=name: f"SshBackend.{name}",
                     node_host if name != "close" else (lambda a: ""))
-    for name in ("scan", "make_plan", "check_free", "build_summary", "render", "execute"):
+    for name in ("scan", "render"):
         tracer.wrap(conduct, name, lambda a, name=name: f"conduct: {name}", lambda a: "")
-    for name in ("_start_all", "_stop_all", "_collect_all"):
-        tracer.wrap(execute, name, lambda a, name=name: f"execute.{name}", lambda a: "")
-    _trace_events(tracer, execute, outcome)
+    for module in (deploy, local):
+        tracer.wrap(module, "make_plan", lambda a: "make_plan", lambda a: "")
+    tracer.wrap(finish, "collect_all", lambda a: "finish.collect_all", lambda a: "")
+    tracer.wrap(finish, "build_summary", lambda a: "finish.build_summary", lambda a: "")
+    for name in ("_submit", "_stop_all"):
+        tracer.wrap(attach.Attached, name, lambda a, name=name: f"Attached.{name}", lambda a: "")
+    _trace_events(tracer, events, outcome)
 
 
-def _trace_events(tracer: Tracer, execute, outcome) -> None:
+def _trace_events(tracer: Tracer, events, outcome) -> None:
     """The nodes' events as marks (when the launcher read them), and the phases as spans."""
-    on_event = execute.Attempts.on_event
+    on_event = events.RunView.on_event
 
-    def traced_event(self, event: dict) -> None:
+    def traced_event(self, host: str, event: dict):
         now = time.time()
         kind = event.get("event")
         if kind in ("rank-start", "rank-end", "node-end"):
-            tracer.record(f"event {kind}", now, now, str(event.get("host", "")))
-        on_event(self, event)
+            tracer.record(f"event {kind}", now, now, host)
+        return on_event(self, host, event)
 
-    execute.Attempts.on_event = traced_event
+    events.RunView.on_event = traced_event
     timing = outcome.Phases.timing
 
     def traced_timing(self, name: str):
@@ -172,8 +177,8 @@ def traced_launch(trace: str, argv: list[str]) -> int:
     sys.path.insert(0, str(ROOT))
     import fabric  # noqa: F401 - what a launch to lab hosts imports, timed as one step here
     import launcher.cli
-    import launcher.hosts.deploy  # noqa: F401
-    import launcher.hosts.remote  # noqa: F401
+    import launcher.backends.deploy  # noqa: F401
+    import launcher.backends.ssh  # noqa: F401
 
     tracer.record("python started; imports of the launcher, fabric, paramiko", tracer.t0, time.time())
     tracer.record("  of which: the interpreter's own start", tracer.t0, up)
