@@ -10,6 +10,7 @@ over SSH (`launcher.backends.ssh`). A backend is recorded in the run directory b
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from ..errors import LaunchError, RunError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from ..sync.manifest import Manifest
 
 OUTPUT_CHUNK = 8 << 20  # at most this much of a node's output is read at once
+LIVE_LIMIT = 64 << 20  # an attached node's output not yet shown, at most
 EXTRA_WAIT_S = 5.0  # beyond the grace period, for the node's supervisor to finish its own stop
 
 
@@ -96,6 +98,8 @@ class LiveOutput:
             while chunk := read_chunk():
                 with self.lock:
                     self.data += chunk
+                while len(self.data) > LIVE_LIMIT:  # a stalled terminal holds the node back, as a pipe would
+                    time.sleep(0.05)
         except (OSError, ValueError, EOFError):  # the stream was closed under the reader: its end
             pass
         finally:
@@ -117,13 +121,11 @@ def start_every_node(plan: LaunchPlan, start: Callable[[NodePlan], None], stop: 
     started, errors = on_every_host(plan.nodes, start, lambda n: n.host)
     if not errors:
         return
-    for node in plan.nodes:
-        if node.host in started:
-            try:
-                stop(node)
-            except Exception:  # noqa: BLE001 - the node's own lease or state ends it; the failed start is the news
-                pass
+    # every node at once, the failed ones too: a start that timed out may have started something
+    on_every_host(plan.nodes, stop, lambda n: n.host)  # what cannot be stopped ends by its lease or state
     host = next(n.host for n in plan.nodes if n.host in errors)
     if not isinstance(errors[host], LaunchError):
         raise errors[host]
-    raise RunError(f"could not start node {host}: {errors[host]}; stopped the {len(started)} node(s) that had started")
+    error = RunError(f"could not start node {host}: {errors[host]}; stopped the {len(started)} node(s) that had started")
+    error.host = host  # type: ignore[attr-defined]
+    raise error

@@ -153,7 +153,9 @@ class LocalBackend:
         outputs.collect(paths, node, plan, found, lambda rel, target: shutil.copy2(work / rel, target))
 
     def close(self) -> None:
-        pass
+        for popen, output in self.live.values():
+            if popen.stdout is not None and output.ended.is_set():  # a read under way would hold the close
+                popen.stdout.close()
 
 
 def _is_supervisor(pid: int) -> bool:

@@ -112,6 +112,16 @@ class SshBackend:
                 self.conns[host] = connect(self.hosts[host])
             return self.conns[host]
 
+    def _drop_sftp(self, host: str) -> None:
+        """Let go of a host's SFTP session that failed (closed: a host allows only so many)."""
+        with self.lock:
+            client = self.sftps.pop(host, None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a session that may be gone already
+                pass
+
     def _sftp(self, host: str) -> paramiko.SFTPClient:
         """One SFTP session per host (for leases and reading state), with a short time-out."""
         with self.lock:
@@ -141,7 +151,7 @@ class SshBackend:
         else:
             code, out = run(conn, ["sh", "-c", make, *folders])
         if code != 0:
-            raise RunError(f"{node.host}: cannot prepare {node.node_dir}: {out.strip()[-300:]}")
+            raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()[-300:]}")
         if node.secrets:
             # created 0600 from the start (umask), its content through stdin: never on a command line
             data = contract.format_secrets({name: secrets[name] for name in node.secrets})
@@ -184,8 +194,7 @@ class SshBackend:
         try:
             self._sftp(node.host).utime(f"{node.node_dir}/{contract.LEASE_FILE}", None)
         except (EOFError, paramiko.SSHException, socket.timeout, ConnectionError) as exc:
-            with self.lock:
-                self.sftps.pop(node.host, None)
+            self._drop_sftp(node.host)
             raise RunError(str(exc) or type(exc).__name__) from None
         except OSError:  # an SFTP status from the host: it answered
             pass
@@ -228,8 +237,7 @@ class SshBackend:
         except FileNotFoundError:
             return b""
         except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
-            with self.lock:
-                self.sftps.pop(node.host, None)
+            self._drop_sftp(node.host)
             raise RunError(f"{node.host}: cannot read the node's output: {str(exc) or type(exc).__name__}") from None
 
     # ---- stopping and collecting

@@ -67,7 +67,8 @@ class Heartbeat:
         self.paths = paths
         self.last_ok: dict[str, float] = {}  # started hosts -> when they last answered
         self.errors: dict[str, str] = {}
-        self.done = threading.Event()
+        self.done = threading.Event()  # the nodes' leases are no longer renewed
+        self.released = threading.Event()  # nor the run directory's: the run is finished
         threading.Thread(target=self._watched, daemon=True).start()
         for node in nodes:  # from before the start: a node that starts late must not miss its lease
             threading.Thread(target=self._renew, args=(node,), daemon=True).start()
@@ -87,12 +88,12 @@ class Heartbeat:
             self.done.wait(RENEW_EVERY_S)
 
     def _watched(self) -> None:
-        while not self.done.is_set():
+        while not self.released.is_set():
             try:
                 self.paths.lease_file.touch()
             except OSError:
                 pass
-            self.done.wait(RENEW_EVERY_S)
+            self.released.wait(RENEW_EVERY_S)
 
     def silent_for(self, host: str) -> float:
         return time.monotonic() - self.last_ok.get(host, time.monotonic())
@@ -110,7 +111,13 @@ class Heartbeat:
         return self.silent_for(host) < RENEW_EVERY_S + RENEW_TIMEOUT_S + 1
 
     def stop(self) -> None:
+        """The nodes' leases are no longer renewed (the run's own goes on until `release`)."""
         self.done.set()
+
+    def release(self) -> None:
+        """Nobody watches the run from here on."""
+        self.done.set()
+        self.released.set()
 
 
 class Attached:
@@ -126,32 +133,30 @@ class Attached:
         self.unexpected: list[str] = []  # tracebacks of what the launcher did not expect, from any thread
         self.started: set[str] = set()
         self.unreachable: set[str] = set()
+        self.heartbeat: Heartbeat | None = None
 
-    def run(self, secrets: dict[str, str], phases: Phases) -> RunOutcome:
-        """Submit, follow until the run must end, stop every node: how it ended (not yet collected)."""
+    def run(self, secrets: dict[str, str], phases: Phases, interrupt: Interrupt) -> RunOutcome:
+        """Submit, follow until the run must end, stop every node: how it ended (not yet collected).
+        `interrupt` is installed by the caller for as long as the run is its (its finish too); the
+        run directory's lease is renewed until `release`."""
         began = time.monotonic()
-        heartbeat = Heartbeat(self.backend, self.paths, self.plan.nodes)
-        with Interrupt().installed() as interrupt, _thread_errors_into(self.unexpected):
+        self.heartbeat = Heartbeat(self.backend, self.paths, self.plan.nodes)
+        with _thread_errors_into(self.unexpected):
             try:
-                outcome = self._submit(secrets, heartbeat, phases)
+                outcome = self._submit(secrets, self.heartbeat, phases)
                 if outcome is None:
-                    status = StatusLine(self.view.board, self.console, time.time())
-                    try:
-                        with phases.timing("run"):
-                            outcome = self._watch(interrupt, began, heartbeat, status)
-                    finally:
-                        status.close()
+                    with phases.timing("run"):
+                        outcome = self._watch(interrupt, began, self.heartbeat)
             except Exception as exc:  # noqa: BLE001 - the safety net: whatever it was, every node is stopped
                 self.unexpected.append(traceback.format_exc())
                 outcome = _unexpected_outcome(f"{type(exc).__name__}: {exc}")
             finally:
                 self.view.stopping = True
-                self.unreachable = {h for h in self.started if not heartbeat.reachable(h)}
+                self.unreachable = {h for h in self.started if not self.heartbeat.reachable(h)}
                 with phases.timing("stop"):
-                    outcome_forced = self._stop_all()
-                heartbeat.stop()
+                    outcome.forced = self._stop_all()
+                self.heartbeat.stop()
             self._last_output()
-        outcome.forced = outcome_forced
         outcome.wall_time_s = time.monotonic() - began
         outcome.unexpected = self.unexpected[0] if self.unexpected else None
         with self.view.lock:
@@ -159,28 +164,52 @@ class Attached:
         outcome.node_exit_codes = {n.host: self.backend.exit_code(n) for n in self.plan.nodes if n.host in self.started}
         return outcome
 
+    def release(self) -> None:
+        """The run is finished: its directory's lease is no longer renewed."""
+        if self.heartbeat is not None:
+            self.heartbeat.release()
+
     def _submit(self, secrets: dict[str, str], heartbeat: Heartbeat, phases: Phases) -> RunOutcome | None:
         """Every node started; a failed start ends the run as failed."""
         with phases.timing("start"):
             try:
                 self.backend.submit(self.plan, secrets, attached=True)
             except LaunchError as exc:
-                return RunOutcome(RunState.FAILED, 0.0, reason=str(exc))
+                return RunOutcome(RunState.FAILED, 0.0, reason=str(exc), failed_node=getattr(exc, "host", None))
         for node in self.plan.nodes:
             self.started.add(node.host)
             heartbeat.started(node)
         return None
 
-    def _watch(self, interrupt: Interrupt, began: float, heartbeat: Heartbeat, status: StatusLine) -> RunOutcome:
-        while True:
-            came = self.follower.poll()
-            self.quiet.tick()
-            status.tick()
-            outcome = self._verdict(interrupt, began, heartbeat)
-            if outcome is not None:
-                return outcome
-            if not came:
+    def _watch(self, interrupt: Interrupt, began: float, heartbeat: Heartbeat) -> RunOutcome:
+        """Follow the nodes' output in a thread of its own (a terminal that stalls the output must
+        not stall this loop: Ctrl-C, the timeout and a lost host are noticed all the same) until
+        the run must end."""
+        following = threading.Event()
+        following.set()
+        reader = threading.Thread(target=self._follow, args=(following,), daemon=True)
+        reader.start()
+        try:
+            while True:
+                outcome = self._verdict(interrupt, began, heartbeat)
+                if outcome is not None:
+                    return outcome
                 time.sleep(POLL_S)
+        finally:
+            following.clear()
+            reader.join(timeout=self.grace_s)
+
+    def _follow(self, following: threading.Event) -> None:
+        status = StatusLine(self.view.board, self.console, time.time())
+        try:
+            while following.is_set():
+                came = self.follower.poll()
+                self.quiet.tick()
+                status.tick()
+                if not came:
+                    time.sleep(POLL_S)
+        finally:
+            status.close()
 
     def _verdict(self, interrupt: Interrupt, began: float, heartbeat: Heartbeat) -> RunOutcome | None:
         """How the run ends now, or None while it goes on."""
@@ -232,12 +261,16 @@ class Attached:
         return dict(forced)
 
     def _last_output(self) -> None:
-        """What the stopped nodes said last (their end events, their last rank lines)."""
-        for node in self.plan.nodes:
-            if node.host in self.started and node.host not in self.unreachable:
-                self.backend.wait_output(node, self.grace_s)
+        """What the stopped nodes said last (their end events, their last rank lines), read for at
+        most the grace period."""
+        deadline = time.monotonic() + self.grace_s
         try:
-            self.follower.drain()
+            for node in self.plan.nodes:
+                if node.host in self.started and node.host not in self.unreachable:
+                    self.backend.wait_output(node, max(0.0, deadline - time.monotonic()))
+            self.follower.drain(max(1.0, deadline - time.monotonic()))
+        except Exception:  # noqa: BLE001 - kept like any other: the run is still finished
+            self.unexpected.append(traceback.format_exc())
         finally:
             self.follower.close()
 

@@ -21,12 +21,12 @@ from ..hosts.ports import free_port_pair
 from ..image.build import CACHE, PACKAGE, image_tag
 from ..plan import PlanOptions, check_hosts, make_plan
 from ..record import rundir
-from ..record.outcome import Phases, RunOutcome, RunState
+from ..record.outcome import Phases, RunOutcome, RunState, exit_code_of
 from ..results.scaling import FILES, STANDS_FOR_NODES, markdown, write_scaling
 from ..results.summary import render
 from ..spec import ClusterSpec, Host, JobSpec, select_hosts
 from ..sync.manifest import Manifest, link_warning, scan, size_warning
-from .attach import Attached
+from .attach import Attached, Interrupt
 from .console import Console
 from .finish import finish
 from .resume import LATEST, ResumeSource, find_source
@@ -79,13 +79,24 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         if request.detach:
             return _detached(plan, backend, paths, secrets, console, request), None
         console.say(f"launch: run {plan.run_id} on {plan.nnodes} node(s); run directory {paths.root}")
-        attached = Attached(plan, backend, paths, console, hang_warning_s=job.hang_warning_s, verbose=request.verbose)
-        outcome = attached.run(secrets, phases)
-        summary = finish(paths, plan, backend, outcome, console.say, attached.unreachable, phases)
+        return _attached(job, plan, backend, paths, secrets, console, phases, request)
     finally:
-        backend.close()
+        backend.close()  # after the summary is shown: old copies' removal may still be under way
+
+
+def _attached(job: JobSpec, plan, backend: Backend, paths: rundir.RunPaths, secrets: dict[str, str], console: Console,
+              phases: Phases, request: RunRequest) -> tuple[int, dict]:
+    """Run the plan attached: follow it to its end, stop it, finish it, show its summary. Stop
+    signals only mark the run stopped until it is finished (its files collected, its summary written)."""
+    attached = Attached(plan, backend, paths, console, hang_warning_s=job.hang_warning_s, verbose=request.verbose)
+    with Interrupt().installed() as interrupt:
+        try:
+            outcome = attached.run(secrets, phases, interrupt)
+            summary = finish(paths, plan, backend, outcome, console.say, attached.unreachable, phases)
+        finally:
+            attached.release()
     _show(summary, outcome, paths, request.debug)
-    return outcome.exit_code, summary
+    return exit_code_of(summary.get("status", outcome.status)), summary
 
 
 def _backend(hosts: tuple[Host, ...], paths: rundir.RunPaths) -> Backend:

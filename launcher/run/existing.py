@@ -28,7 +28,7 @@ from ..record.rundir import RunPaths
 from ..results.summary import build_summary
 from .console import Console, StatusLine
 from .events import RunView
-from .finish import finish, read_summary
+from .finish import finish, held, read_summary
 from .follow import Follower
 
 WATCHED_SLACK_S = 5.0  # an attached run's lease file may be this much older than its lease
@@ -229,15 +229,21 @@ def collect_missing(run: ExistingRun) -> dict[str, Any] | None:
             raise LaunchError("its part of the run is still going")
         run.backend.collect(node, run.plan)
 
-    collected, errors = on_every_host(nodes, collect, lambda n: n.host)
-    if not collected:
-        return summary
-    outcome = RunOutcome(RunState(summary["status"]), summary["wall_time_s"],
-                         failed_node=(summary.get("failure") or {}).get("host"), reason=summary.get("reason"),
-                         collect_errors={h: str(e) or type(e).__name__ for h, e in errors.items()},
-                         lost_host=summary.get("lost_host"))
-    summary = build_summary(run.plan, outcome, run.paths)
-    rundir.write_json(run.paths.summary_file, summary)
+    with held(run.paths):  # another command may be collecting it now
+        if (run.summary or {}).get("collect_errors") != missing:
+            return run.summary
+        collected, errors = on_every_host(nodes, collect, lambda n: n.host)
+        if not collected:
+            return summary
+        outcome = RunOutcome(RunState(summary["status"]), summary["wall_time_s"],
+                             failed_node=(summary.get("failure") or {}).get("host"), reason=summary.get("reason"),
+                             collect_errors={h: str(e) or type(e).__name__ for h, e in errors.items()},
+                             lost_host=summary.get("lost_host"),
+                             phases={k: float(v) for k, v in (summary.get("phases_s") or {}).items()})
+        # what only the launcher that ended the run knew stays as it said it
+        kept = {key: summary[key] for key in ("error", "killed") if key in summary}
+        summary = {**build_summary(run.plan, outcome, run.paths), **kept}
+        rundir.write_json(run.paths.summary_file, summary)
     return summary
 
 

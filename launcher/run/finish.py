@@ -36,7 +36,7 @@ def finish(paths: RunPaths, plan: LaunchPlan, backend: Backend, outcome: RunOutc
     summary (and the traceback of an unexpected error) and return it; the summary written already
     when another command finished the run first. `phases`: the attached launcher's, to which the
     collection's time is added (and to the run's wall time)."""
-    with _held(paths):
+    with held(paths):
         done = read_summary(paths)
         if done is not None:
             return done
@@ -78,7 +78,7 @@ def collect_all(plan: LaunchPlan, backend: Backend, unreachable: set[str], outco
 
 
 @contextmanager
-def _held(paths: RunPaths) -> Iterator[None]:
+def held(paths: RunPaths) -> Iterator[None]:
     """The run's finishing lock (on its directory: no file of its own), waited for."""
     try:
         fd = os.open(paths.root, os.O_RDONLY | os.O_DIRECTORY)

@@ -12,6 +12,7 @@ what they mean. An attached launcher and `launch logs --follow` use this same fo
 from __future__ import annotations
 
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -56,9 +57,11 @@ class Follower:
                 self._take(node, data)
         return came
 
-    def drain(self) -> None:
-        """Read until no node has more (after the nodes stopped); a last line without a break too."""
-        while self.poll():
+    def drain(self, limit_s: float | None = None) -> None:
+        """Read until no node has more (after the nodes stopped), for at most `limit_s`; a last line
+        without a break too."""
+        deadline = None if limit_s is None else time.monotonic() + limit_s
+        while self.poll() and (deadline is None or time.monotonic() < deadline):
             pass
         for host, rest in self.partial.items():
             if rest:
