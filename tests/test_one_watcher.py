@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -115,3 +118,20 @@ def test_the_first_status_of_a_lost_run_finishes_it(tmp_path: Path) -> None:
     status = launch("status", run_id, "--json", "--runs-dir", "runs", cwd=tmp_path)
     assert json.loads(status.stdout)["status"] == "lost", status.stdout + status.stderr
     assert json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())["status"] == "lost"
+
+
+def test_a_launcher_started_with_sigint_ignored_keeps_it_ignored(tmp_path: Path) -> None:
+    """As a script's background job (`launch job.yaml &`) or under nohup: a Ctrl-C meant for the
+    script does not stop the run; SIGTERM does."""
+    (tmp_path / "job.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(300)\n")
+    (tmp_path / "job.yaml").write_text("name: bg\nnproc_per_node: 1\nruntime: host\ncommand: [python, job.py]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "job.yaml", "--local", "--runs-dir", "runs"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    seen = read_until(proc, lambda lines: any("[local/0] up" in line for line in lines))
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)  # handled after the SIGINT: had SIGINT counted, it would be the reason
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, "".join(seen) + rest
+    summary = json.loads((tmp_path / "runs" / run_id_of("".join(seen)) / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["reason"].startswith("SIGTERM received"), summary

@@ -42,7 +42,8 @@ class Interrupt:
         self.signum: int | None = None
 
     def __call__(self, signum: int, _frame: object) -> None:
-        self.signum = signum
+        if self.signum is None:  # the first one is why the run stopped
+            self.signum = signum
 
     @contextmanager
     def installed(self) -> Iterator["Interrupt"]:
