@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,15 +285,21 @@ def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, opt
     with phases.timing("connect"):
         reached = reach(hosts)
     backend.conns.update(reached.conns)
-    first = hosts[0]
-    check_ports_free(f"{first.name} (rank 0's host)", first_host_ports(job, hosts), listeners_over(reached.conns[first.name]))
-    plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=reached.nics))
-    if options.image:
-        built = provide_image(job, reached.conns, say, phases, backend.tidy_ups)
-        assert built.tag == options.image, (built.tag, options.image)
-        plan = dataclasses.replace(plan, image_id=built.id)
-    with phases.timing("workdir"):
-        provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), reached.conns, say, backend.tidy_ups)
+
+    def workdir() -> None:
+        with phases.timing("workdir"):
+            provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), reached.conns, say, backend.tidy_ups)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:  # the workdir goes while the ports are asked and the image comes
+        copied = pool.submit(workdir)
+        first = hosts[0]
+        check_ports_free(f"{first.name} (rank 0's host)", first_host_ports(job, hosts), listeners_over(reached.conns[first.name]))
+        plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=reached.nics))
+        if options.image:
+            built = provide_image(job, reached.conns, say, phases, backend.tidy_ups)
+            assert built.tag == options.image, (built.tag, options.image)
+            plan = dataclasses.replace(plan, image_id=built.id)
+        copied.result()
     return plan
 
 
