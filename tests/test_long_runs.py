@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import launch, read_until, run_id_of, start_launcher
+from conftest import ROOT, launch, read_until, run_id_of, spawn, start_launcher
 from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
 
 LONG = ["--steps", "600", "--sleep", "0.1"]
+LOCKSTEP = ROOT / "tests/jobs/lockstep.py"
 
 
 def wait_gone(run_id: str, limit_s: float) -> float:
@@ -66,13 +68,14 @@ def test_logs_follow_ends_when_the_attached_launcher_is_killed(probe_job, tmp_pa
     proc = start_launcher(job, tmp_path)
     seen = read_until(proc, lambda lines: any("] step 2" in line for line in lines))
     run_id = run_id_of("".join(seen))
-    follower = subprocess.Popen([sys.executable, "-m", "launcher", "logs", run_id, "--follow"], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(2)
-    assert follower.poll() is None, "it follows while the launcher watches the run"
+    follower = spawn([sys.executable, "-m", "launcher", "logs", run_id, "--follow"], cwd=tmp_path,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    followed = read_until(follower, lambda lines: "[box/0] step 12\n" in lines)  # logged after it started: it follows
+    assert "[box/0] step 12\n" in followed and follower.poll() is None, "it follows while the launcher watches the run"
     proc.kill()
     proc.wait()
     out, err = follower.communicate(timeout=60)
+    out = "".join(followed) + out
     assert follower.returncode == 1, out[-500:] + err
     assert "launcher stopped watching it" in err and "[box/0] step 2" in out.splitlines()
     lines = [line for line in out.splitlines() if line.startswith("[box/") and line.partition("] ")[2].strip()]
@@ -80,16 +83,16 @@ def test_logs_follow_ends_when_the_attached_launcher_is_killed(probe_job, tmp_pa
 
 
 def test_detached_run_status_follow_and_summary(probe_job, tmp_path: Path) -> None:
-    job = probe_job(["--steps", "25", "--sleep", "0.2"])
-    started = time.monotonic()
-    result = launch(str(job), "--detach", cwd=tmp_path)
+    gate = tmp_path / "go"  # the ranks start their steps once it exists: the run goes on until then
+    job = probe_job(["--steps", "25", "--sleep", "0.1"], gate=gate)
+    result = launch(str(job), "--detach", cwd=tmp_path, timeout=120)  # returns without waiting for the gated run
     assert result.returncode == 0, result.stdout + result.stderr
-    assert time.monotonic() - started < 15
     run_id = result.stdout.split()[2]
     assert f"run directory {tmp_path / 'runs' / run_id}" in result.stdout
     assert status(run_id, tmp_path) | {"elapsed_s": 0, "start_time": 0} == {
         "run_id": run_id, "status": "running", "detached": True, "hosts": {"box": "running"},
         "start_time": 0, "elapsed_s": 0, "run_dir": str(tmp_path / "runs" / run_id)}
+    gate.touch()
     follow = launch("logs", run_id, "--follow", cwd=tmp_path, timeout=120)
     assert follow.returncode == 0, follow.stdout[-1000:] + follow.stderr
     lines = follow.stdout.splitlines()
@@ -132,20 +135,25 @@ def test_stop_of_a_detached_run_leaves_nothing(probe_job, tmp_path: Path) -> Non
     assert launch("stop", run_id, cwd=tmp_path).stdout.startswith(f"launch: run {run_id} has ended already (stopped)")
 
 
-def test_a_rank_that_fails_once_restarts_keeps_both_attempts_and_resumes(probe_job, tmp_path: Path) -> None:
-    job = probe_job(["--steps", "12", "--sleep", "0.05", "--fail-rank", "1", "--fail-step", "6", "--fail-once",
-                     "--checkpoint"], extra="max_restarts: 1\n")
-    result = launch(str(job), cwd=tmp_path)
+def test_a_rank_that_fails_once_restarts_keeps_both_attempts_and_resumes(tmp_path: Path) -> None:
+    """Rank 1 fails at step 6 while rank 0 waits for it in that step's all-reduce (certainly still
+    running, however unevenly the two started): the group restarts and both resume at 6."""
+    shutil.copy(LOCKSTEP, tmp_path / "lockstep.py")
+    (tmp_path / "job.yaml").write_text("name: lockstep\nnproc_per_node: 2\nruntime: host\nmax_restarts: 1\nenv: {OMP_NUM_THREADS: '1'}\n"
+                                       "command: [python, lockstep.py, --steps, '12', --sleep, '0.05', --fail-rank, '1', --fail-step, '6']\n")
+    result = launch(str(tmp_path / "job.yaml"), "--local", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr
-    assert "launch: attempt 2 of 2 (restart 1): the last attempt ended because rank 1 on box exited with code 3" in result.stdout
-    assert "[box/1] resumed from step 6" in result.stdout.splitlines()
+    assert "launch: attempt 2 of 2 (restart 1): the last attempt ended because rank 1 on local exited with code 3" in result.stdout
+    assert {"[local/0] resumed from step 6", "[local/1] resumed from step 6"} <= set(result.stdout.splitlines())
     run = tmp_path / "runs" / run_id_of(result.stdout)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "succeeded" and summary["restarts"] == 1
-    first = (run / "logs/box/rank1.attempt0.log").read_text()
-    assert "rank 1 failing on purpose" in first and "resumed" not in first
-    assert "resumed from step 6" in (run / "logs/box/rank1.log").read_text()
-    assert json.loads((run / "logs/box/rank1.attempt0.status.json").read_text())["exit_code"] == 3
+    first = (run / "logs/local/rank1.attempt0.log").read_text()
+    assert "rank 1 failing on purpose at step 6" in first and "resumed" not in first
+    healthy = (run / "logs/local/rank0.attempt0.log").read_text().splitlines()
+    assert "step 5" in healthy and "step 6" not in healthy, healthy[-5:]
+    assert "resumed from step 6" in (run / "logs/local/rank1.log").read_text()
+    assert json.loads((run / "logs/local/rank1.attempt0.status.json").read_text())["exit_code"] == 3
 
 
 def test_every_run_has_its_own_checkpoints_a_rerun_keeps_the_earlier_ones_and_resume_copies_them(probe_job, tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PROBE, ROOT, assert_secret_nowhere, containers, host_runtime_job, lab_job, launch, run_id_of
+from conftest import PROBE, ROOT, assert_secret_nowhere, containers, host_runtime_job, lab_job, launch, run_id_of, spawn, start_launcher
 
 pytestmark = pytest.mark.integration
 
@@ -40,15 +39,17 @@ def test_three_hosts_allreduce_with_known_answer(tmp_path: Path, lab, base_image
 
 
 def test_a_failing_rank_stops_every_host(tmp_path: Path, lab, base_image: str) -> None:
-    job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "600", "--sleep", "0.1", "--fail-rank", "2", "--fail-step", "5", "--fail-code", "9"])
-    started = time.monotonic()
+    """Rank 2 fails at step 5 while the others wait for it in that step's all-reduce (they would wait
+    until the run's timeout): the launcher stops them."""
+    job = lab_job(tmp_path, lab, base_image, ROOT / "tests/jobs/lockstep.py", ["--steps", "50", "--fail-rank", "2", "--fail-step", "5", "--fail-code", "9"])
     result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr
-    assert time.monotonic() - started < 90
     run = tmp_path / "runs" / run_id_of(result.stdout)
-    failure = json.loads((run / "summary.json").read_text())["failure"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert "timed out" not in summary["reason"], summary["reason"]
+    failure = summary["failure"]
     assert (failure["host"], failure["rank"], failure["exit_code"]) == ("h3", 2, 9)
-    assert failure["last_lines"][-1] == "rank 2 failing on purpose"
+    assert failure["last_lines"][-1] == "rank 2 failing on purpose at step 5"
     assert "first failure: rank 2 on h3, exit code 9" in result.stdout
     for rank, host in enumerate(("h1", "h2")):
         assert "step 4" in (run / "logs" / host / f"rank{rank}.log").read_text(), "logs of stopped ranks are collected"
@@ -58,9 +59,7 @@ def test_a_failing_rank_stops_every_host(tmp_path: Path, lab, base_image: str) -
 def test_ctrl_c_leaves_no_container_on_any_host(tmp_path: Path, lab, base_image: str) -> None:
     secret = "inspect-me-not-7d2a"
     job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "600", "--sleep", "0.1"], extra="secrets: [API_TOKEN]\n")
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "API_TOKEN": secret})
+    proc = start_launcher(job, tmp_path, "--runs-dir", str(tmp_path / "runs"), env={"API_TOKEN": secret})
     assert proc.stdout is not None
     seen = []
     for line in proc.stdout:
@@ -238,18 +237,23 @@ def test_ctrl_c_during_a_remote_command_reaches_the_launcher(tmp_path: Path, lab
     """Every step before a run (connect, check the image, ship it) runs remote commands: Ctrl-C must
     end the launcher there too, not be handed to the remote command and lost."""
     script = tmp_path / "remote_sleep.py"
+    started = "/tmp/launch-test-remote-sleep"  # on h1, made by the remote command as it starts
+    lab.ssh("h1", f"rm -f {started}")
     script.write_text(
         "import sys\nfrom pathlib import Path\nfrom launcher.spec import load_cluster\n"
         "from launcher.hosts.ssh import connect, run\n"
         f"conn = connect(load_cluster(Path({str(lab.cluster_file)!r})).hosts[0])\n"
-        "print('ready', flush=True)\n"
-        "try:\n    run(conn, ['sleep', '60'])\nexcept KeyboardInterrupt:\n    print('interrupted', flush=True)\n    sys.exit(130)\n"
+        "try:\n"
+        f"    run(conn, ['sh', '-c', 'touch {started}; exec sleep 60'])\n"
+        "except KeyboardInterrupt:\n    print('interrupted', flush=True)\n    sys.exit(130)\n"
     )
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-    time.sleep(1)
+    proc = spawn([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while lab.ssh("h1", f"test -e {started}", check=False).returncode != 0:  # the remote command runs
+        assert time.monotonic() < deadline and proc.poll() is None, "the remote command never started"
+        time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=15)
+    out, _ = proc.communicate(timeout=30)  # the remote command would hold it for 60 s
     assert (proc.returncode, out.strip()) == (130, "interrupted")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, lab_missing, launch
+from conftest import ROOT, lab_missing, launch, spawn
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_an_inventory_without_ssh_settings_uses_the_default_key(tmp_path: Path, 
 def test_ssh_agent_holds_the_key(tmp_path: Path, sshlab) -> None:
     env = home_for(tmp_path, sshlab, default_key=False)
     sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = spawn(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             if sock.exists():

@@ -14,7 +14,7 @@ import pytest
 
 from launcher.image.prune import KEEP
 
-from conftest import ROOT, lab_job, launch
+from conftest import ROOT, lab_job, launch, start_launcher
 
 pytestmark = pytest.mark.integration
 
@@ -131,10 +131,7 @@ def test_dry_run_says_what_would_be_sent_and_sends_nothing(tmp_path: Path, lab, 
 def test_an_edit_during_a_run_does_not_reach_that_runs_ranks(tmp_path: Path, lab, base_image: str) -> None:
     job = make_job(tmp_path, lab, base_image, ["--hold", "25"], extra="rdzv_port: 29610\n")
     runs = tmp_path / "runs"
-    first = subprocess.Popen(
-        [os.sys.executable, "-m", "launcher", str(job), "--runs-dir", str(runs)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    first = start_launcher(job, tmp_path, "--runs-dir", str(runs))
     try:
         deadline = time.time() + 120
         seen = ""
