@@ -33,10 +33,32 @@ def signals_as_in_a_terminal() -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
 
+SPAWNED: list[subprocess.Popen] = []  # by the test that runs now: what it left running is stopped after it
+
+
 def spawn(argv: list[str], **popen) -> subprocess.Popen:
     """Popen of `argv` with the signal disposition of a terminal's command; every process a test
     signals is started here (or by `launch`/`start_launcher`, which use it)."""
-    return subprocess.Popen(argv, preexec_fn=signals_as_in_a_terminal, **popen)
+    proc = subprocess.Popen(argv, preexec_fn=signals_as_in_a_terminal, **popen)
+    SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_left_running():
+    """A test that fails half-way leaves its launcher running (and holding ports, hosts, containers):
+    SIGTERM stops it and its nodes as a user's would be stopped, SIGKILL after a minute."""
+    yield
+    left = [proc for proc in SPAWNED if proc.poll() is None]
+    SPAWNED.clear()
+    for proc in left:
+        proc.terminate()
+    for proc in left:
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
 
 
 def launch(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -187,13 +209,22 @@ def cpu_base_image() -> str:
     return build_base()
 
 
+def lab_names(spare: bool = False) -> tuple[str, int]:
+    """The prefix and subnet of the session's lab, or of the spare one a test brings up and down itself.
+    LAUNCH_LAB_PREFIX and LAUNCH_LAB_SUBNET let a second checkout's tests run beside labs in use."""
+    prefix, subnet = os.environ.get("LAUNCH_LAB_PREFIX"), os.environ.get("LAUNCH_LAB_SUBNET")
+    if not spare:
+        return prefix or "llab", int(subnet or 7)
+    return (f"{prefix}t" if prefix else "ltest"), (int(subnet) + 128) % 256 if subnet else 8
+
+
 @pytest.fixture(scope="session")
 def lab(base_image: str):
     """Three SSH hosts with their own Docker engines, the base image in each; torn down at the end."""
     import simlab
 
-    # another prefix and subnet let a second checkout's tests run beside a lab that is in use
-    sim = simlab.Lab(hosts=3, prefix=os.environ.get("LAUNCH_LAB_PREFIX", "llab"), subnet=int(os.environ.get("LAUNCH_LAB_SUBNET", "7"))).up()
+    prefix, subnet = lab_names()
+    sim = simlab.Lab(hosts=3, prefix=prefix, subnet=subnet).up()
     try:
         sim.ensure_image(base_image)
         yield sim

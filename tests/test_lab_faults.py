@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -250,33 +251,25 @@ def test_a_host_lost_from_a_detached_run_in_a_collective_stops_every_rank(tmp_pa
     assert (summary["lost_host"], summary["failure"]["host"]) == ("h3", "h3")
 
 
-@pytest.mark.parametrize("runtime", ["docker", "host"])
-def test_ranks_that_ignore_sigterm_are_killed_on_every_kind_of_node(tmp_path: Path, lab, base_image: str, runtime: str) -> None:
+@pytest.mark.parametrize("runtime, sig", [("docker", signal.SIGHUP), ("host", signal.SIGINT)], ids=["docker-terminal-closed", "host-ctrl-c"])
+def test_ctrl_c_or_a_closed_terminal_stops_ranks_that_ignore_sigterm_on_every_kind_of_node(
+        tmp_path: Path, lab, base_image: str, runtime: str, sig: signal.Signals) -> None:
+    """The run stops, its ranks that ignore SIGTERM are killed and named, and its files (the secrets
+    file with them) are gone from every host."""
     stubborn = ROOT / "tests/jobs/stubborn.py"
     job = lab_job(tmp_path, lab, base_image, stubborn, []) if runtime == "docker" else host_runtime_job(tmp_path, lab, stubborn, [])
-    proc = start(job, tmp_path)
+    job.write_text(job.read_text() + "secrets: [LAB_TOKEN]\n")
+    proc = start_launcher(job, tmp_path, "--runs-dir", str(tmp_path / "runs"), env={"LAB_TOKEN": "hup-secret-value"})
     seen = read_until(proc, lambda lines: sum("stubborn rank" in line for line in lines) == 3)
     run_id = run_id_of("".join(seen))
-    proc.send_signal(2)
+    proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=120)
     output = "".join(seen) + rest
     assert proc.returncode == 130, output
     seconds_until_nothing_left(lab, run_id, STOPS_WITHIN_S)
     summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
-    for rank, host in enumerate(("h1", "h2", "h3")):
+    assert summary["status"] == "interrupted" and summary["reason"] == f"{sig.name} received; stopped every node"
+    for rank, host in enumerate(HOSTS):
         assert rank in {p["rank"] for p in summary["killed"][host] if "stubborn.py" in p["command"]}, summary["killed"]
         assert f"had to be killed on {host}" in output
-
-
-def test_closing_the_terminal_of_a_lab_run_stops_it_and_leaves_nothing(tmp_path: Path, lab, base_image: str) -> None:
-    job = lab_job(tmp_path, lab, base_image, PROBE, LONG, extra='secrets: [LAB_TOKEN]\n')
-    proc = start_launcher(job, tmp_path, "--runs-dir", str(tmp_path / "runs"), env={"LAB_TOKEN": "hup-secret-value"})
-    run_id = run_id_of(until_every_rank_stepped(proc))
-    proc.send_signal(1)  # SIGHUP: what a terminal sends when it closes
-    rest, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, rest
-    seconds_until_nothing_left(lab, run_id, STOPS_WITHIN_S)
-    summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
-    assert summary["status"] == "interrupted" and summary["reason"] == "SIGHUP received; stopped every node"
-    for host in ("h1", "h2", "h3"):  # the run's files, the secrets file with them, are gone from every host
         assert lab.ssh(host, f"test -e /tmp/launch-runs-root/{run_id}", check=False).returncode == 1

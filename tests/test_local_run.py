@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -47,7 +48,7 @@ def test_allreduce_job_succeeds_and_fills_the_run_directory(tmp_path: Path) -> N
     assert re.search(r"^time: start [\d.]+ s, run [\d.]+ s, .*collect [\d.]+ s \([\d.]+ s in all\)$", result.stdout, re.M)
 
 
-def test_stdout_and_stderr_of_every_rank_reach_its_log_and_the_terminal(probe_job, tmp_path: Path) -> None:
+def test_stdout_and_stderr_of_every_rank_reach_its_log_the_terminal_and_launch_logs(probe_job, tmp_path: Path) -> None:
     job = probe_job(["--steps", "2"], nproc=3)
     result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -56,6 +57,9 @@ def test_stdout_and_stderr_of_every_rank_reach_its_log_and_the_terminal(probe_jo
         assert f"[box/{rank}] to stderr from rank {rank}" in result.stdout
         log = (run / "logs/box" / f"rank{rank}.log").read_text()
         assert log.splitlines() == [f"to stderr from rank {rank}", "step 0", "step 1"]
+    logs = launch("logs", str(run), "--rank", "1", cwd=tmp_path)  # `launch logs` prints them again
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.splitlines() == ["[box/1] to stderr from rank 1", "[box/1] step 0", "[box/1] step 1"]
 
 
 def test_a_failing_rank_stops_the_run_and_is_named(probe_job, tmp_path: Path) -> None:
@@ -73,6 +77,10 @@ def test_a_failing_rank_stops_the_run_and_is_named(probe_job, tmp_path: Path) ->
     assert "first failure: rank 1 on box, exit code 7" in result.stdout
     assert "rank 1 failing on purpose" in result.stdout
     assert processes_of_run(run_id) == []
+    # the console shows the ranks and the launcher; torchrun's own lines go to its log (--verbose shows them)
+    assert [line for line in result.stdout.splitlines() if line.startswith("[box] ")] == []
+    assert "torch.distributed.elastic" not in result.stdout.split("first failure:")[0]
+    assert "torch.distributed" in (tmp_path / "runs" / run_id / "logs/box/torchrun.log").read_text()
 
 
 def test_the_tests_start_launchers_that_take_signals_however_the_tests_were_started(tmp_path: Path) -> None:
@@ -114,24 +122,16 @@ def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path, sig: s
     assert "step 2" in log
 
 
-def test_arguments_reach_the_job_verbatim(probe_job, tmp_path: Path) -> None:
+def test_arguments_reach_the_job_verbatim_and_secrets_reach_ranks_but_no_file_or_output(probe_job, tmp_path: Path) -> None:
     marker = tmp_path / "created"
     tricky = [f"$(touch {marker})", '"quoted"', "'a b'", "a b\"c", "`id`", "; rm -rf /nonexistent"]
-    job = probe_job(["--print-args", *tricky], nproc=1)
-    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    printed = [line for line in result.stdout.splitlines() if line.startswith("[box/0] args: ")]
-    assert json.loads(printed[0][len("[box/0] args: "):]) == ["--print-args", *tricky]
-    assert not marker.exists()
-
-
-def test_secrets_reach_ranks_but_no_file_or_output(probe_job, tmp_path: Path) -> None:
     secret = "s3cr3t-value-93f1"
-    job = probe_job(["--hash-env", "API_TOKEN"], nproc=2, extra="secrets: [API_TOKEN]\n")
+    job = probe_job(["--hash-env", "API_TOKEN", "--print-args", *tricky], nproc=2, extra="secrets: [API_TOKEN]\n")
     result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={"API_TOKEN": secret})
     assert result.returncode == 0, result.stdout + result.stderr
-    import hashlib
-
+    printed = [line for line in result.stdout.splitlines() if line.startswith("[box/0] args: ")]
+    assert json.loads(printed[0][len("[box/0] args: "):]) == ["--hash-env", "API_TOKEN", "--print-args", *tricky]
+    assert not marker.exists()
     digest = hashlib.sha256(secret.encode()).hexdigest()
     assert result.stdout.count(f"env API_TOKEN sha256 {digest}") == 2
     assert_secret_nowhere(secret, result.stdout + result.stderr, tmp_path / "runs")
@@ -178,15 +178,6 @@ def test_a_job_without_metrics_says_so(probe_job, tmp_path: Path) -> None:
     assert summary["throughput_samples_per_s"] is None and summary["metrics_missing"] == [0, 1]
     assert all(r["wall_time_s"] > 0 for r in summary["ranks"])
     assert "no metrics from rank(s) 0, 1" in result.stdout
-
-
-def test_logs_command_prints_a_runs_logs(probe_job, tmp_path: Path) -> None:
-    job = probe_job(["--steps", "2"])
-    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    run = tmp_path / "runs" / run_id_of(result.stdout)
-    logs = launch("logs", str(run), "--rank", "1", cwd=tmp_path)
-    assert logs.returncode == 0, logs.stderr
-    assert logs.stdout.splitlines() == ["[box/1] to stderr from rank 1", "[box/1] step 0", "[box/1] step 1"]
 
 
 def test_control_characters_from_a_rank_do_not_reach_the_terminal_raw(tmp_path: Path) -> None:
@@ -304,18 +295,11 @@ def test_local_takes_a_job_of_several_nodes_with_the_same_world_size(probe_job, 
     assert summary["world_size"] == 3 and summary["nodes"] == 1
 
 
-def test_the_console_shows_ranks_and_the_launcher_and_torchrun_only_with_verbose(probe_job, tmp_path: Path) -> None:
+def test_verbose_shows_torchruns_own_lines_too(probe_job, tmp_path: Path) -> None:
     job = probe_job(["--steps", "50", "--sleep", "0.05", "--fail-rank", "1", "--fail-step", "2", "--fail-code", "3"])
-    quiet = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert quiet.returncode == 1
-    agent_lines = [line for line in quiet.stdout.splitlines() if line.startswith("[box] ")]
-    assert agent_lines == [], "torchrun's own lines belong in torchrun.log"
-    assert "torch.distributed.elastic" not in quiet.stdout.split("first failure:")[0]
-    assert "first failure: rank 1 on box, exit code 3" in quiet.stdout
-    run = tmp_path / "runs" / run_id_of(quiet.stdout)
-    assert "torch.distributed" in (run / "logs/box/torchrun.log").read_text()
-    loud = launch(str(job), "--verbose", "--runs-dir", str(tmp_path / "runs2"), cwd=tmp_path)
-    assert loud.returncode == 1 and any(line.startswith("[box] ") for line in loud.stdout.splitlines())
+    loud = launch(str(job), "--verbose", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert loud.returncode == 1 and any(line.startswith("[box] ") for line in loud.stdout.splitlines()), loud.stdout[-3000:]
+    assert "first failure: rank 1 on box, exit code 3" in loud.stdout
 
 
 def python_without_torch() -> str:
