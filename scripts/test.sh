@@ -6,4 +6,5 @@ bash scripts/setup.sh
 bash scripts/setup-lab.sh
 echo
 echo "== running the tests"
-exec .venv/bin/python -m pytest -rs "$@"
+# --durations: the slowest tests, where the suite's time goes
+exec .venv/bin/python -m pytest -rs --durations=25 "$@"

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,19 +19,61 @@ ROOT = Path(__file__).resolve().parent.parent
 PROBE = ROOT / "tests" / "jobs" / "probe.py"
 
 
+# The signals a user sends a launcher: Ctrl-C, the terminal closed, kill, quit.
+USER_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGQUIT)
+
+
+def signals_as_in_a_terminal() -> None:
+    """A child's signal disposition, stated rather than inherited (a Popen `preexec_fn`): the user
+    signals at their defaults and none blocked, as a command typed at a terminal starts. A test run
+    started as a background job (`&` ignores SIGINT) or under nohup (SIGHUP) would otherwise hand
+    its ignored signals on, and a launcher keeps ignored what it was started ignoring."""
+    for sig in USER_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
+
+SPAWNED: list[subprocess.Popen] = []  # by the test that runs now: what it left running is stopped after it
+
+
+def spawn(argv: list[str], **popen) -> subprocess.Popen:
+    """Popen of `argv` with the signal disposition of a terminal's command; every process a test
+    signals is started here (or by `launch`/`start_launcher`, which use it)."""
+    proc = subprocess.Popen(argv, preexec_fn=signals_as_in_a_terminal, **popen)
+    SPAWNED.append(proc)
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_left_running():
+    """A test that fails half-way leaves its launcher running (and holding ports, hosts, containers):
+    SIGTERM stops it and its nodes as a user's would be stopped, SIGKILL after a minute."""
+    yield
+    left = [proc for proc in SPAWNED if proc.poll() is None]
+    SPAWNED.clear()
+    for proc in left:
+        proc.terminate()
+    for proc in left:
+        try:
+            proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+
+
 def launch(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
     """`launch ARGS...` in `cwd`, output captured as text."""
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(
-        [sys.executable, "-m", "launcher", *args],
+        [sys.executable, "-m", "launcher", *args], preexec_fn=signals_as_in_a_terminal,
         cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
     )
 
 
 def start_launcher(job: Path, cwd: Path, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """`launch JOB EXTRA...` in the background, its output merged on a text pipe."""
-    return subprocess.Popen([sys.executable, "-m", "launcher", str(job), *extra], cwd=cwd, env=dict(os.environ, **(env or {})),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return spawn([sys.executable, "-m", "launcher", str(job), *extra], cwd=cwd, env=dict(os.environ, **(env or {})),
+                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def read_until(proc: subprocess.Popen, done, limit_s: float = 120) -> list[str]:
@@ -63,10 +106,10 @@ def assert_secret_nowhere(secret: str, output: str, root: Path) -> None:
 def probe_job(tmp_path: Path):
     """Write a job.yaml running tests/jobs/probe.py with `args`, on a one-host local inventory."""
 
-    def make(args: list[str], nproc: int = 2, extra: str = "") -> Path:
+    def make(args: list[str], nproc: int = 2, extra: str = "", gate: Path | None = None) -> Path:
         shutil.copy(PROBE, tmp_path / "probe.py")
         (tmp_path / "cluster.yaml").write_text("hosts:\n  - name: box\n    address: local\n")
-        command = json.dumps(["python", "probe.py", *args])
+        command = json.dumps(gated(["python", "probe.py", *args], gate))
         (tmp_path / "job.yaml").write_text(
             f"name: probe\nnproc_per_node: {nproc}\nruntime: host\ncommand: {command}\n{extra}"
         )
@@ -75,12 +118,21 @@ def probe_job(tmp_path: Path):
     return make
 
 
-def lab_job(tmp_path: Path, lab, base_image: str, script: Path, args: list[str], extra: str = "") -> Path:
-    """A docker job for the lab's three hosts, one process each, running `script` with `args`."""
+def gated(command: list[str], gate: Path | str | None) -> list[str]:
+    """`command`, started only once the file `gate` exists where the rank runs (None: at once). A
+    test opens the gate after it has seen what it must see while the run certainly goes on."""
+    if gate is None:
+        return command
+    return ["sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.1; done; exec "$@"', str(gate), *command]
+
+
+def lab_job(tmp_path: Path, lab, base_image: str, script: Path, args: list[str], extra: str = "", gate: str | None = None) -> Path:
+    """A docker job for the lab's three hosts, one process each, running `script` with `args`
+    (once `gate`, a path in each container, exists)."""
     workdir = tmp_path / "job"
     workdir.mkdir(exist_ok=True)
     shutil.copy(script, workdir / script.name)
-    command = json.dumps(["python", script.name, *args])
+    command = json.dumps(gated(["python", script.name, *args], gate))
     (workdir / "job.yaml").write_text(
         f"name: lab-{script.stem}\ncluster: {lab.cluster_file}\nnproc_per_node: 1\nbackend: gloo\n"
         f"command: {command}\nenv: {{OMP_NUM_THREADS: '1'}}\nimage: {{base: '{base_image}'}}\n"
@@ -157,13 +209,22 @@ def cpu_base_image() -> str:
     return build_base()
 
 
+def lab_names(spare: bool = False) -> tuple[str, int]:
+    """The prefix and subnet of the session's lab, or of the spare one a test brings up and down itself.
+    LAUNCH_LAB_PREFIX and LAUNCH_LAB_SUBNET let a second checkout's tests run beside labs in use."""
+    prefix, subnet = os.environ.get("LAUNCH_LAB_PREFIX"), os.environ.get("LAUNCH_LAB_SUBNET")
+    if not spare:
+        return prefix or "llab", int(subnet or 7)
+    return (f"{prefix}t" if prefix else "ltest"), (int(subnet) + 128) % 256 if subnet else 8
+
+
 @pytest.fixture(scope="session")
 def lab(base_image: str):
     """Three SSH hosts with their own Docker engines, the base image in each; torn down at the end."""
     import simlab
 
-    # another prefix and subnet let a second checkout's tests run beside a lab that is in use
-    sim = simlab.Lab(hosts=3, prefix=os.environ.get("LAUNCH_LAB_PREFIX", "llab"), subnet=int(os.environ.get("LAUNCH_LAB_SUBNET", "7"))).up()
+    prefix, subnet = lab_names()
+    sim = simlab.Lab(hosts=3, prefix=prefix, subnet=subnet).up()
     try:
         sim.ensure_image(base_image)
         yield sim

@@ -107,7 +107,7 @@ def test_an_unexpected_error_stops_every_node_and_keeps_its_traceback(tmp_path: 
     started = time.monotonic()
     result = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path,
                     env={"PLANT_BUG": "1", "PYTHONPATH": f"{plant}:{Path(__file__).resolve().parent.parent}"}, timeout=120)
-    assert time.monotonic() - started < 60
+    assert time.monotonic() - started < 120  # the ranks would sleep for 300 s
     output = result.stdout + result.stderr
     launchers_own = "".join(line for line in output.splitlines(keepends=True) if not line.startswith("[local]"))  # not torchrun's
     assert result.returncode == 1 and "Traceback" not in launchers_own, output

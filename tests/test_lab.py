@@ -8,6 +8,7 @@ import time
 import pytest
 
 import simlab
+from conftest import lab_names
 
 pytestmark = pytest.mark.integration
 
@@ -95,15 +96,16 @@ MAKE_TINY_IMAGE = (
 
 
 def test_teardown_and_crash_cleanup_leave_nothing(base_image: str) -> None:
-    first = simlab.Lab(hosts=2, prefix="ltest", subnet=8).up()
+    prefix, subnet = lab_names(spare=True)
+    first = simlab.Lab(hosts=2, prefix=prefix, subnet=subnet).up()
     first.ssh("h1", MAKE_TINY_IMAGE)
     first.ssh("h1", f"docker run -d --network host {TINY_IMAGE} /usr/bin/sleep 600")
     assert first.ssh("h1", "docker ps -q").stdout.strip()
     holders = [int(h.holder_pid_file.read_text()) for h in first.hosts]
     # A crashed run leaves its lab behind; the next bring-up removes it before starting.
-    second = simlab.Lab(hosts=1, prefix="ltest", subnet=8).up()
+    second = simlab.Lab(hosts=1, prefix=prefix, subnet=subnet).up()
     assert not any(simlab._alive(pid) for pid in holders)
     assert second.ssh("h1", "docker ps -q").stdout == b"", "the old container was removed"
-    assert simlab.leftovers("ltest")["netns"] == ["ltest-h1"]
+    assert simlab.leftovers(prefix)["netns"] == [f"{prefix}-h1"]
     second.down()
-    assert simlab.leftovers("ltest") == {"netns": [], "links": [], "iptables": [], "processes": []}
+    assert simlab.leftovers(prefix) == {"netns": [], "links": [], "iptables": [], "processes": []}

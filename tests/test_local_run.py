@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, assert_secret_nowhere, launch, read_until, run_id_of, start_launcher
+from conftest import ROOT, assert_secret_nowhere, launch, read_until, run_id_of, spawn, start_launcher
 from simlab import processes_of_run
 
 pytestmark = pytest.mark.integration
@@ -47,7 +48,7 @@ def test_allreduce_job_succeeds_and_fills_the_run_directory(tmp_path: Path) -> N
     assert re.search(r"^time: start [\d.]+ s, run [\d.]+ s, .*collect [\d.]+ s \([\d.]+ s in all\)$", result.stdout, re.M)
 
 
-def test_stdout_and_stderr_of_every_rank_reach_its_log_and_the_terminal(probe_job, tmp_path: Path) -> None:
+def test_stdout_and_stderr_of_every_rank_reach_its_log_the_terminal_and_launch_logs(probe_job, tmp_path: Path) -> None:
     job = probe_job(["--steps", "2"], nproc=3)
     result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -56,13 +57,15 @@ def test_stdout_and_stderr_of_every_rank_reach_its_log_and_the_terminal(probe_jo
         assert f"[box/{rank}] to stderr from rank {rank}" in result.stdout
         log = (run / "logs/box" / f"rank{rank}.log").read_text()
         assert log.splitlines() == [f"to stderr from rank {rank}", "step 0", "step 1"]
+    logs = launch("logs", str(run), "--rank", "1", cwd=tmp_path)  # `launch logs` prints them again
+    assert logs.returncode == 0, logs.stderr
+    assert logs.stdout.splitlines() == ["[box/1] to stderr from rank 1", "[box/1] step 0", "[box/1] step 1"]
 
 
 def test_a_failing_rank_stops_the_run_and_is_named(probe_job, tmp_path: Path) -> None:
-    job = probe_job(["--steps", "200", "--sleep", "0.1", "--fail-rank", "1", "--fail-step", "3", "--fail-code", "7"])
-    started = time.monotonic()
-    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert time.monotonic() - started < 15, "the other rank should be stopped, not run its 200 steps"
+    job = probe_job(["--steps", "6000", "--sleep", "0.1", "--fail-rank", "1", "--fail-step", "3", "--fail-code", "7"])
+    # the other rank must be stopped, not run its 10 minutes
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, timeout=180)
     assert result.returncode == 1, result.stdout + result.stderr
     run_id = run_id_of(result.stdout)
     summary = json.loads((tmp_path / "runs" / run_id / "summary.json").read_text())
@@ -74,27 +77,41 @@ def test_a_failing_rank_stops_the_run_and_is_named(probe_job, tmp_path: Path) ->
     assert "first failure: rank 1 on box, exit code 7" in result.stdout
     assert "rank 1 failing on purpose" in result.stdout
     assert processes_of_run(run_id) == []
+    # the console shows the ranks and the launcher; torchrun's own lines go to its log (--verbose shows them)
+    assert [line for line in result.stdout.splitlines() if line.startswith("[box] ")] == []
+    assert "torch.distributed.elastic" not in result.stdout.split("first failure:")[0]
+    assert "torch.distributed" in (tmp_path / "runs" / run_id / "logs/box/torchrun.log").read_text()
+
+
+def test_the_tests_start_launchers_that_take_signals_however_the_tests_were_started(tmp_path: Path) -> None:
+    """A test run started as a background job (SIGINT ignored) or under nohup (SIGHUP ignored, SIGTERM
+    blocked) still starts every launcher as a terminal would: the signal tests mean the same."""
+    show = ("import signal as s; said = {s.SIG_IGN: 'ignored', s.SIG_DFL: 'default'}; "
+            "print(*(said.get(s.getsignal(x), 'handled') for x in (s.SIGINT, s.SIGHUP)), *map(int, s.pthread_sigmask(s.SIG_BLOCK, [])))")
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGHUP)}
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        inherited = subprocess.run([sys.executable, "-c", show], capture_output=True, text=True).stdout.split()
+        stated = spawn([sys.executable, "-c", show], stdout=subprocess.PIPE, text=True).communicate(timeout=60)[0].split()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert inherited == ["ignored", "ignored", str(int(signal.SIGTERM))], inherited  # what a plain Popen hands on
+    assert stated == ["handled", "default"], stated  # Python's KeyboardInterrupt for SIGINT, nothing blocked
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP], ids=["ctrl-c", "terminal-closed"])
 def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path, sig: signal.Signals) -> None:
     job = probe_job(["--steps", "600", "--sleep", "0.1"])
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / "runs")],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    assert proc.stdout is not None
-    lines = []
-    for line in proc.stdout:  # wait until both ranks are stepping
-        lines.append(line)
-        if sum(1 for seen in lines if "] step 2" in seen) == 2:
-            break
+    proc = start_launcher(job, tmp_path, "--runs-dir", str(tmp_path / "runs"))
+    lines = read_until(proc, lambda seen: sum("] step 2" in line for line in seen) == 2)  # both ranks are stepping
     run_id = run_id_of("".join(lines))
     assert len(processes_of_run(run_id)) >= 5  # torchrun, and a wrapper and a probe per rank
     proc.send_signal(sig)
     rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, "".join(lines) + rest
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while processes_of_run(run_id) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert processes_of_run(run_id) == []
@@ -105,24 +122,16 @@ def test_ctrl_c_stops_every_process_of_the_run(probe_job, tmp_path: Path, sig: s
     assert "step 2" in log
 
 
-def test_arguments_reach_the_job_verbatim(probe_job, tmp_path: Path) -> None:
+def test_arguments_reach_the_job_verbatim_and_secrets_reach_ranks_but_no_file_or_output(probe_job, tmp_path: Path) -> None:
     marker = tmp_path / "created"
     tricky = [f"$(touch {marker})", '"quoted"', "'a b'", "a b\"c", "`id`", "; rm -rf /nonexistent"]
-    job = probe_job(["--print-args", *tricky], nproc=1)
-    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    printed = [line for line in result.stdout.splitlines() if line.startswith("[box/0] args: ")]
-    assert json.loads(printed[0][len("[box/0] args: "):]) == ["--print-args", *tricky]
-    assert not marker.exists()
-
-
-def test_secrets_reach_ranks_but_no_file_or_output(probe_job, tmp_path: Path) -> None:
     secret = "s3cr3t-value-93f1"
-    job = probe_job(["--hash-env", "API_TOKEN"], nproc=2, extra="secrets: [API_TOKEN]\n")
+    job = probe_job(["--hash-env", "API_TOKEN", "--print-args", *tricky], nproc=2, extra="secrets: [API_TOKEN]\n")
     result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={"API_TOKEN": secret})
     assert result.returncode == 0, result.stdout + result.stderr
-    import hashlib
-
+    printed = [line for line in result.stdout.splitlines() if line.startswith("[box/0] args: ")]
+    assert json.loads(printed[0][len("[box/0] args: "):]) == ["--hash-env", "API_TOKEN", "--print-args", *tricky]
+    assert not marker.exists()
     digest = hashlib.sha256(secret.encode()).hexdigest()
     assert result.stdout.count(f"env API_TOKEN sha256 {digest}") == 2
     assert_secret_nowhere(secret, result.stdout + result.stderr, tmp_path / "runs")
@@ -171,15 +180,6 @@ def test_a_job_without_metrics_says_so(probe_job, tmp_path: Path) -> None:
     assert "no metrics from rank(s) 0, 1" in result.stdout
 
 
-def test_logs_command_prints_a_runs_logs(probe_job, tmp_path: Path) -> None:
-    job = probe_job(["--steps", "2"])
-    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    run = tmp_path / "runs" / run_id_of(result.stdout)
-    logs = launch("logs", str(run), "--rank", "1", cwd=tmp_path)
-    assert logs.returncode == 0, logs.stderr
-    assert logs.stdout.splitlines() == ["[box/1] to stderr from rank 1", "[box/1] step 0", "[box/1] step 1"]
-
-
 def test_control_characters_from_a_rank_do_not_reach_the_terminal_raw(tmp_path: Path) -> None:
     (tmp_path / "noisy.py").write_text(
         "import sys\n"
@@ -205,10 +205,12 @@ def test_control_characters_from_a_rank_do_not_reach_the_terminal_raw(tmp_path: 
 @pytest.mark.parametrize("how", ["ctrl-c", "timeout"])
 def test_ranks_that_ignore_sigterm_are_killed_and_named(tmp_path: Path, how: str) -> None:
     shutil.copy(ROOT / "tests/jobs/stubborn.py", tmp_path / "stubborn.py")
-    timeout = "timeout: 8s\n" if how == "timeout" else ""
+    # the timeout counts from the launch: room for a busy machine to start both ranks before it
+    timeout = "timeout: 20s\n" if how == "timeout" else ""
     (tmp_path / "job.yaml").write_text(f"name: stubborn\nnproc_per_node: 2\nruntime: host\ncommand: [python, stubborn.py]\n{timeout}")
     proc = start_launcher(tmp_path / "job.yaml", tmp_path, "--local", "--runs-dir", str(tmp_path / "runs"))
     lines = read_until(proc, lambda seen: sum("stubborn rank" in line for line in seen) == 2)
+    assert sum("stubborn rank" in line for line in lines) == 2, "".join(lines)[-2000:]  # both ignore SIGTERM from now on
     run_id = run_id_of("".join(lines))
     if how == "ctrl-c":
         proc.send_signal(signal.SIGINT)
@@ -239,8 +241,7 @@ def test_a_taken_rendezvous_port_is_named_before_anything_starts(probe_job, tmp_
 
 def test_two_one_box_runs_at_once_each_get_a_free_port(probe_job, tmp_path: Path) -> None:
     job = probe_job(["--steps", "30", "--sleep", "0.1"])
-    runs = [subprocess.Popen([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(tmp_path / f"runs{i}")], cwd=tmp_path,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    runs = [start_launcher(job, tmp_path, "--runs-dir", str(tmp_path / f"runs{i}")) for i in range(2)]
     outputs = [proc.communicate(timeout=180)[0] for proc in runs]
     assert [proc.returncode for proc in runs] == [0, 0], outputs
     ports = {json.loads(next((tmp_path / f"runs{i}").glob("*/plan.json")).read_text())["master_port"] for i in range(2)}
@@ -276,9 +277,11 @@ def test_a_run_whose_ranks_fall_silent_is_said_to_be_quiet(tmp_path: Path) -> No
     result = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [line for line in result.stdout.splitlines() if line.startswith("launch: warning: no rank has printed")]
-    # once per 3 s of silence (a slow start before the first line counts too), not on every poll
-    assert 1 <= len(warnings) <= 4, result.stdout
-    assert all(re.search(r"for (3|6|9|12) s;", w) for w in warnings), warnings
+    # once per 3 s of silence, not on every poll: each warning in a later 3 s span than the one before (a busy
+    # machine's late poll says "4 s" rather than "3 s")
+    silences = [int(re.search(r"for (\d+) s;", w).group(1)) for w in warnings]
+    assert silences and silences[0] >= 3, result.stdout
+    assert all(a // 3 < b // 3 for a, b in zip(silences, silences[1:])), silences
     from launcher.spec import load_job
 
     (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: false\n")
@@ -294,18 +297,11 @@ def test_local_takes_a_job_of_several_nodes_with_the_same_world_size(probe_job, 
     assert summary["world_size"] == 3 and summary["nodes"] == 1
 
 
-def test_the_console_shows_ranks_and_the_launcher_and_torchrun_only_with_verbose(probe_job, tmp_path: Path) -> None:
+def test_verbose_shows_torchruns_own_lines_too(probe_job, tmp_path: Path) -> None:
     job = probe_job(["--steps", "50", "--sleep", "0.05", "--fail-rank", "1", "--fail-step", "2", "--fail-code", "3"])
-    quiet = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert quiet.returncode == 1
-    agent_lines = [line for line in quiet.stdout.splitlines() if line.startswith("[box] ")]
-    assert agent_lines == [], "torchrun's own lines belong in torchrun.log"
-    assert "torch.distributed.elastic" not in quiet.stdout.split("first failure:")[0]
-    assert "first failure: rank 1 on box, exit code 3" in quiet.stdout
-    run = tmp_path / "runs" / run_id_of(quiet.stdout)
-    assert "torch.distributed" in (run / "logs/box/torchrun.log").read_text()
-    loud = launch(str(job), "--verbose", "--runs-dir", str(tmp_path / "runs2"), cwd=tmp_path)
-    assert loud.returncode == 1 and any(line.startswith("[box] ") for line in loud.stdout.splitlines())
+    loud = launch(str(job), "--verbose", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert loud.returncode == 1 and any(line.startswith("[box] ") for line in loud.stdout.splitlines()), loud.stdout[-3000:]
+    assert "first failure: rank 1 on box, exit code 3" in loud.stdout
 
 
 def python_without_torch() -> str:

@@ -1,4 +1,4 @@
-"""The SSH set-ups real labs have, on a simulated lab of its own: an inventory that says only where the
+"""The SSH set-ups real labs have, on the simulated lab: an inventory that says only where the
 hosts are, reached as `ssh host` reaches them (default keys, ssh-agent, ~/.ssh/config with aliases,
 User, Port, IdentityFile, ProxyJump), with what the inventory sets explicitly winning."""
 
@@ -13,25 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, lab_missing, launch
+from conftest import ROOT, launch, spawn
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def sshlab():
-    reason = lab_missing()
-    if reason:
-        pytest.skip(reason)
-    import simlab
-
-    sim = simlab.Lab(hosts=2, prefix="lssh", subnet=9).up()
-    try:
-        yield sim
-    finally:
-        sim.down()
-    left = simlab.leftovers(sim.prefix)
-    assert not any(left.values()), f"the lab left {left}"
+@pytest.fixture
+def sshlab(lab):
+    """The session's lab (these tests change nothing on its hosts); they use its first two hosts."""
+    return lab
 
 
 def home_for(tmp_path: Path, sshlab, default_key: bool = True, config: str = "", known_hosts: bool = True) -> dict[str, str]:
@@ -68,7 +58,7 @@ def check(tmp_path: Path, cluster: Path, env: dict[str, str]) -> subprocess.Comp
 
 def test_an_inventory_without_ssh_settings_uses_the_default_key(tmp_path: Path, sshlab) -> None:
     env = home_for(tmp_path, sshlab)
-    result = check(tmp_path, inventory(tmp_path, [(h.name, h.address) for h in sshlab.hosts]), env)
+    result = check(tmp_path, inventory(tmp_path, [(h.name, h.address) for h in sshlab.hosts[:2]]), env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1] == "2 of 2 host(s) usable"
     no_key = home_for(tmp_path / "nokey", sshlab, default_key=False)
@@ -80,7 +70,7 @@ def test_an_inventory_without_ssh_settings_uses_the_default_key(tmp_path: Path, 
 def test_ssh_agent_holds_the_key(tmp_path: Path, sshlab) -> None:
     env = home_for(tmp_path, sshlab, default_key=False)
     sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    agent = spawn(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         for _ in range(100):
             if sock.exists():
@@ -96,7 +86,7 @@ def test_ssh_agent_holds_the_key(tmp_path: Path, sshlab) -> None:
 
 
 def alias_config(sshlab, key: Path, jump: bool = False, port: int = 22) -> str:
-    h1, h2 = sshlab.hosts
+    h1, h2 = sshlab.hosts[:2]
     text = (f"Host alpha\n  HostName {h1.address}\n  User root\n  Port {port}\n  IdentityFile {key}\n"
             f"  UserKnownHostsFile {sshlab.known_hosts}\n"
             f"Host beta\n  HostName {h2.address}\n  User root\n  IdentityFile {key}\n  UserKnownHostsFile {sshlab.known_hosts}\n")
@@ -145,7 +135,7 @@ def test_a_jump_host_whose_key_is_unknown_is_refused(tmp_path: Path, sshlab) -> 
     key = tmp_path / "lab_key"
     shutil.copy(sshlab.client_key, key)
     os.chmod(key, 0o600)
-    h1, h2 = sshlab.hosts
+    h1, h2 = sshlab.hosts[:2]
     only_h2 = tmp_path / "known_h2"
     only_h2.write_text("".join(line + "\n" for line in sshlab.known_hosts.read_text().splitlines() if h1.address not in line))
     config = (f"Host alpha\n  HostName {h1.address}\n  IdentityFile {key}\n  UserKnownHostsFile {only_h2}\n"

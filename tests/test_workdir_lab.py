@@ -14,7 +14,7 @@ import pytest
 
 from launcher.image.prune import KEEP
 
-from conftest import ROOT, lab_job, launch
+from conftest import ROOT, lab_job, launch, read_until, run_id_of, start_launcher
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +53,9 @@ def make_job(tmp_path: Path, lab, base_image: str, args: list[str], extra: str =
 
 
 def test_an_edit_sends_one_file_every_rank_runs_it_and_no_edit_sends_nothing(tmp_path: Path, lab, base_image: str) -> None:
+    """One job's workdir through its life: first sent whole, then nothing, an ignored edit nothing, an
+    edit one file (what a dry run says first), from a machine without manifests one file, a removal;
+    and a dry run names the links that leave it."""
     for host in lab.hosts:  # from hosts that never saw this job's workdir
         lab.ssh(host.name, f"rm -rf {COPIES}")
     job = make_job(tmp_path, lab, base_image, [])
@@ -82,6 +85,7 @@ def test_an_edit_sends_one_file_every_rank_runs_it_and_no_edit_sends_nothing(tmp
     assert recorded_hash(runs, ignored.stdout) == recorded_hash(runs, first.stdout)
 
     (job.parent / "version.txt").write_text("v2\n")
+    dry_run_says_what_would_be_sent_and_sends_nothing(job, lab, runs)
     edited = launch(str(job), "--runs-dir", str(runs), cwd=tmp_path)
     assert edited.returncode == 0, edited.stdout[-3000:] + edited.stderr
     delta = sent(edited.stdout)
@@ -101,54 +105,57 @@ def test_an_edit_sends_one_file_every_rank_runs_it_and_no_edit_sends_nothing(tmp
     removed = launch(str(job), "--runs-dir", str(runs), cwd=tmp_path)
     assert removed.returncode == 0, removed.stdout[-3000:] + removed.stderr
     assert "data.bin" not in re.search(r"rank 0 files (.*)$", removed.stdout, re.M).group(1)
+    links_and_interfaces_are_said_by_a_dry_run(job, lab, runs)
 
 
-def test_dry_run_says_what_would_be_sent_and_sends_nothing(tmp_path: Path, lab, base_image: str) -> None:
-    job = make_job(tmp_path, lab, base_image, [])
-    first = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr
-    (job.parent / "version.txt").write_text("v3 dry\n")
+def dry_run_says_what_would_be_sent_and_sends_nothing(job: Path, lab, runs: Path) -> None:
+    """After one edit of a job the hosts have: one file to send, the image there, nothing changed."""
     before = {h.name: lab.ssh(h.name, f"ls {COPIES}").stdout for h in lab.hosts}
-
-    dry = launch(str(job), "--runs-dir", str(tmp_path / "runs"), "--dry-run", cwd=tmp_path)
+    dry = launch(str(job), "--runs-dir", str(runs), "--dry-run", cwd=runs.parent)
     assert dry.returncode == 0, dry.stdout[-3000:] + dry.stderr
     for host in ("h1", "h2", "h3"):
         assert re.search(rf"^{host}: image: has it$", dry.stdout, re.M), dry.stdout[-2000:]
         assert re.search(rf"^{host}: workdir \w+ from its copy \w+: send 1 file\(s\), 0.0 kB", dry.stdout, re.M), dry.stdout[-2000:]
     assert "built already on this machine" in dry.stdout
     assert {h.name: lab.ssh(h.name, f"ls {COPIES}").stdout for h in lab.hosts} == before
-    # without `nic` the interfaces are found now, and said; links that leave the workdir are named, not followed
-    (tmp_path / "no-nic.yaml").write_text(lab.cluster_file.read_text().replace("    nic: eth0\n", ""))
+
+
+def links_and_interfaces_are_said_by_a_dry_run(job: Path, lab, runs: Path) -> None:
+    """Without `nic` the interfaces are found now, and said; links that leave the workdir are named, not followed."""
+    (runs.parent / "no-nic.yaml").write_text(lab.cluster_file.read_text().replace("    nic: eth0\n", ""))
     (job.parent / "dangling").symlink_to("nowhere")
     (job.parent / "shadow").symlink_to("/etc/shadow")
-    dry = launch(str(job), "--cluster", str(tmp_path / "no-nic.yaml"), "--runs-dir", str(tmp_path / "runs"), "--dry-run", cwd=tmp_path)
+    dry = launch(str(job), "--cluster", str(runs.parent / "no-nic.yaml"), "--runs-dir", str(runs), "--dry-run", cwd=runs.parent)
     assert dry.returncode == 0 and "Traceback" not in dry.stdout + dry.stderr, dry.stdout[-3000:] + dry.stderr
     for host in ("h1", "h2", "h3"):
         assert f"{host}: GLOO_SOCKET_IFNAME/NCCL_SOCKET_IFNAME=eth0 (not in the plan above: found at launch" in dry.stdout
     assert "2 link(s) in the workdir" in dry.stderr and "shadow -> /etc/shadow, outside the workdir" in dry.stderr
 
 
+GATE = "/tmp/launch-test-go"  # in each container of the first run: it reads version.txt again once this exists
+# show_version.py's first two lines, then its "after hold" line once the test opens the gate
+HOLD_FOR_THE_GATE = ["sh", "-c", "python show_version.py | sed -n 1,2p; until [ -e $0 ]; do sleep 0.1; done; "
+                     'echo "rank $RANK after hold version $(cat version.txt)"', GATE]
+
+
 def test_an_edit_during_a_run_does_not_reach_that_runs_ranks(tmp_path: Path, lab, base_image: str) -> None:
-    job = make_job(tmp_path, lab, base_image, ["--hold", "25"], extra="rdzv_port: 29610\n")
+    job = make_job(tmp_path, lab, base_image, [], extra="rdzv_port: 29610\n")
+    plain = job.read_text()
+    job.write_text(re.sub(r"^command: .*$", lambda _: f"command: {json.dumps(HOLD_FOR_THE_GATE)}", plain, flags=re.M))
     runs = tmp_path / "runs"
-    first = subprocess.Popen(
-        [os.sys.executable, "-m", "launcher", str(job), "--runs-dir", str(runs)],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    first = start_launcher(job, tmp_path, "--runs-dir", str(runs))
     try:
-        deadline = time.time() + 120
-        seen = ""
-        while time.time() < deadline and len(re.findall(r"rank \d version v1$", seen, re.M)) < 3:
-            line = first.stdout.readline()
-            if not line:
-                break
-            seen += line
+        seen = "".join(read_until(first, lambda lines: len(re.findall(r"rank \d version v1$", "".join(lines), re.M)) == 3))
         assert len(re.findall(r"rank \d version v1$", seen, re.M)) == 3, seen[-2000:]
         (job.parent / "version.txt").write_text("v2 during the first run\n")
-        job.write_text(job.read_text().replace('"--hold", "25"', '"--hold", "0"').replace("rdzv_port: 29610", "rdzv_port: 29620"))
+        job.write_text(plain.replace("rdzv_port: 29610", "rdzv_port: 29620"))
         second = launch(str(job), "--runs-dir", str(runs), cwd=tmp_path)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr
         assert second.stdout.count("after hold version v2 during the first run") == 3
+        first_run = run_id_of(seen)
+        for host in lab.hosts:  # the second run has ended and synced its edit: the first run's ranks read again
+            (box,) = lab.docker(host.name, "ps", "-q", "--filter", f"label=launch.run_id={first_run}").stdout.decode().split()
+            lab.docker(host.name, "exec", box, "touch", GATE)
         rest, _ = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
