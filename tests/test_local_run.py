@@ -277,11 +277,11 @@ def test_a_run_whose_ranks_fall_silent_is_said_to_be_quiet(tmp_path: Path) -> No
     result = launch(str(tmp_path / "job.yaml"), "--local", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     warnings = [line for line in result.stdout.splitlines() if line.startswith("launch: warning: no rank has printed")]
-    # once per 3 s of silence, not on every poll: each warning in a later 3 s span than the one before (a busy
-    # machine's late poll says "4 s" rather than "3 s")
+    # once per 3 s of silence, not on every poll: within one silence each warning in a later 3 s span than the one
+    # before (a busy machine's late poll says "4 s" rather than "3 s"; its slow exit after the last line is a new silence)
     silences = [int(re.search(r"for (\d+) s;", w).group(1)) for w in warnings]
-    assert silences and silences[0] >= 3, result.stdout
-    assert all(a // 3 < b // 3 for a, b in zip(silences, silences[1:])), silences
+    assert silences and min(silences) >= 3, result.stdout
+    assert all(b < a or a // 3 < b // 3 for a, b in zip(silences, silences[1:])), silences
     from launcher.spec import load_job
 
     (tmp_path / "job.yaml").write_text("name: quiet\nnproc_per_node: 1\nruntime: host\ncommand: [python, hang.py]\nhang_warning: false\n")
