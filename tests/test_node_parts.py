@@ -171,3 +171,19 @@ def test_the_group_restarts_on_every_node_over_the_mesh(tmp_path: Path) -> None:
     events = [contract.parse_event(line + b"\n") for line in (tmp_path / "n0" / "logs" / "n0" / contract.NODE_OUTPUT).read_bytes().splitlines()]
     [restart] = [e for e in events if e and e["event"] == contract.EVENT_ATTEMPT]
     assert (restart["attempt"], restart["reason"]) == (1, "torchrun on n1 exited with code 3")
+
+
+def test_a_code_file_gone_since_it_was_listed_is_left_out(tmp_path) -> None:
+    """On one box the workdir is live: a file the launcher listed may be gone when the node copies."""
+    import json
+
+    from launcher.node import workspace
+
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "train.py").write_text("print(1)\n")
+    listing = tmp_path / "workdir.json"
+    listing.write_text(json.dumps({"files": [["train.py", 9, 0, "x"], [".gone.tmp", 3, 0, "y"]]}))
+    workspace.prepare(str(tmp_path / "state"), str(code), str(listing))
+    work = tmp_path / "state" / "work"
+    assert (work / "train.py").read_text() == "print(1)\n" and not (work / ".gone.tmp").exists()

@@ -43,7 +43,10 @@ def prepare(state_dir: str, code_from: str, code_list: str = "", resume_from: st
             if link is not None:
                 os.symlink(link, target)
             else:
-                shutil.copy2(os.path.join(code_from, rel), target)
+                try:
+                    shutil.copy2(os.path.join(code_from, rel), target)
+                except FileNotFoundError:  # gone since the launcher listed it (a one-box workdir is live): not code now
+                    continue
                 os.chmod(target, os.stat(target).st_mode | 0o200)  # the run may write its copy (the host's is read-only)
             st = os.lstat(target)
             copied[rel] = [st.st_size, st.st_mtime_ns]
