@@ -34,13 +34,19 @@ class Backend(Protocol):
         """Get the machines ready for the run (the job's image and code where they are needed, the
         rendezvous ports checked) and return its plan; nothing is started."""
 
-    def describe(self, job: "JobSpec", hosts: "tuple[Host, ...]", options: PlanOptions, manifest: "Manifest") -> str:
-        """For --dry-run: what `prepare` would build and send where (asks, changes nothing)."""
+    def describe(self, job: "JobSpec", hosts: "tuple[Host, ...]", run_id: str, options: PlanOptions, manifest: "Manifest") -> str:
+        """For --dry-run: the plan, and what `prepare` would build and send where (asks, changes nothing)."""
 
     def submit(self, plan: LaunchPlan, secrets: dict[str, str], attached: bool) -> None:
         """Start every node's part of the planned run (secret values from `secrets`, never from the
         plan); when one cannot start, stop and clean up the ones started, and raise. `attached`: the
         launcher follows the nodes' output as it streams and renews their leases."""
+
+    def queued(self) -> str | None:
+        """Why the run's nodes have not started yet (a scheduler's queue); None when they are not waiting."""
+
+    def facts(self, plan: LaunchPlan) -> dict[str, Any]:
+        """What the run's summary says of where it ran, beyond the plan (a scheduler's job id, its nodes)."""
 
     def renew(self, node: NodePlan) -> None:
         """Renew the node's lease (an attached run); raise when the node cannot be reached."""

@@ -30,7 +30,19 @@ def backend_of(paths: RunPaths, plan: LaunchPlan) -> Backend:
         return LocalBackend()
     if name == "ssh":
         return _ssh(paths, plan)
-    raise SpecError(f"{paths.handle_file}: backend: expected local or ssh, got {name!r}")
+    if name == "slurm":
+        return _slurm(paths)
+    raise SpecError(f"{paths.handle_file}: backend: expected local, ssh or slurm, got {name!r}")
+
+
+def _slurm(paths: RunPaths) -> Backend:
+    from ..spec import load_cluster
+    from .slurm import SlurmBackend
+
+    cluster = load_cluster(paths.cluster_file)
+    if cluster.slurm is None:
+        raise SpecError(f"{paths.cluster_file}: has no slurm block, which the run used")
+    return SlurmBackend(cluster.slurm, paths)
 
 
 def _ssh(paths: RunPaths, plan: LaunchPlan) -> Backend:

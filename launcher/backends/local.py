@@ -50,8 +50,14 @@ class LocalBackend:
         check_ports_free("this machine", first_host_ports(job, hosts))
         return make_plan(job, hosts, run_id, options)
 
-    def describe(self, job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions, manifest: Manifest) -> str:
-        return ""  # nothing is built or sent
+    def describe(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest) -> str:
+        return make_plan(job, hosts, run_id, options).describe() + "\n"  # nothing is built or sent
+
+    def queued(self) -> str | None:
+        return None
+
+    def facts(self, plan: LaunchPlan) -> dict[str, Any]:
+        return {}
 
     def _popen(self, node: NodePlan, secrets: dict[str, str], stdout) -> subprocess.Popen:
         env = node_environment(node, secrets, dict(os.environ))

@@ -27,7 +27,7 @@ from ..errors import RunError
 from ..hosts.ssh import connect, open_command, pipe_into, run
 from ..image.build import shipped_files
 from ..node import contract
-from ..plan import REMOTE_LIB, RUN_LABEL, STOP_GRACE_S, LaunchPlan, NodeKind, NodePlan, PlanOptions
+from ..plan import REMOTE_LIB, RUN_LABEL, STOP_GRACE_S, LaunchPlan, NodeKind, NodePlan, PlanOptions, make_plan
 from ..record import outputs
 from ..record.outcome import Phases
 from ..record.rundir import RunPaths
@@ -101,10 +101,17 @@ class SshBackend:
 
         return prepare_lab(self, job, hosts, run_id, options, manifest, say, phases)
 
-    def describe(self, job: JobSpec, hosts: tuple[Host, ...], options: PlanOptions, manifest: Manifest) -> str:
+    def describe(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest) -> str:
         from .deploy import describe_deployment, lab_folders
 
-        return describe_deployment(job, hosts, manifest, options.image, lab_folders(job, hosts, options))
+        return (make_plan(job, hosts, run_id, options).describe() + "\n"
+                + describe_deployment(job, hosts, manifest, options.image, lab_folders(job, hosts, options)))
+
+    def queued(self) -> str | None:
+        return None
+
+    def facts(self, plan: LaunchPlan) -> dict[str, Any]:
+        return {}
 
     def control(self, host: str) -> fabric.Connection:
         with self.connecting[host]:

@@ -22,6 +22,7 @@ METRICS_DIR = "LAUNCH_METRICS_DIR"
 CHECKPOINT_DIR = "LAUNCH_CHECKPOINT_DIR"
 SECRETS_FILE_VAR = "LAUNCH_SECRETS_FILE"  # read and removed by the rank wrapper, never seen by the rank
 ATTEMPT = "LAUNCH_ATTEMPT"  # set by the node supervisor: 0, then 1, 2, ... after each restart of the group
+PREEMPT_SIGNAL = "LAUNCH_PREEMPT_SIGNAL"  # where a scheduler warns of its time limit or a preemption: the signal's name
 STEP_METRICS_PID = "LAUNCH_STEP_METRICS_PID"  # set in a rank's Python by the step-metrics hook: the process that measures
 
 # ---- the layout of a run's folder: the run directory here, a node's folder on a host, the mount
@@ -44,7 +45,9 @@ STOPPED_BY_LEASE = "lease"  # the attached launcher stopped renewing the lease
 STOPPED_FOR_PEER_FAILED = "peer-failed"  # another node failed: fail-fast
 STOPPED_FOR_PEER_LOST = "peer-lost"  # another node stopped answering
 STOPPED_BY_TIMEOUT = "timeout"  # a detached run went past the job's timeout
-STOP_CAUSES = (STOPPED_BY_SIGNAL, STOPPED_BY_LEASE, STOPPED_FOR_PEER_FAILED, STOPPED_FOR_PEER_LOST, STOPPED_BY_TIMEOUT)
+STOPPED_BY_PREEMPTION = "preempted"  # the scheduler's warning signal (its time limit, a preemption) came
+STOP_CAUSES = (STOPPED_BY_SIGNAL, STOPPED_BY_LEASE, STOPPED_FOR_PEER_FAILED, STOPPED_FOR_PEER_LOST, STOPPED_BY_TIMEOUT,
+               STOPPED_BY_PREEMPTION)
 
 
 def node_dirs(root: str, host: str) -> tuple[str, str]:

@@ -88,7 +88,8 @@ class Supervisor:
         with self.lock:
             if self.stopping.is_set():
                 return
-            self.cause, self.stop_reason, self.lost = cause, reason, lost
+            if self.cause != contract.STOPPED_BY_PREEMPTION:  # the scheduler's kill after its warning: still that
+                self.cause, self.stop_reason, self.lost = cause, reason, lost
             self.stopping.set()
             self.changed.notify_all()
         self._end_child(LEASE_GRACE_S if cause == contract.STOPPED_BY_LEASE else self.args.grace)
@@ -138,6 +139,23 @@ class Supervisor:
         kill_all(pids)
         self.event(contract.EVENT_KILLED, grace=grace, processes=described)
 
+    def _on_preempt(self, signum: int, _frame) -> None:
+        """The scheduler's warning (its time limit, a preemption): the ranks save and end on their own
+        (torchrun passes the signal on to them, and ends); this node ends stopped, not failed, and the
+        group is not restarted."""
+        with self.lock:
+            first = self.cause is None
+            if first:
+                self.cause = contract.STOPPED_BY_PREEMPTION
+                self.stop_reason = f"{signal.Signals(signum).name} received: the scheduler's time limit or a preemption is near"
+            self.signaled = True
+        child = self.child
+        if self.args.forward_preempt and child is not None and child.poll() is None:
+            os.kill(child.pid, signum)  # torchrun alone: it hands the signal to its ranks
+        if first:
+            threading.Thread(target=self.event, args=(contract.EVENT_STOPPING,),
+                             kwargs={"cause": self.cause, "reason": self.stop_reason}, daemon=True).start()
+
     def _on_signal(self, signum: int, _frame) -> None:
         # not here: the main thread may hold a lock this handler interrupted
         threading.Thread(target=self.stop, args=(contract.STOPPED_BY_SIGNAL, f"{signal.Signals(signum).name} received"),
@@ -179,6 +197,8 @@ class Supervisor:
         self.out.open(os.path.join(self.log_dir, contract.NODE_OUTPUT))
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._on_signal)
+        if self.args.preempt_signal:
+            signal.signal(signal.Signals[self.args.preempt_signal], self._on_preempt)
         self.write_status(contract.RUNNING)  # before the copies: a long one is a node at work, not a lost one
         if self.args.peers > 1:
             self.mesh = Mesh(self)
@@ -202,7 +222,7 @@ class Supervisor:
             self.mesh.finish(code)
         if failed_itself:
             state = contract.FAILED
-        elif self.stopping.is_set() or code != 0:
+        elif self.stopping.is_set() or code != 0 or self.cause is not None:
             state = contract.STOPPED
         else:
             state = contract.SUCCEEDED
@@ -249,7 +269,7 @@ class Supervisor:
             self.signaled, self.rank_failure = False, None
             code = self._run_child(argv)
             failed_itself = code != 0 and not self.signaled
-            if self.stopping.is_set():
+            if self.stopping.is_set() or self.cause == contract.STOPPED_BY_PREEMPTION:
                 return code, failed_itself
             with self.lock:
                 restart_asked = self.restart_to > self.attempt
@@ -363,6 +383,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--code-list", default="", help="a workdir record naming the files of --code-from that are the code")
     parser.add_argument("--resume-from", default="", help="the folder of the run to resume from (its checkpoints and outputs)")
     parser.add_argument("--echo", action="store_true", help="also write the node's output to stdout")
+    parser.add_argument("--preempt-signal", default="", help="a scheduler's warning signal (SIGUSR2): save, end, no restart")
+    parser.add_argument("--forward-preempt", action="store_true",
+                        help="pass the warning signal on to torchrun (where the scheduler does not signal it itself)")
     return parser.parse_args(argv[:split]), argv[split + 1 :]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..spec import Host, JobSpec
 from .layout import CONTAINER_CODE, CONTAINER_RESUME, CONTAINER_STATE, CONTAINER_WORKDIR, NodeLayout
-from .model import LEASE_S, STOP_GRACE_S, NodeKind, PlanOptions
+from .model import LEASE_S, PREEMPT_SIGNAL, STOP_GRACE_S, NodeKind, PlanOptions
 from .ports import rdzv_port, supervisors_port
 
 RANK_WRAPPER_MODULE = "launcher.node.rankexec"
@@ -52,6 +52,11 @@ def _supervisor(job: JobSpec, host: Host, where: NodeLayout, node_rank: int, nno
         coordinator = f"[{master_addr}]" if ":" in master_addr else master_addr  # IPv6
         supervisor += ["--coordinator", f"{coordinator}:{supervisors_port(rdzv_port(job, options))}",
                        "--peer-timeout", f"{PEER_TIMEOUT_S:g}"]
+    if options.shared_dir:  # a Slurm node: its output goes to the shared folder, the scheduler keeps the time
+        supervisor += ["--preempt-signal", PREEMPT_SIGNAL]
+        if where.kind is NodeKind.CONTAINER:  # what runs in a Docker container is not the step's: Slurm does not signal it
+            supervisor.append("--forward-preempt")
+        return supervisor + ([] if options.detach else ["--lease", f"{LEASE_S:g}"])
     if not options.detach:
         supervisor += ["--lease", f"{LEASE_S:g}", "--echo"]
     elif job.timeout_s is not None:  # no launcher watches the clock of a detached run

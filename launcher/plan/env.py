@@ -9,7 +9,7 @@ from ..spec import Host, JobSpec
 from .container import CONTAINER_LIB
 from .hostproc import REMOTE_LIB
 from .layout import NodeLayout
-from .model import NodeKind, PlanOptions
+from .model import PREEMPT_SIGNAL, NodeKind, PlanOptions
 
 
 def launcher_lib(host: Host, where: NodeLayout, options: PlanOptions) -> str:
@@ -62,6 +62,9 @@ def _contract_env(job: JobSpec, host: Host, run_id: str, backend: str, where: No
         contract.BACKEND: backend,
         contract.CHECKPOINT_DIR: where.seen_checkpoints,
     })
+    if options.shared_dir:  # Slurm's warning before its time limit or a preemption reaches the ranks through torchrun
+        env[contract.PREEMPT_SIGNAL] = PREEMPT_SIGNAL
+        env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = f"SIGTERM,SIGINT,SIGHUP,SIGQUIT,{PREEMPT_SIGNAL}"
     nic = host.nic or options.nics.get(host.name)
     if nic:
         env["GLOO_SOCKET_IFNAME"] = nic

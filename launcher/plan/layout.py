@@ -52,6 +52,25 @@ def workdir_copies(remote_jobs: str, user: str, job: str) -> str:
     return f"{remote_jobs}-{user}/{job}/.workdirs"
 
 
+def shared_folders(shared_dir: str, job: str, run_id: str) -> tuple[str, str, str]:
+    """On a Slurm cluster's shared folder: the run's folder (each node's part in a folder of its own),
+    the job's folder (runs' own folders: checkpoints, working directories) and its workdir copies."""
+    return f"{shared_dir}/runs/{run_id}", f"{shared_dir}/jobs", f"{shared_dir}/jobs/{job}/.workdirs"
+
+
+def _folders(job: JobSpec, host: Host, run_id: str, options: PlanOptions) -> tuple[str, str, str | None]:
+    """The node's run directory, the run's own folder and where the workdir copies are (None: this
+    machine, whose ranks run from the workdir's own files)."""
+    if options.shared_dir:
+        runs, jobs, copies = shared_folders(options.shared_dir, job.name, run_id)
+        return f"{runs}/{host.name}", run_state_dir(jobs, job.name, host.name, run_id), copies
+    if host.is_local:
+        return options.run_dir, run_state_dir(options.local_jobs, job.name, host.name, run_id), None
+    user = host.ssh.user or options.local_user
+    return (f"{options.remote_runs}-{user}/{run_id}/{host.name}", run_state_dir(f"{options.remote_jobs}-{user}", job.name, host.name, run_id),
+            workdir_copies(options.remote_jobs, user, job.name))
+
+
 def node_kind(job: JobSpec, host: Host) -> NodeKind:
     """This machine; a lab host's container (runtime: docker); or a lab host's own python."""
     if host.is_local:
@@ -64,16 +83,14 @@ def node_layout(job: JobSpec, host: Host, run_id: str, options: PlanOptions) -> 
     workdir copy is not known."""
     kind = node_kind(job, host)
     in_container = kind is NodeKind.CONTAINER
-    user = host.ssh.user or options.local_user
-    node_dir = options.run_dir if host.is_local else f"{options.remote_runs}-{user}/{run_id}/{host.name}"
+    node_dir, state_dir, copies = _folders(job, host, run_id, options)
     seen_dir = CONTAINER_RUN_DIR if in_container else node_dir
-    state_dir = run_state_dir(options.local_jobs if host.is_local else f"{options.remote_jobs}-{user}", job.name, host.name, run_id)
     checkpoint_dir = f"{state_dir}/{contract.STATE_CHECKPOINTS}"
     copy = None
-    if not host.is_local:
+    if copies is not None:
         if not options.workdir_hash:
             raise SpecError(f"{job.path}: a remote node needs the hash of the workdir copied to its host")
-        copy = f"{workdir_copies(options.remote_jobs, user, job.name)}/{options.workdir_hash}"
+        copy = f"{copies}/{options.workdir_hash}"
     python = "python3" if in_container else host.python or (options.local_python if host.is_local else options.remote_python)
     log_dir, metrics_dir = contract.node_dirs(seen_dir, host.name)
     return NodeLayout(

@@ -11,6 +11,7 @@ from .hostproc import host_process, pid_file
 from .layout import node_layout
 from .model import LEASE_S, SECRET_MASK, LaunchPlan, NodeKind, NodePlan, PlanOptions
 from .ports import rdzv_port
+from .slurm import node_prefix
 
 LOCAL_MASTER_ADDR = "127.0.0.1"
 
@@ -82,7 +83,10 @@ def _node(job: JobSpec, host: Host, node_rank: int, nproc: int | str, first_rank
     lib = launcher_lib(host, where, options)
     env = rank_env(job, host, run_id, backend, where, lib, options)
     container = pid_path = None
-    if where.kind is NodeKind.CONTAINER:
+    if options.shared_dir:  # a Slurm node: srun starts it, in the cluster's kind of container
+        container = container_name(run_id, host) if where.in_container else None
+        argv = node_prefix(host, run_id, container, where, env, options) + argv
+    elif where.kind is NodeKind.CONTAINER:
         container = container_name(run_id, host)
         argv = docker_run(host, run_id, container, mounts(where), env, options) + argv
     elif where.kind is NodeKind.HOST_PROCESS:

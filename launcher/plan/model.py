@@ -11,6 +11,7 @@ from typing import Any
 SECRET_MASK = "***"
 LEASE_S = 10.0  # an attached run's nodes stop when the launcher has not renewed their lease for this long
 STOP_GRACE_S = 10.0  # from SIGTERM to SIGKILL when a node stops
+PREEMPT_SIGNAL = "SIGUSR2"  # a Slurm job's warning before its time limit or a preemption, passed on to the ranks
 
 
 @dataclass(frozen=True)
@@ -32,8 +33,11 @@ class PlanOptions:
     resume_dirs: dict[str, str] = field(default_factory=dict)  # host -> the own folder of that run there
     code_list: str | None = None  # the workdir record naming the code files, for a local host's copy (workdir.json)
     workdir_hash: str | None = None  # the workdir's copy on each remote host (`workdir_copies`) that ranks run in
-    rdzv_port: int | None = None  # chosen for a run whose job fixes none (a free port, for one-box runs)
+    rdzv_port: int | str | None = None  # chosen for a run whose job fixes none (a free port for one-box runs; ports.NODE_RDZV_PORT)
     local_lib: str | None = None  # the folder holding the launcher package, for a local host's own `python`
+    shared_dir: str | None = None  # a Slurm cluster's shared folder: every node's part of the run lives there
+    container: str = "docker"  # how a Slurm cluster runs runtime: docker: docker | apptainer | pyxis
+    image_file: str | None = None  # the job's image in the shared folder, for the nodes of a Slurm cluster
 
 
 class NodeKind(enum.Enum):

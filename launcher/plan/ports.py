@@ -16,19 +16,21 @@ if TYPE_CHECKING:
     from .model import PlanOptions
 
 DEFAULT_RDZV_PORT = 29500
+NODE_RDZV_PORT = "{launch.rdzv_port}"  # a port only the nodes know when they start (Slurm: derived from the job id)
+NODE_SUPERVISORS_PORT = "{launch.supervisors_port}"  # the port after it
 RENDEZVOUS_ROLE = "the rendezvous port"
 SUPERVISORS_ROLE = "the node supervisors' port, rendezvous + 1"
 
 
-def rdzv_port(job: JobSpec, options: PlanOptions) -> int:
-    """The job's port, else the one chosen for this run, else the default."""
+def rdzv_port(job: JobSpec, options: PlanOptions) -> int | str:
+    """The job's port, else the one chosen for this run (NODE_RDZV_PORT: the nodes choose), else the default."""
     return job.rdzv_port or options.rdzv_port or DEFAULT_RDZV_PORT
 
 
-def supervisors_port(port: int) -> int:
+def supervisors_port(port: int | str) -> int | str:
     """Where the node supervisors' coordinator listens on the first host of a run whose rendezvous
     port is `port` (runs of several nodes only)."""
-    return port + 1
+    return NODE_SUPERVISORS_PORT if port == NODE_RDZV_PORT else int(port) + 1
 
 
 def ports_needed(port: int, nodes: int) -> dict[int, str]:

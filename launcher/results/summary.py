@@ -253,7 +253,8 @@ def _stopped_on_purpose(paths: RunPaths, host: str | None) -> bool:
         cause = json.loads(paths.node_status(host or "").read_text()).get("cause")
     except (OSError, ValueError, AttributeError):
         return False
-    return cause in (contract.STOPPED_BY_SIGNAL, contract.STOPPED_BY_LEASE, contract.STOPPED_BY_TIMEOUT)
+    return cause in (contract.STOPPED_BY_SIGNAL, contract.STOPPED_BY_LEASE, contract.STOPPED_BY_TIMEOUT,
+                     contract.STOPPED_BY_PREEMPTION)
 
 
 def render(summary: dict[str, Any], console: RichConsole) -> None:

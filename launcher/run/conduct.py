@@ -19,7 +19,7 @@ from ..backends.local import LocalBackend
 from ..errors import LaunchError, SpecError
 from ..hosts.ports import free_port_pair
 from ..image.build import CACHE, PACKAGE, image_tag
-from ..plan import PlanOptions, check_hosts, make_plan
+from ..plan import PlanOptions, check_hosts
 from ..record import rundir
 from ..record.outcome import Phases, RunOutcome, RunState, exit_code_of
 from ..results.scaling import FILES, STANDS_FOR_NODES, markdown, write_scaling
@@ -52,7 +52,7 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     hosts = select_hosts(job, cluster, request.nodes, request.nodes_label)
     secrets = _secrets(job)
     remote = any(not h.is_local for h in hosts)
-    if remote:
+    if remote and cluster.slurm is None:  # Slurm's nodes are the scheduler's to reach
         from ..hosts.ssh import as_ssh_reaches
 
         hosts = as_ssh_reaches(hosts)
@@ -64,11 +64,10 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
         if warning:
             print(f"launch: {warning}", file=sys.stderr, flush=True)
     options = _options(job, paths, request, remote, source, manifest)
-    backend = _backend(hosts, paths)
+    backend = _backend(cluster, hosts, paths)
     try:
         if request.dry_run:
-            print(make_plan(job, hosts, paths.run_id, options).describe())
-            print(backend.describe(job, hosts, options, manifest), end="")
+            print(backend.describe(job, hosts, paths.run_id, options, manifest), end="")
             return 0, None
         console, phases = Console(), Phases()
         plan = backend.prepare(job, hosts, paths.run_id, options, manifest, console.say, phases)
@@ -99,8 +98,12 @@ def _attached(job: JobSpec, plan, backend: Backend, paths: rundir.RunPaths, secr
     return exit_code_of(summary.get("status", outcome.status)), summary
 
 
-def _backend(hosts: tuple[Host, ...], paths: rundir.RunPaths) -> Backend:
-    """Lab hosts over SSH, or this machine."""
+def _backend(cluster: ClusterSpec, hosts: tuple[Host, ...], paths: rundir.RunPaths) -> Backend:
+    """A Slurm cluster, lab hosts over SSH, or this machine."""
+    if cluster.slurm is not None:
+        from ..backends.slurm import SlurmBackend
+
+        return SlurmBackend(cluster.slurm, paths)
     if any(not h.is_local for h in hosts):
         from ..backends.ssh import SshBackend  # SSH and Docker libraries: only for lab runs
 

@@ -23,6 +23,7 @@ class Board:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.ranks: dict[int, dict] = {}
+        self.waiting: str | None = None  # why the nodes have not started (a scheduler's queue)
 
     def update(self, ranks: object) -> None:
         if not isinstance(ranks, dict):
@@ -36,6 +37,8 @@ class Board:
         with self.lock:
             ranks = dict(self.ranks)
         parts = [f"elapsed {duration(elapsed_s)}"]
+        if self.waiting and not ranks:
+            parts.append(self.waiting)
         try:
             if ranks:
                 done = min(int(p["step"]) for p in ranks.values()) + 1

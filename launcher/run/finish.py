@@ -48,6 +48,7 @@ def finish(paths: RunPaths, plan: LaunchPlan, backend: Backend, outcome: RunOutc
             outcome.wall_time_s += phases.seconds["collect"]
             outcome.phases = {name: s for name, s in phases.seconds.items() if name != "stop" or s >= 0.05}
         summary = build_summary(plan, outcome, paths)
+        _add_facts(summary, backend.facts(plan))
         if outcome.unexpected:
             summary["error"] = {"traceback_file": str(paths.error_file), "message": outcome.unexpected.strip().splitlines()[-1]}
             try:
@@ -59,6 +60,15 @@ def finish(paths: RunPaths, plan: LaunchPlan, backend: Backend, outcome: RunOutc
         except LaunchError as exc:
             say(f"launch: {exc}; the summary below is only on this terminal")
         return summary
+
+
+def _add_facts(summary: dict[str, Any], facts: dict[str, Any]) -> None:
+    """The backend's facts into the summary; a queue's wait among the phases, first."""
+    facts = dict(facts)
+    queued = facts.pop("queued_s", None)
+    if isinstance(queued, (int, float)):
+        summary["phases_s"] = {"queued": round(queued, 3), **(summary.get("phases_s") or {})}
+    summary.update(facts)
 
 
 def collect_all(plan: LaunchPlan, backend: Backend, unreachable: set[str], outcome: RunOutcome, say: Say) -> None:

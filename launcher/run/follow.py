@@ -27,6 +27,7 @@ from .events import RunView
 # (ranks meet at addresses), kept in the logs, not shown on the console
 _HARMLESS = re.compile(rb"\[c10d\] The hostname of the client socket cannot be retrieved")
 LINE_CAP = contract.LINE_MAX + 4096  # a longer line without a break is shown in pieces
+QUEUE_EVERY_S = 2.0  # a run waiting in a scheduler's queue: asked why this often
 
 
 class Follower:
@@ -45,17 +46,36 @@ class Follower:
         self.errors: dict[str, str] = {}  # hosts whose output could not be read, last time asked
         self.logs: dict[tuple[str, int], BinaryIO | None] = {}
         self.pool = ThreadPoolExecutor(max_workers=min(16, len(plan.nodes)) or 1)
+        self.asked = 0.0  # when the backend was last asked whether the run waits in a queue
 
     def poll(self) -> bool:
         """Read what every node not yet ended has added (every host at once: hosts that do not answer
         cost one time-out, not one each) and show it; True when anything came."""
         reading = [n for n in self.plan.nodes if n.host not in self.ended]
+        self._waiting()
         came = False
         for node, data in zip(reading, self.pool.map(self._read, reading)):
             if data:
                 came = True
                 self._take(node, data)
         return came
+
+    def _waiting(self) -> None:
+        """While the nodes wait in a scheduler's queue: why, said once each time it changes, and kept
+        on the status line."""
+        now = time.monotonic()
+        if now - self.asked < QUEUE_EVERY_S:
+            return
+        self.asked = now
+        try:
+            waiting = self.backend.queued()
+        except Exception:  # noqa: BLE001 - the scheduler's answer is asked again next time
+            return
+        board = self.view.board
+        if waiting != board.waiting:
+            board.waiting = waiting
+            if waiting:
+                self.console.say(f"launch: {waiting}")
 
     def drain(self, limit_s: float | None = None) -> None:
         """Read until no node has more (after the nodes stopped), for at most `limit_s`; a last line

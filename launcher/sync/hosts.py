@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,12 +169,7 @@ def send(conn: fabric.Connection, folder: str, workdir: Path, manifest: Manifest
     channel = open_command(conn, ["sh", "-c", _RECEIVE, folder, manifest.hash, transfer.base or "", nonce])
     out = _Channel(channel, on_bytes)
     try:
-        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-            _add_bytes(tar, "remove", b"".join(p.encode() + b"\0" for p in transfer.remove))
-            _add_bytes(tar, "manifest.json.gz", gzip.compress(json.dumps(manifest.to_json()).encode(), mtime=0))
-            for entry in transfer.send:
-                _add_file(tar, workdir, entry)
-            _add_bytes(tar, "complete", b"")
+        _write_stream(out, workdir, manifest, transfer)
         channel.shutdown_write()
         output = channel.makefile("rb").read().decode(errors="replace")
         code = channel.recv_exit_status()
@@ -186,6 +182,48 @@ def send(conn: fabric.Connection, folder: str, workdir: Path, manifest: Manifest
     if code != 0:
         raise RunError(f"{conn.host}: cannot make the workdir's copy in {folder}: {output.strip()[-300:]}")
     return SyncResult(transfer, out.count)
+
+
+def copy_here(folder: str, workdir: Path, manifest: Manifest, cache: Path) -> SyncResult:
+    """Make a copy of the workdir in `folder` on this machine (a Slurm cluster's shared folder seen
+    here), as `send` makes one on a host: from the nearest copy there, what is new only."""
+    try:
+        copies = sorted((n for n in os.listdir(folder) if _HASH.fullmatch(n)), key=lambda n: -os.stat(f"{folder}/{n}").st_mtime)
+    except FileNotFoundError:
+        copies = []
+    except OSError as exc:
+        raise RunError(f"cannot list {folder}: {exc.strerror or exc}") from None
+    known = {}
+    for name in copies:
+        try:
+            known[name] = Manifest.from_json(json.loads(gzip.decompress(Path(f"{folder}/{name}.json.gz").read_bytes())))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    transfer = plan_transfer("this machine", manifest, copies, known)
+    if transfer.present:
+        return SyncResult(transfer)
+    receive = subprocess.Popen(["sh", "-c", _RECEIVE, folder, manifest.hash, transfer.base or "", secrets.token_hex(6)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert receive.stdin is not None and receive.stdout is not None
+    try:
+        with receive.stdin:
+            _write_stream(receive.stdin, workdir, manifest, transfer)
+    except BrokenPipeError:
+        pass  # its error says why
+    output = receive.stdout.read().decode(errors="replace")
+    if receive.wait() != 0:
+        raise RunError(f"cannot make the workdir's copy in {folder}: {output.strip()[-300:]}")
+    return SyncResult(transfer, transfer.bytes)
+
+
+def _write_stream(out, workdir: Path, manifest: Manifest, transfer: Transfer) -> None:
+    """The tar stream `_RECEIVE` reads: what to remove, the manifest, the new files, then `complete`."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        _add_bytes(tar, "remove", b"".join(p.encode() + b"\0" for p in transfer.remove))
+        _add_bytes(tar, "manifest.json.gz", gzip.compress(json.dumps(manifest.to_json()).encode(), mtime=0))
+        for entry in transfer.send:
+            _add_file(tar, workdir, entry)
+        _add_bytes(tar, "complete", b"")
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -1,0 +1,277 @@
+"""The Slurm backend: a run is one batch job that Slurm places (`launcher.plan.slurm` writes its
+script); every node's part lives in the cluster's shared folder, where the launcher reads its output
+and state and renews its lease, as it does on a lab host's disk.
+
+The login side (where sbatch, squeue, scontrol and scancel run) is this machine or a host reached
+over SSH (`slurmctl`); the shared folder is read and written from there (`shared`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import RunError
+from ..image.build import shipped_files
+from ..node import contract
+from ..plan import LaunchPlan, NodeKind, NodePlan, PlanOptions, make_plan
+from ..plan.layout import node_layout, shared_folders
+from ..plan.ports import NODE_RDZV_PORT
+from ..plan.slurm import batch_script, image_file
+from ..record import outputs
+from ..record.outcome import Phases
+from ..record.rundir import RunPaths
+from ..spec import Host, JobSpec, SlurmSpec
+from ..sync.manifest import Manifest
+from .base import EXTRA_WAIT_S
+from .shared import SharedFolder, shared_folder
+from .slurmctl import JobInfo, SlurmCtl
+
+SCRIPT = "job.sbatch"  # the batch script, in the run's shared folder and in its run directory
+ALLOCATION = "allocation.json"  # written by the batch script when the job starts: its nodes, its attempt
+ASK_EVERY_S = 2.0  # Slurm is asked about the job at most this often
+CANCEL_WAIT_S = 60.0  # after scancel, how long the launcher waits for the job to leave its nodes
+NODE_END_WAIT_S = 15.0  # a job that ended gives its nodes' supervisors this long to write how they ended
+
+
+class SlurmBackend:
+    """Runs a plan as one Slurm batch job."""
+
+    name = "slurm"
+
+    def __init__(self, slurm: SlurmSpec, paths: RunPaths, ctl: SlurmCtl | None = None,
+                 shared: SharedFolder | None = None) -> None:
+        self.slurm, self.paths = slurm, paths
+        self.ctl = ctl or SlurmCtl(slurm)
+        self.shared = shared or shared_folder(slurm, self.ctl)
+        self.lock = threading.Lock()
+        self.job_id: str | None = _recorded(paths).get("job_id")
+        self.info: JobInfo | None = None
+        self.asked = 0.0
+        self.cancelled = False
+        self.ended_at: float | None = None  # when the launcher first saw the job ended
+
+    # ---- before the run
+    def prepare(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest,
+                say: Callable[[str], None], phases: Phases) -> LaunchPlan:
+        """The job's code and image in the shared folder, the run's folders and its batch script."""
+        shared = self.slurm.shared_dir
+        with phases.timing("workdir"):
+            copies = shared_folders(shared, job.name, run_id)[2]
+            sent = self.shared.copy_workdir(copies, job.workdir, manifest)
+            say(f"slurm: workdir {manifest.hash} in {copies}" + (" (there already)" if sent is None else f": {sent}"))
+        image_id = None
+        options = self._options(job, options)
+        if job.runtime == "docker":
+            image_id, path = self._image(job, phases, say)
+            options = dataclasses.replace(options, image_file=path)
+        plan = dataclasses.replace(make_plan(job, hosts, run_id, options), image_id=image_id,
+                                   timeout_s=None)  # the job's --time: Slurm's clock, which starts when the job does
+        run_folder = shared_folders(shared, job.name, run_id)[0]
+        self.shared.make_run(plan, shipped_files() if plan.nodes[0].kind is NodeKind.HOST_PROCESS else [])
+        where = node_layout(job, hosts[0], run_id, options)
+        self.script = batch_script(plan, job, self.slurm, options, where, run_folder)
+        self.shared.write(f"{run_folder}/{SCRIPT}", self.script.encode())
+        return plan
+
+    def _options(self, job: JobSpec, options: PlanOptions) -> PlanOptions:
+        return dataclasses.replace(
+            options, shared_dir=self.slurm.shared_dir, container=self.slurm.container, nics={},
+            rdzv_port=None if job.rdzv_port else NODE_RDZV_PORT,
+            remote_python=self.slurm.python or "python3",
+        )
+
+    def _image(self, job: JobSpec, phases: Phases, say: Callable[[str], None]) -> tuple[str, str]:
+        """Build the job's image here; put it in the shared folder unless it is there (by its id)."""
+        from ..image.build import build_image
+        from .deploy import STREAM_TIMEOUT_S
+
+        import docker
+
+        try:
+            client = docker.from_env(timeout=STREAM_TIMEOUT_S)
+            client.ping()
+        except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
+            raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
+        with phases.timing("build"):
+            built = build_image(job, client, say)
+        say(f"image {built.tag} ({'built' if built.built else 'unchanged'})")
+        path = image_file(self.slurm.shared_dir, built.id, self.slurm.container)
+        with phases.timing("ship"):
+            sent = self.shared.put_image(client, built.tag, path, self.slurm.container)
+        say(f"slurm: image in {path}" + (" (there already)" if sent is None else f": {sent}"))
+        return built.id, path
+
+    def describe(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest) -> str:
+        """For --dry-run: the batch script the run would submit (the image's id not known yet)."""
+        options = self._options(job, options)
+        if job.runtime == "docker":
+            options = dataclasses.replace(options, image_file=image_file(self.slurm.shared_dir, "<image id>", self.slurm.container))
+        plan = make_plan(job, hosts, run_id, options)
+        if job.runtime == "docker":
+            plan = dataclasses.replace(plan, image_id="<image id>")
+        where = node_layout(job, hosts[0], run_id, options)
+        run_folder = shared_folders(self.slurm.shared_dir, job.name, run_id)[0]
+        return (f"the batch script ({run_folder}/{SCRIPT}), submitted with sbatch --parsable on "
+                f"{self.slurm.login}:\n\n" + batch_script(plan, job, self.slurm, options, where, run_folder))
+
+    # ---- the run
+    def submit(self, plan: LaunchPlan, secrets: dict[str, str], attached: bool) -> None:
+        """The secrets files (0600, in each node's folder), then sbatch; the job id is kept in handle.json."""
+        for node in plan.nodes:
+            if node.secrets:
+                data = contract.format_secrets({name: secrets[name] for name in node.secrets})
+                self.shared.write(f"{node.node_dir}/{contract.SECRETS_FILE}", data, private=True)
+        run_folder = str(Path(plan.nodes[0].node_dir).parent)
+        script = f"{run_folder}/{SCRIPT}"
+        try:
+            (self.paths.root / SCRIPT).write_bytes(self.shared.read(script))
+        except OSError:
+            pass
+        unset = [arg for name in sorted(secrets) for arg in ("-u", name)]  # never in the job's environment
+        lease = [f"LAUNCH_LEASE_S={plan.lease_s:g}"] if attached and plan.lease_s else []
+        self.job_id = self.ctl.submit(script, env_argv=[*unset, *lease])
+        _record(self.paths, {"job_id": self.job_id, "submitted": time.time(), "script": script, "run_folder": run_folder})
+        print(f"launch: submitted Slurm job {self.job_id}", file=sys.stderr, flush=True)
+
+    def job(self, fresh: bool = False) -> JobInfo | None:
+        """What Slurm says of the job now (asked at most every ASK_EVERY_S)."""
+        with self.lock:
+            if self.job_id is None:
+                return None
+            if fresh or time.monotonic() - self.asked > ASK_EVERY_S:
+                self.info = self.ctl.job(self.job_id)
+                self.asked = time.monotonic()
+                if (self.info is None or self.info.ended) and self.ended_at is None:
+                    self.ended_at = time.monotonic()
+            return self.info
+
+    def queued(self) -> str | None:
+        """While the job waits in Slurm's queue: that, and why."""
+        info = self.job()
+        if info is None or info.state != "PENDING":
+            return None
+        return f"Slurm job {info.job_id} is pending" + (f" ({info.reason})" if info.reason else "")
+
+    def renew(self, node: NodePlan) -> None:
+        self.shared.touch(f"{node.node_dir}/{contract.LEASE_FILE}")
+
+    def _status(self, node: NodePlan) -> dict[str, Any]:
+        log_dir, _ = contract.node_dirs(node.node_dir, node.host)
+        try:
+            return json.loads(self.shared.read(f"{log_dir}/{contract.NODE_STATUS}"))
+        except (OSError, ValueError):
+            return {}
+
+    def exit_code(self, node: NodePlan) -> int | None:
+        """The node's supervisor's exit code once it has written it; once the job has ended without
+        it (the node never started, or was killed), a failure."""
+        status = self._status(node)
+        if status.get("state") not in (None, contract.RUNNING):
+            code = status.get("exit_code")
+            return code if isinstance(code, int) else 1
+        info = self.job()
+        if info is not None and not info.ended:
+            return None
+        if self.ended_at is not None and time.monotonic() - self.ended_at < NODE_END_WAIT_S and status:
+            return None  # its supervisor may still be writing how it ended
+        self._say_job_end(node, info)
+        return 1  # its supervisor did not say how it ended: it never started, or was killed
+
+    def _say_job_end(self, node: NodePlan, info: JobInfo | None) -> None:
+        """Into the node's output (once): how the job ended, where its supervisor said nothing of it."""
+        marker = f"{node.node_dir}/.job-end-said"
+        if self.shared.exists(marker):
+            return
+        self.shared.write(marker, b"")
+        how = f"{info.state} (exit code {info.exit_code})" if info else "and left Slurm's records"
+        log_dir, _ = contract.node_dirs(node.node_dir, node.host)
+        line = f"Slurm job {self.job_id} ended {how} before {node.host}'s part of the run ended on its own\n"
+        self.shared.append(f"{log_dir}/{contract.NODE_OUTPUT}", contract.agent_prefix(node.host) + line.encode())
+
+    def state(self, node: NodePlan) -> dict[str, Any]:
+        record = self._status(node)
+        info = self.job(fresh=True)
+        running = record.get("state") in (None, contract.RUNNING)
+        record["alive"] = running and info is not None and not info.ended
+        if info is not None and info.state == "PENDING":
+            record.setdefault("state", "queued")
+        return record
+
+    def read_output(self, node: NodePlan, offset: int) -> bytes:
+        log_dir, _ = contract.node_dirs(node.node_dir, node.host)
+        return self.shared.read_from(f"{log_dir}/{contract.NODE_OUTPUT}", offset)
+
+    def wait_output(self, node: NodePlan, timeout_s: float) -> None:
+        return None  # the output is a file in the shared folder: all there once the node has ended
+
+    def stop(self, node: NodePlan, grace_s: float) -> str | None:
+        """scancel the job (once, for every node): SIGTERM to every node's part, SIGKILL after the
+        cluster's KillWait; then wait for it to leave its nodes."""
+        with self.lock:
+            first = not self.cancelled
+            self.cancelled = True
+        if first and self.job_id:
+            info = self.job(fresh=True)
+            if info is not None and not info.ended:
+                self.ctl.cancel(self.job_id)
+        deadline = time.monotonic() + grace_s + EXTRA_WAIT_S + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            info = self.job(fresh=True)
+            if info is None or info.ended:
+                return None
+            time.sleep(0.5)
+        waited = grace_s + EXTRA_WAIT_S + CANCEL_WAIT_S
+        return f"Slurm job {self.job_id} was still {info.state if info else 'there'} {waited:g} s after scancel"
+
+    def collect(self, node: NodePlan, plan: LaunchPlan) -> None:
+        """The node's logs and metrics, and what its ranks wrote, into the run directory; its secrets
+        file goes. The shared run folder keeps the batch script, Slurm's output and the node's logs."""
+        log_dir, metrics_dir = contract.node_dirs(node.node_dir, node.host)
+        self.shared.fetch_files(log_dir, self.paths.host_logs_dir(node.host))
+        self.shared.fetch_files(metrics_dir, self.paths.metrics_dir)
+        self.shared.remove(f"{node.node_dir}/{contract.SECRETS_FILE}")
+        if node.state_dir:
+            work = f"{node.state_dir}/{contract.STATE_WORK}"
+            found = self.shared.walk(work)
+            outputs.collect(self.paths, node, plan, found, lambda rel, target: self.shared.fetch(f"{work}/{rel}", target))
+        if node.node_rank == 0:
+            run_folder = str(Path(node.node_dir).parent)
+            for name in self.shared.names(run_folder):
+                if name.startswith("slurm-") or name == ALLOCATION:
+                    self.shared.fetch(f"{run_folder}/{name}", self.paths.root / name)
+
+    def facts(self, plan: LaunchPlan) -> dict[str, Any]:
+        """What summary.json says of the Slurm job: its id, its nodes, how long it waited in the queue."""
+        facts: dict[str, Any] = {"slurm_job_id": self.job_id}
+        try:
+            allocation = json.loads(self.shared.read(f"{Path(plan.nodes[0].node_dir).parent}/{ALLOCATION}"))
+        except (OSError, ValueError):
+            return facts
+        facts["slurm_nodes"] = str(allocation.get("nodes", "")).split()
+        submitted = _recorded(self.paths).get("submitted")
+        if isinstance(submitted, (int, float)) and isinstance(allocation.get("start_time"), (int, float)):
+            facts["queued_s"] = max(0.0, allocation["start_time"] - submitted)
+        return facts
+
+    def close(self) -> None:
+        self.ctl.close()
+
+
+def _recorded(paths: RunPaths) -> dict[str, Any]:
+    try:
+        found = json.loads(paths.handle_file.read_text())
+        return found if isinstance(found, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _record(paths: RunPaths, fields: dict[str, Any]) -> None:
+    from ..record import rundir
+
+    rundir.write_json(paths.handle_file, {**_recorded(paths), "backend": SlurmBackend.name, **fields})
