@@ -267,8 +267,8 @@ def test_yaml_merge_keys_work_as_with_safe_load(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 CLUSTER_ERRORS = [
-    pytest.param("ssh: {user: lab}\n", "hosts: missing; this key is required", id="hosts-missing"),
-    pytest.param("hosts:\n", "hosts: missing; this key is required", id="hosts-null"),
+    pytest.param("ssh: {user: lab}\n", "hosts: missing; an inventory needs `hosts` (your machines) or `slurm` (a Slurm cluster)", id="hosts-missing"),
+    pytest.param("hosts:\n", "hosts: missing; an inventory needs `hosts` (your machines) or `slurm` (a Slurm cluster)", id="hosts-null"),
     pytest.param("hosts: []\n", "hosts: expected a non-empty list of hosts, got a list", id="hosts-empty"),
     pytest.param("hosts: {a: 1}\n", "hosts: expected a non-empty list of hosts, got a mapping", id="hosts-mapping"),
     pytest.param("hosts: [a]\n", "hosts[0]: expected a mapping with name and address, got 'a'", id="host-string"),

@@ -11,21 +11,26 @@ from .cluster import (HOST_KEY_POLICIES, LOCAL_ADDRESS, MAX_GPUS, MAX_NPROC_PER_
 from .job import (BACKENDS, DEFAULT_HANG_WARNING_S, DEFAULT_OUTPUTS, DEFAULT_OUTPUTS_LIMIT, DEFAULT_WARMUP_STEPS,
                   MAX_OUTPUTS_LIMIT, MAX_RESTARTS, MAX_TIMEOUT_S, MAX_WARMUP_STEPS, OWNED_ENV, RUNTIMES, ImageSpec, JobSpec,
                   check_env_name, load_job)
+from .slurm import CONTAINERS, SlurmSpec, slurm_nodes
 
 __all__ = [
-    "BACKENDS", "DEFAULT_HANG_WARNING_S", "DEFAULT_OUTPUTS", "DEFAULT_OUTPUTS_LIMIT", "DEFAULT_WARMUP_STEPS",
+    "BACKENDS", "CONTAINERS", "DEFAULT_HANG_WARNING_S", "DEFAULT_OUTPUTS", "DEFAULT_OUTPUTS_LIMIT", "DEFAULT_WARMUP_STEPS",
     "HOST_KEY_POLICIES", "LOCAL_ADDRESS", "MAX_GPUS", "MAX_NPROC_PER_NODE", "MAX_OUTPUTS_LIMIT", "MAX_PROCS_PER_CPU",
     "MAX_RESTARTS", "MAX_TIMEOUT_S", "MAX_WARMUP_STEPS", "OWNED_ENV", "RUNTIMES", "ClusterSpec", "Host", "ImageSpec",
-    "JobSpec", "SshSettings", "backend_for", "check_env_name", "load_cluster", "load_job", "local_cluster", "select_hosts",
+    "JobSpec", "SlurmSpec", "SshSettings", "backend_for", "check_env_name", "load_cluster", "load_job", "local_cluster",
+    "select_hosts", "slurm_nodes",
 ]
 
 
 def select_hosts(job: JobSpec, cluster: ClusterSpec, nodes: int | None = None, nodes_label: str | None = None) -> tuple[Host, ...]:
-    """The hosts a run uses: the first `nodes` of the inventory, checked against the job."""
+    """The hosts a run uses: the first `nodes` of the inventory, checked against the job; for a Slurm
+    inventory, the slots of the nodes the scheduler will pick."""
     count = nodes if nodes is not None else job.nodes
     where = nodes_label or f"{job.path}: nodes"
     if count is not None and count < 1:
         raise SpecError(f"{where}: expected a positive integer, got {count}")
+    if cluster.slurm is not None:
+        return _slurm_hosts(job, cluster, count or 1)
     available = len(cluster.hosts)
     if count is not None and count > available:
         plural = "host" if available == 1 else "hosts"
@@ -47,6 +52,26 @@ def select_hosts(job: JobSpec, cluster: ClusterSpec, nodes: int | None = None, n
                 raise SpecError(
                     f"{job.path}: nproc_per_node: {job.nproc_per_node} is more than the {gpus} of host '{h.name}'; nccl needs one GPU per process"
                 )
+    return hosts
+
+
+def _slurm_hosts(job: JobSpec, cluster: ClusterSpec, count: int) -> tuple[Host, ...]:
+    """`count` node slots of a Slurm inventory (as many as asked: the scheduler says whether it has them),
+    checked as hosts are: what one node offers bounds nproc_per_node."""
+    slurm = cluster.slurm
+    assert slurm is not None
+    nproc = job.nproc_per_node if isinstance(job.nproc_per_node, int) else None
+    if nproc is not None and slurm.cpus_per_node is not None and nproc > slurm.cpus_per_node:
+        raise SpecError(f"{job.path}: nproc_per_node: {nproc} is more than the {slurm.cpus_per_node} CPU(s) of a node "
+                        f"(slurm.cpus_per_node in {cluster.label})")
+    if job.backend == "nccl" and slurm.gpus_per_node == 0:
+        raise SpecError(f"{job.path}: backend: nccl needs GPUs, but {cluster.label} has slurm.gpus_per_node: 0; "
+                        "use gloo or auto, or give the nodes' GPUs")
+    hosts = slurm_nodes(slurm, count)
+    if nproc is not None and backend_for(job, hosts) == "nccl" and nproc > slurm.gpus_per_node:
+        gpus = "1 GPU" if slurm.gpus_per_node == 1 else f"{slurm.gpus_per_node} GPUs"
+        raise SpecError(f"{job.path}: nproc_per_node: {nproc} is more than the {gpus} of a node (slurm.gpus_per_node "
+                        f"in {cluster.label}); nccl needs one GPU per process")
     return hosts
 
 

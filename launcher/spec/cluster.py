@@ -7,10 +7,14 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import SpecError
 from .fields import Section
 from .yamlfile import load_mapping, shown_path
+
+if TYPE_CHECKING:
+    from .slurm import SlurmSpec
 
 LOCAL_ADDRESS = "local"
 HOST_KEY_POLICIES = ["strict", "accept-new"]
@@ -63,7 +67,8 @@ class Host:
 @dataclass(frozen=True)
 class ClusterSpec:
     path: Path | None  # None for the implicit one-box inventory of --local
-    hosts: tuple[Host, ...]
+    hosts: tuple[Host, ...]  # () for a Slurm inventory: its nodes are the scheduler's to pick
+    slurm: SlurmSpec | None = None
 
     @property
     def label(self) -> str:
@@ -71,19 +76,30 @@ class ClusterSpec:
 
 
 def load_cluster(path: Path, origin: str | None = None) -> ClusterSpec:
-    """Load and check an inventory; raise SpecError on the first problem. `origin`: what named it,
-    for an error about a file that is not an inventory at all."""
+    """Load and check an inventory, its own machines (`hosts`) or a Slurm cluster (`slurm`); raise
+    SpecError on the first problem. `origin`: what named it, for an error about a file that is not an
+    inventory at all."""
     path = shown_path(path)
     label = str(path)
     top = Section(label, load_mapping(path, label))
-    if "command" in top.data and "hosts" not in top.data:
+    given = [key for key in ("hosts", "slurm") if top.data.get(key) is not None]
+    if "command" in top.data and not given:
         named = f" ({origin})" if origin else ""
         raise SpecError(f"{label}: read as the cluster inventory{named}, but it is a job file (it has `command`); "
-                        "name an inventory with `hosts`")
-    top.check_keys(["ssh", "hosts"], required=["hosts"])
+                        "name an inventory with `hosts` or `slurm`")
+    top.check_keys(["ssh", "hosts", "slurm"])
+    if len(given) == 2:
+        raise SpecError(f"{label}: has both `hosts` and `slurm`; an inventory lists its machines (hosts) or names a "
+                        "Slurm cluster that picks them (slurm), not both")
+    if not given:
+        raise top.fail("hosts", "missing; an inventory needs `hosts` (your machines) or `slurm` (a Slurm cluster)")
     ssh = top.section("ssh")
     ssh.check_keys(_SSH_KEYS)
     defaults = _ssh_settings(ssh, SshSettings())
+    if given == ["slurm"]:
+        from .slurm import load_slurm
+
+        return ClusterSpec(path=path, hosts=(), slurm=load_slurm(top.section("slurm"), defaults))
     raw_hosts = top.get("hosts")
     if not isinstance(raw_hosts, list) or not raw_hosts:
         raise top.expected("hosts", "a non-empty list of hosts", raw_hosts)
@@ -114,33 +130,42 @@ def _host(sec: Section, defaults: SshSettings) -> Host:
     sec.check_keys(["name", "address", "gpus", "slots", "nic", "python", *_SSH_KEYS], required=["name", "address"])
     name = sec.string("name", pattern=_NAME, what="a name of letters, digits, '.', '_' or '-'")
     gpus, gpu_ids = _gpus(sec)
-    python = sec.string("python", None)
-    if python is not None and (python.startswith("-") or re.search(r"[\x00-\x1f\x7f]", python)):
-        raise sec.expected("python", "a path to a Python interpreter, or its name on PATH", python)
     return Host(
         name=name,
         address=_address(sec),
         gpus=gpus,
         gpu_ids=gpu_ids,
         slots=sec.integer("slots", None, minimum=1, maximum=MAX_NPROC_PER_NODE),
-        nic=sec.string("nic", None, pattern=_NIC, what="a network interface name such as eth0"),
-        python=python,
+        nic=_nic(sec),
+        python=_python(sec),
         ssh=_ssh_settings(sec, defaults),
     )
 
 
-def _address(sec: Section) -> str:
+def _address(sec: Section, key: str = "address") -> str:
     """'local', a host name, or an IPv4 or IPv6 address (brackets around the latter are dropped)."""
     what = "a host name, an IP address or 'local'"
-    value = sec.string("address", what=what)
+    value = sec.string(key, what=what)
     bare = value[1:-1] if value.startswith("[") and value.endswith("]") else value
     try:
         return str(ipaddress.ip_address(bare))
     except ValueError:
         pass
     if value != bare or not _HOST_NAME.fullmatch(value) or value.startswith("-"):
-        raise sec.expected("address", what, value)
+        raise sec.expected(key, what, value)
     return value
+
+
+def _nic(sec: Section) -> str | None:
+    return sec.string("nic", None, pattern=_NIC, what="a network interface name such as eth0")
+
+
+def _python(sec: Section) -> str | None:
+    """The interpreter for runtime: host; never an option, never a control character."""
+    python = sec.string("python", None)
+    if python is not None and (python.startswith("-") or re.search(r"[\x00-\x1f\x7f]", python)):
+        raise sec.expected("python", "a path to a Python interpreter, or its name on PATH", python)
+    return python
 
 
 def _gpus(sec: Section) -> tuple[int, tuple[str, ...] | None]:
