@@ -314,9 +314,9 @@ def test_sbatch_args_that_pass(tmp_path: Path, args: str) -> None:
 def test_slurm_nodes() -> None:
     slurm = SlurmSpec(login="local", shared_dir="/shared", cpus_per_node=4, gpus_per_node=2, nic="ib0", python="/v/bin/python")
     assert slurm_nodes(slurm, 3) == tuple(
-        Host(name=f"node{k}", address="{node%d}" % k, gpus=2, slots=4, nic="ib0", python="/v/bin/python") for k in range(3)
+        Host(name=f"node{k}", address="{launch.node%d}" % k, gpus=2, slots=4, nic="ib0", python="/v/bin/python") for k in range(3)
     )
-    assert [h.address for h in slurm_nodes(slurm, 2)] == ["{node0}", "{node1}"]
+    assert [h.address for h in slurm_nodes(slurm, 2)] == ["{launch.node0}", "{launch.node1}"]
     assert not any(h.is_local for h in slurm_nodes(slurm, 2))
     assert slurm_nodes(slurm, 0) == ()
 

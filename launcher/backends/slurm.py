@@ -60,33 +60,17 @@ class SlurmBackend:
     def prepare(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest,
                 say: Callable[[str], None], phases: Phases) -> LaunchPlan:
         """The job's code and image in the shared folder, the run's folders and its batch script."""
-        shared = self.slurm.shared_dir
         with phases.timing("workdir"):
-            copies = shared_folders(shared, job.name, run_id)[2]
+            copies = shared_folders(self.slurm.shared_dir, job.name, run_id)[2]
             sent = self.shared.copy_workdir(copies, job.workdir, manifest)
             say(f"slurm: workdir {manifest.hash} in {copies}" + (" (there already)" if sent is None else f": {sent}"))
-        image_id = None
-        options = self._options(job, options)
-        if job.runtime == "docker":
-            image_id, path = self._image(job, phases, say)
-            options = dataclasses.replace(options, image_file=path)
-        plan = dataclasses.replace(make_plan(job, hosts, run_id, options), image_id=image_id,
-                                   timeout_s=None)  # the job's --time: Slurm's clock, which starts when the job does
-        run_folder = shared_folders(shared, job.name, run_id)[0]
+        image_id = self._image(job, phases, say) if job.runtime == "docker" else None
+        plan, script = slurm_plan(self.slurm, job, hosts, run_id, options, image_id)
         self.shared.make_run(plan, shipped_files() if plan.nodes[0].kind is NodeKind.HOST_PROCESS else [])
-        where = node_layout(job, hosts[0], run_id, options)
-        self.script = batch_script(plan, job, self.slurm, options, where, run_folder)
-        self.shared.write(f"{run_folder}/{SCRIPT}", self.script.encode())
+        self.shared.write(f"{run_folder(plan)}/{SCRIPT}", script.encode())
         return plan
 
-    def _options(self, job: JobSpec, options: PlanOptions) -> PlanOptions:
-        return dataclasses.replace(
-            options, shared_dir=self.slurm.shared_dir, container=self.slurm.container, nics={},
-            rdzv_port=None if job.rdzv_port else NODE_RDZV_PORT,
-            remote_python=self.slurm.python or "python3",
-        )
-
-    def _image(self, job: JobSpec, phases: Phases, say: Callable[[str], None]) -> tuple[str, str]:
+    def _image(self, job: JobSpec, phases: Phases, say: Callable[[str], None]) -> str:
         """Build the job's image here; put it in the shared folder unless it is there (by its id)."""
         from ..image.build import build_image
         from .deploy import STREAM_TIMEOUT_S
@@ -105,20 +89,12 @@ class SlurmBackend:
         with phases.timing("ship"):
             sent = self.shared.put_image(client, built.tag, path, self.slurm.container)
         say(f"slurm: image in {path}" + (" (there already)" if sent is None else f": {sent}"))
-        return built.id, path
+        return built.id
 
     def describe(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest) -> str:
-        """For --dry-run: the batch script the run would submit (the image's id not known yet)."""
-        options = self._options(job, options)
-        if job.runtime == "docker":
-            options = dataclasses.replace(options, image_file=image_file(self.slurm.shared_dir, "<image id>", self.slurm.container))
-        plan = make_plan(job, hosts, run_id, options)
-        if job.runtime == "docker":
-            plan = dataclasses.replace(plan, image_id="<image id>")
-        where = node_layout(job, hosts[0], run_id, options)
-        run_folder = shared_folders(self.slurm.shared_dir, job.name, run_id)[0]
-        return (f"the batch script ({run_folder}/{SCRIPT}), submitted with sbatch --parsable on "
-                f"{self.slurm.login}:\n\n" + batch_script(plan, job, self.slurm, options, where, run_folder))
+        """For --dry-run: the batch script the run would submit (its image's id is known once built)."""
+        plan, script = slurm_plan(self.slurm, job, hosts, run_id, options, "<image id>" if job.runtime == "docker" else None)
+        return f"the batch script ({run_folder(plan)}/{SCRIPT}), submitted with sbatch on {self.slurm.login}:\n\n{script}"
 
     # ---- the run
     def submit(self, plan: LaunchPlan, secrets: dict[str, str], attached: bool) -> None:
@@ -127,16 +103,15 @@ class SlurmBackend:
             if node.secrets:
                 data = contract.format_secrets({name: secrets[name] for name in node.secrets})
                 self.shared.write(f"{node.node_dir}/{contract.SECRETS_FILE}", data, private=True)
-        run_folder = str(Path(plan.nodes[0].node_dir).parent)
-        script = f"{run_folder}/{SCRIPT}"
+        script = f"{run_folder(plan)}/{SCRIPT}"
         try:
             (self.paths.root / SCRIPT).write_bytes(self.shared.read(script))
         except OSError:
             pass
         unset = [arg for name in sorted(secrets) for arg in ("-u", name)]  # never in the job's environment
         lease = [f"LAUNCH_LEASE_S={plan.lease_s:g}"] if attached and plan.lease_s else []
-        self.job_id = self.ctl.submit(script, env_argv=[*unset, *lease])
-        _record(self.paths, {"job_id": self.job_id, "submitted": time.time(), "script": script, "run_folder": run_folder})
+        self.job_id = self.ctl.submit(script, env=[*unset, *lease])
+        _record(self.paths, {"job_id": self.job_id, "submitted": time.time(), "script": script})
         print(f"launch: submitted Slurm job {self.job_id}", file=sys.stderr, flush=True)
 
     def job(self, fresh: bool = False) -> JobInfo | None:
@@ -241,16 +216,16 @@ class SlurmBackend:
             found = self.shared.walk(work)
             outputs.collect(self.paths, node, plan, found, lambda rel, target: self.shared.fetch(f"{work}/{rel}", target))
         if node.node_rank == 0:
-            run_folder = str(Path(node.node_dir).parent)
-            for name in self.shared.names(run_folder):
+            folder = run_folder(plan)
+            for name in self.shared.names(folder):
                 if name.startswith("slurm-") or name == ALLOCATION:
-                    self.shared.fetch(f"{run_folder}/{name}", self.paths.root / name)
+                    self.shared.fetch(f"{folder}/{name}", self.paths.root / name)
 
     def facts(self, plan: LaunchPlan) -> dict[str, Any]:
         """What summary.json says of the Slurm job: its id, its nodes, how long it waited in the queue."""
         facts: dict[str, Any] = {"slurm_job_id": self.job_id}
         try:
-            allocation = json.loads(self.shared.read(f"{Path(plan.nodes[0].node_dir).parent}/{ALLOCATION}"))
+            allocation = json.loads(self.shared.read(f"{run_folder(plan)}/{ALLOCATION}"))
         except (OSError, ValueError):
             return facts
         facts["slurm_nodes"] = str(allocation.get("nodes", "")).split()
@@ -261,6 +236,25 @@ class SlurmBackend:
 
     def close(self) -> None:
         self.ctl.close()
+
+
+def slurm_plan(slurm: SlurmSpec, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions,
+               image_id: str | None) -> tuple[LaunchPlan, str]:
+    """The run's plan on the cluster and its batch script (pure). The plan has no timeout of its own:
+    the job's --time is Slurm's clock, which starts when the job does, not when it is queued."""
+    options = dataclasses.replace(
+        options, shared_dir=slurm.shared_dir, container=slurm.container, nics={},
+        rdzv_port=None if job.rdzv_port else NODE_RDZV_PORT, remote_python=slurm.python or "python3",
+        image_file=image_file(slurm.shared_dir, image_id, slurm.container) if image_id else None,
+    )
+    plan = dataclasses.replace(make_plan(job, hosts, run_id, options), image_id=image_id, timeout_s=None)
+    where = node_layout(job, hosts[0], run_id, options)
+    return plan, batch_script(plan, job, slurm, options, where, run_folder(plan))
+
+
+def run_folder(plan: LaunchPlan) -> str:
+    """The run's folder in the shared folder: every node's own folder is in it."""
+    return str(Path(plan.nodes[0].node_dir).parent)
 
 
 def _recorded(paths: RunPaths) -> dict[str, Any]:

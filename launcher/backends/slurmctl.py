@@ -270,10 +270,12 @@ class SlurmCtl:
             self._conn = (self._conn_factory or connect)(self.slurm.login_host)
         return self._conn
 
-    def submit(self, script_path: str, extra: Sequence[str] = ()) -> str:
+    def submit(self, script_path: str, extra: Sequence[str] = (), env: Sequence[str] = ()) -> str:
         """`sbatch --parsable [extra] SCRIPT`: the new job's id. The inventory's partition, account and
         sbatch_args are not added here: the script's #SBATCH lines or `extra` carry them."""
         argv = ["sbatch", "--parsable", *extra, script_path]
+        if env:  # `env` arguments: -u NAME drops a variable from the job's environment, NAME=VALUE sets one
+            argv = ["env", *env, *argv]
         code, output = self.run(argv)
         job_id = parse_sbatch(output) if code == 0 else None
         if job_id is None:

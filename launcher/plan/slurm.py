@@ -201,7 +201,7 @@ def _node_part(plan: LaunchPlan, job: "JobSpec", slurm: "SlurmSpec", options: Pl
     in_pyxis = first.image is not None and options.container == "pyxis"  # the part runs in the container already
     for node in plan.nodes:
         folder = CONTAINER_RUN_DIR if in_pyxis else node.node_dir
-        lines.append(f"{node.node_rank}) cd {shlex.quote(folder)} && exec {shell_words(node.argv)} ;;")
+        lines.append(f"{node.node_rank})\n    cd {shlex.quote(folder)} && exec {shell_words(node.argv)} ;;")
     lines += ['*) echo "launch: this run has no part for node $SLURM_NODEID" >&2; exit 1 ;;', "esac", "LAUNCH_NODE_PART"]
     return lines
 
@@ -215,7 +215,7 @@ def shell_words(argv: tuple[str, ...] | list[str]) -> str:
     supervisor = True  # its arguments end at "--": torchrun's follow
     while i < len(argv):
         if argv[i] == RANK_WRAPPER_MODULE:  # the job's own command follows: quoted as given, every word
-            return " ".join(words + [shlex.quote(arg) for arg in argv[i:]])
+            return _lines(words + [shlex.quote(arg) for arg in argv[i:]])
         supervisor = supervisor and argv[i] != "--"
         if supervisor and argv[i] == "--lease" and i + 1 < len(argv):
             words.append('${LAUNCH_LEASE_S:+--lease "$LAUNCH_LEASE_S"}')
@@ -223,7 +223,22 @@ def shell_words(argv: tuple[str, ...] | list[str]) -> str:
             continue
         words.append(_word(argv[i]))
         i += 1
-    return " ".join(words)
+    return _lines(words)
+
+
+def _lines(words: list[str]) -> str:
+    """Words joined into lines a person can read: one variable or mount each, torchrun on its own."""
+    out, in_env = "", False
+    for k, word in enumerate(words):
+        before = words[k - 1] if k else ""
+        assignment = bool(re.match(r"[A-Za-z_][A-Za-z0-9_]*=", word)) and (before == "env" or in_env)
+        after_env, in_env = in_env and not assignment, assignment
+        if k and (word in ("--env", "--volume", "--bind", "--", "--no-python") or before == "--" or assignment or after_env):
+            out += " \\\n        "
+        elif k:
+            out += " "
+        out += word
+    return out
 
 
 def _word(arg: str) -> str:
