@@ -54,7 +54,7 @@ def _supervisor(job: JobSpec, host: Host, where: NodeLayout, node_rank: int, nno
                        "--peer-timeout", f"{PEER_TIMEOUT_S:g}"]
     if options.shared_dir:  # a Slurm node: its output goes to the shared folder, the scheduler keeps the time
         supervisor += ["--preempt-signal", PREEMPT_SIGNAL]
-        if where.kind is NodeKind.CONTAINER:  # what runs in a Docker container is not the step's: Slurm does not signal it
+        if where.kind is NodeKind.CONTAINER and options.container == "docker":  # not the step's processes: not signalled
             supervisor.append("--forward-preempt")
         return supervisor + ([] if options.detach else ["--lease", f"{LEASE_S:g}"])
     if not options.detach:
