@@ -142,6 +142,9 @@ def check(args: argparse.Namespace) -> int:
     if args.port is not None and not 1 <= args.port <= 65534:  # and port + 1, the node supervisors'
         raise SpecError(f"--port: expected an integer from 1 to 65534, got {args.port}")
     problems: list[str] = []
+    slurm = _slurm_check(args)
+    if slurm is not None:
+        return slurm
     if "command" in load_mapping(args.cluster, str(args.cluster)):  # a job: check it as a launch would need
         job = load_job(args.cluster)
         hosts = select_hosts(job, resolve_cluster(job, argparse.Namespace(local=False, cluster=None)))
@@ -156,6 +159,29 @@ def check(args: argparse.Namespace) -> int:
     usable = sum(r.ok for r in results)
     print(f"{usable} of {len(results)} host(s) usable" + ("; the job is not ready" if problems else ""))
     return 0 if usable == len(results) and not problems else 1
+
+
+def _slurm_check(args: argparse.Namespace) -> int | None:
+    """`launch check` of a Slurm inventory (or of a job that uses one): its exit code; None for a
+    lab's inventory."""
+    from ..spec.yamlfile import load_mapping
+
+    runtime = None
+    if "command" in load_mapping(args.cluster, str(args.cluster)):
+        job = load_job(args.cluster)
+        cluster, runtime = resolve_cluster(job, argparse.Namespace(local=False, cluster=None)), job.runtime
+    else:
+        cluster = load_cluster(args.cluster)
+    if cluster.slurm is None:
+        return None
+    from ..backends.slurmcheck import check_slurm
+
+    results = check_slurm(cluster.slurm, runtime)
+    for result in results:
+        print(result.line(), flush=True)
+    usable = all(r.ok for r in results)
+    print("the Slurm cluster is usable" if usable else "the Slurm cluster is not usable as the inventory says")
+    return 0 if usable else 1
 
 
 def report_parser() -> argparse.ArgumentParser:
