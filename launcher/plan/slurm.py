@@ -178,7 +178,7 @@ def _allocation(plan: LaunchPlan) -> list[str]:
         "export LAUNCH_SUPERVISORS_PORT=$((LAUNCH_RDZV_PORT + 1))",
         'echo "launch: job $SLURM_JOB_ID attempt ${SLURM_RESTART_COUNT:-0} on $names; rendezvous $LAUNCH_ADDR_0:$LAUNCH_RDZV_PORT"',
         'printf \'{"job_id": "%s", "nodes": "%s", "attempt": %s, "start_time": %s}\\n\' '
-        '"$SLURM_JOB_ID" "$names" "${SLURM_RESTART_COUNT:-0}" "$(date +%s)" > "$run/allocation.json"',
+        '"$SLURM_JOB_ID" "$names" "${SLURM_RESTART_COUNT:-0}" "$(date +%s.%N)" > "$run/allocation.json"',
     ]
 
 

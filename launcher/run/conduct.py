@@ -145,7 +145,7 @@ def _write_inputs(job: JobSpec, cluster: ClusterSpec, paths: rundir.RunPaths, pl
     record, and which backend runs it."""
     rundir.create(paths)
     rundir.copy_input(job.path, paths.job_file)
-    rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster))
+    rundir.copy_input(cluster.path, paths.cluster_file, fallback_text=_local_inventory_text(cluster) if cluster.path is None else None)
     rundir.write_json(paths.plan_file, plan.to_json())
     rundir.write_json(paths.workdir_file, {"workdir": str(job.workdir), **manifest.to_json()})
     record(paths, backend)
