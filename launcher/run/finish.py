@@ -67,7 +67,10 @@ def _add_facts(summary: dict[str, Any], facts: dict[str, Any]) -> None:
     facts = dict(facts)
     queued = facts.pop("queued_s", None)
     if isinstance(queued, (int, float)):
-        summary["phases_s"] = {"queued": round(queued, 3), **(summary.get("phases_s") or {})}
+        phases = dict(summary.get("phases_s") or {})
+        if "run" in phases:  # the run's watch began at the submission: its wait in the queue is not run time
+            phases["run"] = round(max(0.0, phases["run"] - queued), 3)
+        summary["phases_s"] = {"queued": round(queued, 3), **phases}
     summary.update(facts)
 
 
