@@ -14,7 +14,9 @@ this module does the rest, each acceleration behind a flag that is off by defaul
 - checkpoints: every `--checkpoint-every` optimizer steps and at each epoch's end, local rank 0 of each
   host writes model, optimizer, scaler, epoch and position in the epoch atomically into
   `--checkpoint-dir` when given, else `LAUNCH_CHECKPOINT_DIR`, else `checkpoints`; a run starts from the
-  latest one it finds there.
+  latest one it finds there;
+- a scheduler's warning (`LAUNCH_PREEMPT_SIGNAL`: its time limit or a preemption is near): every rank
+  agrees on it at the next step, the run saves a checkpoint and ends, and the next run resumes from it.
 
 The learning rate follows the linear scaling rule: `--lr` is the rate for a global batch of 256
 samples, and the run uses lr x (batch x world size x accum steps) / 256, so that the same job at more
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import signal
 import socket
 import time
 from dataclasses import dataclass
@@ -255,6 +258,21 @@ class Trainer:
                              f"{args.batch_size} x {args.accum_steps} accum steps x {ctx.world} ranks")
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.last_saved = -1
+        self.warned = self._on_warning()
+
+    def _on_warning(self) -> list[bool]:
+        """The scheduler's warning signal, when the launcher names one, sets a flag the loop reads."""
+        flag = [False]
+        name = os.environ.get("LAUNCH_PREEMPT_SIGNAL", "")
+        if name.startswith("SIG") and hasattr(signal, name):
+            signal.signal(getattr(signal, name), lambda *_: flag.__setitem__(0, True))
+        return flag
+
+    def preempted(self) -> bool:
+        """Whether any rank got the warning (all of them agree, at the same step, so they stop together)."""
+        if not os.environ.get("LAUNCH_PREEMPT_SIGNAL"):
+            return False
+        return self.ctx.sum([1.0 if self.warned[0] else 0.0])[0] > 0
 
     # ---- checkpoints -------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -389,6 +407,11 @@ class Trainer:
                             f"loss {loss_sum / max(samples, 1):.4f}, {samples / elapsed:.0f} samples/s on rank 0")
                 if args.checkpoint_every and self.global_step % args.checkpoint_every == 0:
                     self.save()
+                if self.preempted():
+                    self.save()
+                    ctx.say(f"stopping at step {self.global_step}: the scheduler's time limit or a preemption is near; "
+                            "the checkpoint is saved and the next run resumes from it")
+                    return last_eval
             del batches
             loss_sum, correct, count, samples = ctx.sum(totals)
             eval_loss, eval_accuracy, eval_count = self.evaluate()
