@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what the simulated lab of the tests needs, when it is missing:
-# Docker engine, sshd, debootstrap, iproute2, iptables; this machine's dockerd; the base images.
+# Docker engine, sshd, debootstrap, iproute2, iptables, Slurm and munge; this machine's dockerd;
+# the base images.
 # Safe to run again. Needs root (the lab makes network namespaces).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,12 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables >/dev/null || need+=(iptables)
 command -v nsenter >/dev/null || need+=(util-linux)
+# A Slurm cluster on the lab's hosts (tests/simslurm.py): controller, node daemons, clients, munge.
+command -v slurmctld >/dev/null || need+=(slurmctld)
+command -v slurmd >/dev/null || need+=(slurmd)
+command -v sbatch >/dev/null || need+=(slurm-client)
+dpkg -s slurm-wlm-basic-plugins >/dev/null 2>&1 || need+=(slurm-wlm-basic-plugins)
+command -v munged >/dev/null || need+=(munge)
 if [ ${#need[@]} -gt 0 ]; then
     say "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive NEEDRESTART_MODE=a

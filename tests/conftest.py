@@ -232,3 +232,30 @@ def lab(base_image: str):
         sim.down()
     left = simlab.leftovers(sim.prefix)
     assert not any(left.values()), f"the lab left {left}"
+
+
+@pytest.fixture(scope="session")
+def slurm(lab):
+    """A Slurm cluster on the session's lab (tests/simslurm.py): slurmctld on the machine, a slurmd on
+    h1..h3, partition `lab`; SLURM_CONF is set in os.environ meanwhile. Torn down at the end."""
+    import simslurm
+
+    missing = [tool for tool in ("slurmctld", "slurmd", "sbatch", "munged") if not shutil.which(tool)
+               and not Path("/usr/sbin", tool).exists()]
+    if missing:
+        pytest.skip(f"the lab's Slurm cluster needs {', '.join(missing)}; scripts/setup-lab.sh installs them")
+    cluster = simslurm.SlurmCluster(lab)
+    before = {key: os.environ.get(key) for key in cluster.env}
+    cluster.up()
+    os.environ.update(cluster.env)
+    try:
+        yield cluster
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        cluster.down()
+    left = cluster.leftovers()
+    assert not any(left.values()), f"the Slurm cluster left {left}"

@@ -444,8 +444,62 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def daemons_dir(prefix: str) -> Path:
+    """Pid files of what runs beside a lab's hosts, outside their namespaces (a Slurm controller,
+    munged): `cleanup` ends these by PID, as it ends everything inside the hosts' namespaces."""
+    return STATE / prefix / "daemons"
+
+
+def record_daemon(prefix: str, name: str, pid: int) -> None:
+    """Note a process started for the lab; its start time guards against ending a reused PID later."""
+    daemons_dir(prefix).mkdir(parents=True, exist_ok=True)
+    (daemons_dir(prefix) / f"{name}.pid").write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def forget_daemon(prefix: str, name: str) -> None:
+    (daemons_dir(prefix) / f"{name}.pid").unlink(missing_ok=True)
+    try:
+        daemons_dir(prefix).rmdir()  # the last one
+    except OSError:
+        pass
+
+
+def recorded_daemons(prefix: str) -> dict[str, int]:
+    """The recorded processes still running, by name (a PID now naming another process is left out)."""
+    found = {}
+    for pid_file in sorted(daemons_dir(prefix).glob("*.pid")):
+        fields = pid_file.read_text().split()
+        if len(fields) == 2 and fields[0].isdigit() and _alive(int(fields[0])) and _start_time(int(fields[0])) == fields[1]:
+            found[pid_file.stem] = int(fields[0])
+    return found
+
+
+def daemon_processes(prefix: str, names: set[str] | None = None) -> list[int]:
+    """The recorded daemons still running (those of `names`, or all) and whatever else runs in their
+    sessions (each was started as a session's leader): a helper a daemon forked ends with it."""
+    leaders = {pid for name, pid in recorded_daemons(prefix).items() if names is None or name in names}
+    members = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in leaders:
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[3]) in leaders and fields[0] not in ("Z", "X"):
+                members.append(int(entry))
+    return sorted(leaders) + members
+
+
+def _start_time(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 def leftovers(prefix: str = "llab") -> dict[str, list[str]]:
-    """What a lab with this prefix has on the machine now: namespaces, links, iptables rules, processes."""
+    """What a lab with this prefix has on the machine now: namespaces, links, iptables rules, processes
+    (those in the hosts' namespaces and the recorded daemons beside them)."""
     netns = [line.split()[0] for line in sh("ip", "netns", "list").stdout.decode().splitlines()
              if line.startswith(f"{prefix}-")]
     links = [line.split(":")[1].strip().split("@")[0] for line in sh("ip", "-o", "link", "show").stdout.decode().splitlines()
@@ -456,6 +510,7 @@ def leftovers(prefix: str = "llab") -> dict[str, list[str]]:
         rules += [r for chain in ("INPUT", "OUTPUT") for r in sh("iptables", "-S", chain).stdout.decode().splitlines()
                   if f"launch-lab {prefix} launcher-cut" in r]
     procs = [str(p) for ns in netns for p in _netns_pids(ns)]
+    procs += [str(p) for p in daemon_processes(prefix) if str(p) not in procs]
     return {"netns": netns, "links": links, "iptables": rules, "processes": procs}
 
 
@@ -471,7 +526,7 @@ def cleanup(prefix: str = "llab") -> None:
                 sh("docker", "-H", f"unix://{sock}", "rm", "-f", *ids, check=False, timeout=60)
     pids = [p for ns in found["netns"] for p in _netns_pids(ns)]
     holders = [int(p.read_text()) for p in lab_dir.glob("h*/holder.pid") if p.read_text().strip().isdigit()]
-    _end_processes(pids)
+    _end_processes(daemon_processes(prefix) + pids)
     _end_processes([p for p in holders if _alive(p) and _is_holder(p)], grace_s=2)
     for ns in found["netns"]:
         sh("ip", "netns", "delete", ns, check=False)
