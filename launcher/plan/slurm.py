@@ -120,7 +120,8 @@ def sbatch_options(plan: LaunchPlan, job: "JobSpec", slurm: "SlurmSpec", run_fol
         options.append(f"--signal=B:{PREEMPT_SIGNAL[3:]}@{preempt_grace(job.timeout_s)}")
     else:
         options.append(f"--signal=B:{PREEMPT_SIGNAL[3:]}@{PREEMPT_GRACE_S}")
-    options += [f"--output={run_folder}/slurm-%j.out", "--open-mode=append"]
+    # in the shared folder: the folder sbatch was called from may exist only on the login side
+    options += [f"--chdir={run_folder}", f"--output={run_folder}/slurm-%j.out", "--open-mode=append"]
     options.append("--requeue" if job.max_restarts else "--no-requeue")
     return options + _grouped(slurm.sbatch_args)
 
