@@ -190,10 +190,15 @@ def _node_part(plan: LaunchPlan, job: "JobSpec", slurm: "SlurmSpec", options: Pl
     first = plan.nodes[0]
     if first.image and options.container == "docker":
         assert plan.image_id and options.image_file
+        # the archive is named by the image's id: it may carry another job's tag for the same content
         inspect = shlex.join(["docker", "image", "inspect", "--format", "{{.Id}}", first.image])
+        has = shlex.join(["docker", "image", "inspect", plan.image_id])
         load = shlex.join(["docker", "load", "--quiet", "--input", options.image_file])
-        lines.append(f'[ "$({inspect} 2>/dev/null)" = {shlex.quote(plan.image_id)} ] || {load} >/dev/null || '
-                     f'{{ echo "launch: $(hostname): cannot load {shlex.quote(options.image_file)}" >&2; exit 1; }}')
+        tag = shlex.join(["docker", "tag", plan.image_id, first.image])
+        lines += [f'if [ "$({inspect} 2>/dev/null)" != {shlex.quote(plan.image_id)} ]; then',
+                  f"    {{ {has} >/dev/null 2>&1 || {load} >/dev/null; }} && {tag} ||",
+                  f'        {{ echo "launch: $(hostname): cannot load {shlex.quote(options.image_file)}" >&2; exit 1; }}',
+                  "fi"]
     elif not first.image:
         python = slurm.python or "python3"
         if python.startswith("/"):
