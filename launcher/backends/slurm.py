@@ -22,7 +22,7 @@ from ..node import contract
 from ..plan import LaunchPlan, NodeKind, NodePlan, PlanOptions, make_plan
 from ..plan.layout import node_layout, shared_folders
 from ..plan.ports import NODE_RDZV_PORT
-from ..plan.slurm import batch_script, image_file
+from ..plan.slurm import NODE_NIC, batch_script, image_file
 from ..record import outputs
 from ..record.outcome import Phases
 from ..record.rundir import RunPaths
@@ -243,7 +243,8 @@ def slurm_plan(slurm: SlurmSpec, job: JobSpec, hosts: tuple[Host, ...], run_id: 
     """The run's plan on the cluster and its batch script (pure). The plan has no timeout of its own:
     the job's --time is Slurm's clock, which starts when the job does, not when it is queued."""
     options = dataclasses.replace(
-        options, shared_dir=slurm.shared_dir, container=slurm.container, nics={},
+        options, shared_dir=slurm.shared_dir, container=slurm.container,
+        nics={} if slurm.nic else {host.name: NODE_NIC for host in hosts},  # found on each node
         rdzv_port=None if job.rdzv_port else NODE_RDZV_PORT, remote_python=slurm.python or "python3",
         image_file=image_file(slurm.shared_dir, image_id, slurm.container) if image_id else None,
     )

@@ -21,7 +21,6 @@ from .command import RANK_WRAPPER_MODULE
 from .container import docker_run, mounts
 from .layout import CONTAINER_RUN_DIR, CONTAINER_WORKDIR, NodeLayout
 from .model import PREEMPT_SIGNAL, LaunchPlan, NodeKind, PlanOptions
-from .ports import NODE_RDZV_PORT
 
 if TYPE_CHECKING:
     from ..spec import Host, JobSpec, SlurmSpec
@@ -32,7 +31,10 @@ LEASE_STALE_S = 30  # a job whose attached launcher has not renewed its lease fo
 PREEMPT_GRACE_S = 60  # Slurm's warning comes this long before the time limit (at most half the timeout)
 CONTAINERS = ("docker", "apptainer", "pyxis")
 IMAGE_SUFFIX = {"docker": ".tar", "apptainer": ".sif", "pyxis": ".sqsh"}
-_PLACEHOLDER = re.compile(r"\{launch\.(node(\d+)|rdzv_port|supervisors_port)\}")
+_PLACEHOLDER = re.compile(r"\{launch\.(node(\d+)|rdzv_port|supervisors_port|nic)\}")
+NODE_NIC = "{launch.nic}"  # the interface a node reaches the first node by, found on the node (inventory without `nic`)
+_VARIABLES = {"{launch.rdzv_port}": "LAUNCH_RDZV_PORT", "{launch.supervisors_port}": "LAUNCH_SUPERVISORS_PORT",
+              NODE_NIC: "LAUNCH_NIC"}
 
 
 def node_address(k: int) -> str:
@@ -188,6 +190,8 @@ def _node_part(plan: LaunchPlan, job: "JobSpec", slurm: "SlurmSpec", options: Pl
     its planned command, in its own folder."""
     lines = ["# every node's part, by its SLURM_NODEID", "read -r -d '' node_part <<'LAUNCH_NODE_PART'"]
     first = plan.nodes[0]
+    if not slurm.nic:
+        lines += _nic_lines()
     if first.image and options.container == "docker":
         assert plan.image_id and options.image_file
         # the archive is named by the image's id: it may carry another job's tag for the same content
@@ -210,6 +214,16 @@ def _node_part(plan: LaunchPlan, job: "JobSpec", slurm: "SlurmSpec", options: Pl
         lines.append(f"{node.node_rank})\n    cd {shlex.quote(folder)} && exec {shell_words(node.argv)} ;;")
     lines += ['*) echo "launch: this run has no part for node $SLURM_NODEID" >&2; exit 1 ;;', "esac", "LAUNCH_NODE_PART"]
     return lines
+
+
+def _nic_lines() -> list[str]:
+    """LAUNCH_NIC: the interface that holds the first node's address, or routes to it (the name a
+    node's hostname resolves to may not be its address: gloo would fall back to loopback)."""
+    return [
+        'first=$(getent ahostsv4 "$LAUNCH_ADDR_0" | awk \'NR == 1 {print $1}\'); first=${first:-$LAUNCH_ADDR_0}',
+        'LAUNCH_NIC=$(ip -o -4 addr show to "$first" | awk \'{print $2; exit}\')',
+        '[ -n "$LAUNCH_NIC" ] || LAUNCH_NIC=$(ip -o route get "$first" | sed -n \'s/.* dev \\([^ ]*\\).*/\\1/p\')',
+    ]
 
 
 def shell_words(argv: tuple[str, ...] | list[str]) -> str:
@@ -252,10 +266,8 @@ def _word(arg: str) -> str:
     for match in _PLACEHOLDER.finditer(arg):
         if match.start() > last:
             pieces.append(shlex.quote(arg[last:match.start()]))
-        if match.group(2) is not None:
-            pieces.append(f'"${{LAUNCH_ADDR_{match.group(2)}}}"')
-        else:
-            pieces.append('"${LAUNCH_RDZV_PORT}"' if match.group(0) == NODE_RDZV_PORT else '"${LAUNCH_SUPERVISORS_PORT}"')
+        name = f"LAUNCH_ADDR_{match.group(2)}" if match.group(2) is not None else _VARIABLES[match.group(0)]
+        pieces.append(f'"${{{name}}}"')
         last = match.end()
     if last < len(arg) or not pieces:
         pieces.append(shlex.quote(arg[last:]))
