@@ -110,7 +110,7 @@ def test_a_failing_rank_fails_the_job_fast_and_is_named(tmp_path: Path, slurm) -
 
 
 def test_ctrl_c_cancels_the_job_and_leaves_nothing(tmp_path: Path, slurm) -> None:
-    job = slurm_job(tmp_path, slurm, ALLREDUCE, ["--steps", "2000", "--sleep", "0.1"])
+    job = slurm_job(tmp_path, slurm, PROBE, ["--steps", "2000", "--sleep", "0.1"])
     proc = start_launcher(job, tmp_path)
     lines = read_until(proc, lambda seen: any("[node1/" in line for line in seen))
     run_id = run_id_of("".join(lines))
@@ -122,7 +122,7 @@ def test_ctrl_c_cancels_the_job_and_leaves_nothing(tmp_path: Path, slurm) -> Non
 
 
 def test_a_killed_launcher_ends_its_job_and_a_detached_one_is_stopped(tmp_path: Path, slurm) -> None:
-    job = slurm_job(tmp_path, slurm, ALLREDUCE, ["--steps", "2000", "--sleep", "0.1"])
+    job = slurm_job(tmp_path, slurm, PROBE, ["--steps", "2000", "--sleep", "0.1"])
     proc = start_launcher(job, tmp_path)
     lines = read_until(proc, lambda seen: any("[node1/" in line for line in seen))
     run_id = run_id_of("".join(lines))
@@ -170,7 +170,7 @@ def test_a_time_limit_warns_the_ranks_and_the_book_jobs_checkpoint_is_saved(tmp_
 
 @pytest.mark.last
 def test_a_node_cut_off_mid_run_fails_the_run_naming_it(tmp_path: Path, slurm) -> None:
-    job = slurm_job(tmp_path, slurm, ALLREDUCE, ["--steps", "2000", "--sleep", "0.1"])
+    job = slurm_job(tmp_path, slurm, PROBE, ["--steps", "2000", "--sleep", "0.1"])
     proc = start_launcher(job, tmp_path)
     lines = read_until(proc, lambda seen: any("[node1/" in line for line in seen))
     run_id = run_id_of("".join(lines))

@@ -353,8 +353,9 @@ class Mesh:
 
     def finish(self, code: int) -> None:
         """The node's torchrun ended: tell the others; node 0 waits for every node to end."""
+        preempted = self.sup.cause == contract.STOPPED_BY_PREEMPTION  # every node was warned: not a failure
         if self.is_coordinator:
-            if code != 0 and not self.sup.stopping.is_set():
+            if code != 0 and not self.sup.stopping.is_set() and not preempted:
                 self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node 0 ({self.sup.args.host}) failed with exit code {code}")
             # a run that succeeded here waits for every member to end (a member that stops answering
             # stops the run); a stopped run has told every member to stop, and waits for none
@@ -367,7 +368,7 @@ class Mesh:
                 time.sleep(0.2)
             self.ended.set()
         else:
-            stopped = self.sup.stopping.is_set()
+            stopped = self.sup.stopping.is_set() or preempted
             self._to_coordinator(Message(END, code, cause=self.sup.cause if stopped else None,
                                          reason=(self.sup.stop_reason or "") if stopped else ""))
             self.ended.set()

@@ -37,6 +37,8 @@ def _torchrun(job: JobSpec, host: Host, python: str, node_rank: int, nproc: int 
     ]
     if not host.is_local:
         torchrun.append(f"--local-addr={host.net_address}")
+    if options.shared_dir:  # torchrun hands Slurm's warning to its ranks (its own env variable is overwritten)
+        torchrun.append(f"--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,{PREEMPT_SIGNAL}")
     return torchrun + ["--no-python"]
 
 

@@ -62,9 +62,8 @@ def _contract_env(job: JobSpec, host: Host, run_id: str, backend: str, where: No
         contract.BACKEND: backend,
         contract.CHECKPOINT_DIR: where.seen_checkpoints,
     })
-    if options.shared_dir:  # Slurm's warning before its time limit or a preemption reaches the ranks through torchrun
+    if options.shared_dir:  # Slurm's warning before its time limit or a preemption (torchrun passes it on)
         env[contract.PREEMPT_SIGNAL] = PREEMPT_SIGNAL
-        env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = f"SIGTERM,SIGINT,SIGHUP,SIGQUIT,{PREEMPT_SIGNAL}"
     nic = host.nic or options.nics.get(host.name)
     if nic:
         env["GLOO_SOCKET_IFNAME"] = nic
