@@ -77,6 +77,9 @@ def main(argv: list[str]) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    warning = os.environ.get(contract.PREEMPT_SIGNAL, "")
+    if warning.startswith("SIG") and hasattr(signal, warning):  # a scheduler's warning: passed on, not a stop
+        signal.signal(getattr(signal, warning), lambda signum, _frame: _send(child, signum))
 
     _pass_lines(child, log_dir, rank, contract.rank_prefix(host, rank))
     code = child.wait()
@@ -87,6 +90,13 @@ def main(argv: list[str]) -> int:
         _write_line(sys.stdout.buffer, contract.event_line(contract.EVENT_RANK_END, host=host, rank=int(rank), attempt=attempt,
                                                            exit_code=exit_code, stopped=bool(stopped_by)))
     return exit_code
+
+
+def _send(child: subprocess.Popen, signum: int) -> None:
+    try:
+        child.send_signal(signum)
+    except ProcessLookupError:
+        pass
 
 
 def _begin(log_dir: str | None, rank: str, host: str) -> int:

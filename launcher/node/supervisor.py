@@ -393,7 +393,11 @@ def main(argv: list[str]) -> int:
     args, command = parse_args(argv)
     if not command:
         raise SystemExit("launcher.node.supervisor: no command after --")
-    return Supervisor(args).run(command)
+    supervisor = Supervisor(args)
+    code = supervisor.run(command)
+    # warned by the scheduler, the node ended as asked (its status says how): a non-zero exit would make
+    # srun end the other nodes while their ranks still save
+    return 0 if supervisor.cause == contract.STOPPED_BY_PREEMPTION else code
 
 
 if __name__ == "__main__":
