@@ -155,7 +155,7 @@ class Lab:
         (host.dir / "etc" / "hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost\n")
         (host.dir / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host.dir / "ssh_host_ed25519_key"))
-        (host.dir / "sshd_config").write_text(_sshd_config(host, self.dir / "authorized_keys"))
+        (host.dir / "sshd_config").write_text(_sshd_config(host, self.dir / "authorized_keys", self.dir / "slurm" / "slurm.conf"))
 
     def _start_host(self, host: SimHost) -> None:
         binds = [
@@ -382,8 +382,11 @@ def _forward_rule(bridge: str) -> list[str]:
     return ["-i", bridge, "-o", bridge, "-j", "ACCEPT", "-m", "comment", "--comment", f"launch-lab {bridge}"]
 
 
-def _sshd_config(host: SimHost, authorized_keys: Path) -> str:
+def _sshd_config(host: SimHost, authorized_keys: Path, slurm_conf: Path) -> str:
+    """Key authentication only; SSH sessions get the config of the lab's Slurm cluster (tests/simslurm.py),
+    as a cluster's login node has it in /etc/slurm."""
     return f"""\
+SetEnv SLURM_CONF={slurm_conf}
 ListenAddress {host.address}
 Port 22
 HostKey {host.dir / 'ssh_host_ed25519_key'}

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import PROBE, ROOT, launch, read_until, run_id_of, start_launcher
 
@@ -166,6 +167,26 @@ def test_a_time_limit_warns_the_ranks_and_the_book_jobs_checkpoint_is_saved(tmp_
     checkpoints = list(Path(slurm.shared_dir).rglob(f"jobs/*/runs/node0/{run_id}/checkpoints/*"))
     assert checkpoints, f"no checkpoint on disk: {result.stdout[-2000:]}"
     assert not slurm.squeue() and not ranks_left(run_id)
+
+
+def test_a_login_host_over_ssh_submits_follows_and_collects(tmp_path: Path, slurm, lab) -> None:
+    """login: a host reached over SSH (the lab's h3, with the ssh: block of the lab's inventory): the
+    launcher runs Slurm's commands there and reaches the shared folder through it."""
+    job = slurm_job(tmp_path, slurm, ALLREDUCE, ["--steps", "5"])
+    ssh = yaml.safe_load(lab.cluster_file.read_text())["ssh"]
+    inventory = yaml.safe_load((tmp_path / "cluster.yaml").read_text())
+    inventory["slurm"]["login"] = lab.host("h3").address
+    inventory["ssh"] = ssh
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump(inventory))
+    check = launch("check", str(tmp_path / "cluster.yaml"), cwd=tmp_path, timeout=300)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert f"on login host {lab.host('h3').address}" in check.stdout
+    result = launch(str(job), cwd=tmp_path, env={"SLURM_CONF": "/nonexistent"})  # nothing of Slurm's here is used
+    assert result.returncode == 0, result.stdout + result.stderr
+    run_id = run_id_of(result.stdout)
+    assert "[node1/3] allreduce: rank 3 of 4: sum 10 (expected 10) OK" in result.stdout
+    assert "allreduce: rank 2 of 4" in (tmp_path / "runs" / run_id / "logs" / "node1" / "rank2.log").read_text()
+    assert not slurm.squeue()
 
 
 @pytest.mark.last

@@ -49,8 +49,9 @@ class SharedFolder(Protocol):
 def shared_folder(slurm: "SlurmSpec", ctl: "SlurmCtl") -> SharedFolder:
     if slurm.is_local:
         return LocalShared()
-    raise RunError(f"slurm: login {slurm.login}: a shared folder reached over SSH is not supported yet; "
-                   "run launch on the login host (login: local)")
+    from .sharedssh import SshShared  # the SSH library only for a login host
+
+    return SshShared(ctl)
 
 
 def _size(n: int) -> str:

@@ -35,7 +35,7 @@ from .slurmctl import JobInfo, SlurmCtl
 SCRIPT = "job.sbatch"  # the batch script, in the run's shared folder and in its run directory
 ALLOCATION = "allocation.json"  # written by the batch script when the job starts: its nodes, its attempt
 ASK_EVERY_S = 2.0  # Slurm is asked about the job at most this often
-CANCEL_WAIT_S = 60.0  # after scancel, how long the launcher waits for the job to leave its nodes
+CANCEL_WAIT_S = 15.0  # after scancel, how long the launcher waits for the job to leave its nodes (a lost one never tells)
 NODE_END_WAIT_S = 15.0  # a job that ended gives its nodes' supervisors this long to write how they ended
 
 

@@ -260,6 +260,10 @@ class SlurmCtl:
 
         return pipe_into(self._connection(), argv, input or b"", timeout)  # quotes argv with shlex, once
 
+    def connection(self):
+        """The SSH connection to the login host (opened again when it dropped)."""
+        return self._connection()
+
     def _connection(self):
         if self._conn is not None and not _alive(self._conn):
             self.close()

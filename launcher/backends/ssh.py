@@ -24,7 +24,7 @@ import fabric
 import paramiko
 
 from ..errors import RunError
-from ..hosts.ssh import connect, open_command, pipe_into, run
+from ..hosts.ssh import connect, open_command, pipe_into, run, sftp_files
 from ..image.build import shipped_files
 from ..node import contract
 from ..plan import REMOTE_LIB, RUN_LABEL, STOP_GRACE_S, LaunchPlan, NodeKind, NodePlan, PlanOptions, make_plan
@@ -326,20 +326,7 @@ class SshBackend:
     def _collect_outputs(self, sftp: paramiko.SFTPClient, node: NodePlan, plan: LaunchPlan) -> None:
         """What the ranks wrote in their working directory (`launcher.run.outputs`), up to the limit."""
         work = f"{node.state_dir}/{contract.STATE_WORK}"
-        found: list[tuple[str, int]] = []
-        pending = [""]
-        while pending:  # links are not followed, nor brought back
-            rel = pending.pop()
-            try:
-                entries = sftp.listdir_attr(f"{work}/{rel}" if rel else work)
-            except (FileNotFoundError, PermissionError):  # gone, or a folder the job made private
-                continue
-            for entry in entries:
-                path = f"{rel}/{entry.filename}" if rel else entry.filename
-                if stat.S_ISDIR(entry.st_mode or 0):
-                    pending.append(path)
-                elif stat.S_ISREG(entry.st_mode or 0):
-                    found.append((path, entry.st_size or 0))
+        found = sftp_files(sftp, work)
         outputs.collect(self.paths, node, plan, found, lambda rel, target: sftp.get(f"{work}/{rel}", str(target)))
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ import os
 import re
 import shlex
 import socket
+import stat
 from pathlib import Path
 from typing import Sequence
 
@@ -191,3 +192,23 @@ def pipe_into(conn: fabric.Connection, argv: Sequence[str], data: bytes, timeout
         raise RunError(f"{conn.host}: SSH failed: {str(exc) or type(exc).__name__}") from None
     finally:
         channel.close()
+
+
+def sftp_files(sftp: paramiko.SFTPClient, folder: str) -> list[tuple[str, int]]:
+    """Every regular file under `folder` on the host, as (path relative to it, size); links are not
+    followed, nor listed; a folder that is gone or private is passed over."""
+    found: list[tuple[str, int]] = []
+    pending = [""]
+    while pending:
+        rel = pending.pop()
+        try:
+            entries = sftp.listdir_attr(f"{folder}/{rel}" if rel else folder)
+        except (FileNotFoundError, PermissionError):
+            continue
+        for entry in entries:
+            path = f"{rel}/{entry.filename}" if rel else entry.filename
+            if stat.S_ISDIR(entry.st_mode or 0):
+                pending.append(path)
+            elif stat.S_ISREG(entry.st_mode or 0):
+                found.append((path, entry.st_size or 0))
+    return found
