@@ -115,13 +115,17 @@ class SlurmBackend:
         print(f"launch: submitted Slurm job {self.job_id}", file=sys.stderr, flush=True)
 
     def job(self, fresh: bool = False) -> JobInfo | None:
-        """What Slurm says of the job now (asked at most every ASK_EVERY_S)."""
+        """What Slurm last said of the job (asked at most every ASK_EVERY_S); a controller that does
+        not answer changes nothing: the job is not taken for ended."""
         with self.lock:
             if self.job_id is None:
                 return None
             if fresh or time.monotonic() - self.asked > ASK_EVERY_S:
-                self.info = self.ctl.job(self.job_id)
                 self.asked = time.monotonic()
+                try:
+                    self.info = self.ctl.job(self.job_id)
+                except RunError:
+                    return self.info
                 if (self.info is None or self.info.ended) and self.ended_at is None:
                     self.ended_at = time.monotonic()
             return self.info
@@ -151,9 +155,9 @@ class SlurmBackend:
             code = status.get("exit_code")
             return code if isinstance(code, int) else 1
         info = self.job()
-        if info is not None and not info.ended:
+        if self.ended_at is None:  # Slurm has not said that the job ended
             return None
-        if self.ended_at is not None and time.monotonic() - self.ended_at < NODE_END_WAIT_S and status:
+        if time.monotonic() - self.ended_at < NODE_END_WAIT_S and status:
             return None  # its supervisor may still be writing how it ended
         self._say_job_end(node, info)
         return 1  # its supervisor did not say how it ended: it never started, or was killed
@@ -170,12 +174,17 @@ class SlurmBackend:
         self.shared.append(f"{log_dir}/{contract.NODE_OUTPUT}", contract.agent_prefix(node.host) + line.encode())
 
     def state(self, node: NodePlan) -> dict[str, Any]:
+        """The node's own record; while the job waits, why (`waiting`); a job that ended before the
+        node started: how it ended."""
         record = self._status(node)
         info = self.job(fresh=True)
         running = record.get("state") in (None, contract.RUNNING)
         record["alive"] = running and info is not None and not info.ended
         if info is not None and info.state == "PENDING":
-            record.setdefault("state", "queued")
+            record["waiting"] = self.queued()
+        if not record.get("state") and info is not None and info.ended:
+            record["state"] = contract.STOPPED if info.state == "CANCELLED" else contract.FAILED
+            record["reason"] = f"Slurm job {info.job_id} ended {info.state} before {node.host} started"
         return record
 
     def read_output(self, node: NodePlan, offset: int) -> bytes:

@@ -140,9 +140,8 @@ class Supervisor:
         self.event(contract.EVENT_KILLED, grace=grace, processes=described)
 
     def _on_preempt(self, signum: int, _frame) -> None:
-        """The scheduler's warning (its time limit, a preemption): the ranks save and end on their own
-        (torchrun passes the signal on to them, and ends); this node ends stopped, not failed, and the
-        group is not restarted."""
+        """The scheduler's warning (time limit, preemption): the ranks save and end on their own (torchrun
+        passes it on); the node ends stopped, not restarted."""
         with self.lock:
             first = self.cause is None
             if first:
@@ -384,8 +383,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--resume-from", default="", help="the folder of the run to resume from (its checkpoints and outputs)")
     parser.add_argument("--echo", action="store_true", help="also write the node's output to stdout")
     parser.add_argument("--preempt-signal", default="", help="a scheduler's warning signal (SIGUSR2): save, end, no restart")
-    parser.add_argument("--forward-preempt", action="store_true",
-                        help="pass the warning signal on to torchrun (where the scheduler does not signal it itself)")
+    parser.add_argument("--forward-preempt", action="store_true", help="pass it on to torchrun (the scheduler does not)")
     return parser.parse_args(argv[:split]), argv[split + 1 :]
 
 
@@ -394,9 +392,7 @@ def main(argv: list[str]) -> int:
     if not command:
         raise SystemExit("launcher.node.supervisor: no command after --")
     supervisor = Supervisor(args)
-    code = supervisor.run(command)
-    # warned by the scheduler, the node ended as asked (its status says how): a non-zero exit would make
-    # srun end the other nodes while their ranks still save
+    code = supervisor.run(command)  # warned by the scheduler: 0, or srun would end the others while they save
     return 0 if supervisor.cause == contract.STOPPED_BY_PREEMPTION else code
 
 

@@ -112,7 +112,7 @@ def host_states(run: ExistingRun) -> dict[str, HostState]:
         record = run.backend.state(node)
         state = record.get("state")
         if record.get("alive"):
-            return HostState(contract.RUNNING, "", record)
+            return HostState(contract.RUNNING, record.get("waiting") or "", record)
         if state in (contract.SUCCEEDED, contract.FAILED, contract.STOPPED):
             return HostState(state, record.get("reason") or "", record)
         local = _local_record(run.paths, node.host)  # collected already
