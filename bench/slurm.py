@@ -131,7 +131,7 @@ def main() -> None:
                 firsts.append(first or float("nan"))
                 run_dir = runs / re.search(r"^launch: run (\S+) on", output, re.M).group(1)
                 hand.append(by_hand(run_dir, env, k))
-            rows.append(("warm, 2 nodes x 1 process", statistics.median(hand), statistics.median(ours), statistics.median(firsts)))
+            rows.append(("warm, 2 x 1", statistics.median(hand), statistics.median(ours), statistics.median(firsts)))
             if args.cold:
                 rows.append(cold_reference(lab, cluster, folder, env))
     finally:
@@ -157,7 +157,7 @@ def cold_reference(lab, cluster, folder: Path, env: dict[str, str]) -> tuple[str
                     base=base)
     job.write_text(job.read_text().replace(f"image: {{base: '{base}'}}", f"image: {{base: '{base}', requirements: requirements.txt}}"))
     wall, first, _ = launch(job, folder / "runs", env)
-    return "cold reference job (image to the shared folder, each node loads it)", None, wall, first or float("nan")
+    return "cold reference", None, wall, first or float("nan")
 
 
 if __name__ == "__main__":
