@@ -261,8 +261,9 @@ class Trainer:
         self.warned = self._on_warning()
 
     def _on_warning(self) -> list[bool]:
-        """The scheduler's warning signal, when the launcher names one, sets a flag the loop reads."""
-        flag = [False]
+        """The scheduler's warning signal, when the launcher names one, sets a flag the loop reads (one
+        that came before this handler was there is in LAUNCH_PREEMPTED)."""
+        flag = [os.environ.get("LAUNCH_PREEMPTED") == "1"]
         name = os.environ.get("LAUNCH_PREEMPT_SIGNAL", "")
         if name.startswith("SIG") and hasattr(signal, name):
             signal.signal(getattr(signal, name), lambda *_: flag.__setitem__(0, True))

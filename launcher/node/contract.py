@@ -23,6 +23,7 @@ CHECKPOINT_DIR = "LAUNCH_CHECKPOINT_DIR"
 SECRETS_FILE_VAR = "LAUNCH_SECRETS_FILE"  # read and removed by the rank wrapper, never seen by the rank
 ATTEMPT = "LAUNCH_ATTEMPT"  # set by the node supervisor: 0, then 1, 2, ... after each restart of the group
 PREEMPT_SIGNAL = "LAUNCH_PREEMPT_SIGNAL"  # where a scheduler warns of its time limit or a preemption: the signal's name
+PREEMPTED = "LAUNCH_PREEMPTED"  # "1" once that warning came, before the job had a handler of its own
 STEP_METRICS_PID = "LAUNCH_STEP_METRICS_PID"  # set in a rank's Python by the step-metrics hook: the process that measures
 
 # ---- the layout of a run's folder: the run directory here, a node's folder on a host, the mount

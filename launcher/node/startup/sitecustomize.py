@@ -6,7 +6,10 @@ Python imports this file as `sitecustomize` before any of the job's code. It
    one), so the interpreter is set up as it would be outside `launch`;
 2. loads `launcher/node/contract.py` and `stepmetrics.py` by their paths, under private module
    names (the job's command may name another interpreter than the launcher's, without this
-   package), and starts measuring steps (`stepmetrics.start`); torch is not imported here.
+   package), and starts measuring steps (`stepmetrics.start`); torch is not imported here;
+3. where a scheduler warns before its time limit (`LAUNCH_PREEMPT_SIGNAL`), keeps a warning that
+   comes before the job has a handler of its own: the process is not ended by it, and
+   `LAUNCH_PREEMPTED=1` is set in its environment for the job to find.
 Nothing here may break the job: an error turns the measuring off, with one line on stderr.
 """
 
@@ -62,5 +65,19 @@ def _start_step_metrics() -> None:
         sys.stderr.write(f"launch: step metrics off in this process: {type(exc).__name__}: {exc}\n")
 
 
+def _hold_warning() -> None:
+    name = os.environ.get("LAUNCH_PREEMPT_SIGNAL", "")
+    if not name.startswith("SIG"):
+        return
+    import signal
+
+    def warned(_signum, _frame) -> None:
+        os.environ["LAUNCH_PREEMPTED"] = "1"  # contract.PREEMPTED
+
+    if hasattr(signal, name):
+        signal.signal(getattr(signal, name), warned)
+
+
 _run_shadowed()
 _start_step_metrics()
+_hold_warning()
