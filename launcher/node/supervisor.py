@@ -140,20 +140,20 @@ class Supervisor:
         self.event(contract.EVENT_KILLED, grace=grace, processes=described)
 
     def _on_preempt(self, signum: int, _frame) -> None:
-        """The scheduler's warning (time limit, preemption): the ranks save and end on their own (torchrun
-        passes it on); the node ends stopped, not restarted."""
+        threading.Thread(target=self._preempted, args=(signum,), daemon=True).start()  # as _on_signal: no lock here
+
+    def _preempted(self, signum: int) -> None:
+        """The scheduler's warning: the ranks save and end (torchrun passes it on); the node ends stopped."""
         with self.lock:
             first = self.cause is None
             if first:
                 self.cause = contract.STOPPED_BY_PREEMPTION
                 self.stop_reason = f"{signal.Signals(signum).name} received: the scheduler's time limit or a preemption is near"
             self.signaled = True
-        child = self.child
-        if self.args.forward_preempt and child is not None and child.poll() is None:
-            os.kill(child.pid, signum)  # torchrun alone: it hands the signal to its ranks
+        if self.args.forward_preempt and self.child is not None and self.child.poll() is None:
+            os.kill(self.child.pid, signum)  # torchrun alone: it hands the signal to its ranks
         if first:
-            threading.Thread(target=self.event, args=(contract.EVENT_STOPPING,),
-                             kwargs={"cause": self.cause, "reason": self.stop_reason}, daemon=True).start()
+            self.event(contract.EVENT_STOPPING, cause=self.cause, reason=self.stop_reason)
 
     def _on_signal(self, signum: int, _frame) -> None:
         # not here: the main thread may hold a lock this handler interrupted
@@ -383,7 +383,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--resume-from", default="", help="the folder of the run to resume from (its checkpoints and outputs)")
     parser.add_argument("--echo", action="store_true", help="also write the node's output to stdout")
     parser.add_argument("--preempt-signal", default="", help="a scheduler's warning signal (SIGUSR2): save, end, no restart")
-    parser.add_argument("--forward-preempt", action="store_true", help="pass it on to torchrun (the scheduler does not)")
+    parser.add_argument("--forward-preempt", action="store_true", help="pass it on to torchrun (Slurm does not)")
     return parser.parse_args(argv[:split]), argv[split + 1 :]
 
 
