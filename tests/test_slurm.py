@@ -154,6 +154,24 @@ def test_a_restart_resumes_from_the_checkpoint(tmp_path: Path, slurm) -> None:
     assert summary_of(tmp_path, run_id)["restarts"] == 1
 
 
+def test_a_job_slurm_requeues_is_followed_into_its_next_attempt(tmp_path: Path, slurm) -> None:
+    job = slurm_job(tmp_path, slurm, PROBE, ["--steps", "40", "--sleep", "0.25", "--checkpoint"], extra="max_restarts: 1\n")
+    proc = start_launcher(job, tmp_path)
+    lines = read_until(proc, lambda seen: any("[node1/3] step 5" in line for line in seen))
+    run_id = run_id_of("".join(lines))
+    job_id = json.loads((tmp_path / "runs" / run_id / "handle.json").read_text())["job_id"]
+    slurm.run("scontrol", "requeue", job_id)  # as a preemption with PreemptMode=REQUEUE does
+    out, _ = proc.communicate(timeout=180)
+    out = "".join(lines) + out
+    assert proc.returncode == 0, out[-3000:]
+    assert "the scheduler requeued the run" in out and "attempt 2 of 2" in out
+    assert "resumed from step" in out
+    logs = tmp_path / "runs" / run_id / "logs" / "node1"
+    assert "step 5" in (logs / "rank3.attempt0.log").read_text() and "resumed from step" in (logs / "rank3.log").read_text()
+    assert summary_of(tmp_path, run_id)["restarts"] == 1
+    assert not slurm.squeue() and not ranks_left(run_id)
+
+
 def test_the_time_limits_warning_reaches_the_ranks_and_the_book_jobs_checkpoint_is_saved(tmp_path: Path, slurm) -> None:
     """timeout: 1m gives --time=1:00 and --signal=B:USR2@30. Slurm sends that warning up to a minute
     early, so the test sends it to the batch shell itself, as Slurm does, once the ranks train; the

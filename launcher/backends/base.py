@@ -45,6 +45,10 @@ class Backend(Protocol):
     def queued(self) -> str | None:
         """Why the run's nodes have not started yet (a scheduler's queue); None when they are not waiting."""
 
+    def requeued(self) -> bool | None:
+        """After nodes were stopped from outside the launcher: whether a scheduler requeued the run (its
+        nodes start again; follow on), None while that cannot be told yet."""
+
     def facts(self, plan: LaunchPlan) -> dict[str, Any]:
         """What the run's summary says of where it ran, beyond the plan (a scheduler's job id, its nodes)."""
 

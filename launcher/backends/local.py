@@ -56,6 +56,9 @@ class LocalBackend:
     def queued(self) -> str | None:
         return None
 
+    def requeued(self) -> bool | None:
+        return False
+
     def facts(self, plan: LaunchPlan) -> dict[str, Any]:
         return {}
 

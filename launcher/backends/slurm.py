@@ -36,6 +36,7 @@ SCRIPT = "job.sbatch"  # the batch script, in the run's shared folder and in its
 ALLOCATION = "allocation.json"  # written by the batch script when the job starts: its nodes, its attempt
 ASK_EVERY_S = 2.0  # Slurm is asked about the job at most this often
 CANCEL_WAIT_S = 15.0  # after scancel, how long the launcher waits for the job to leave its nodes (a lost one never tells)
+REQUEUED_STATES = ("PENDING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "CONFIGURING")
 NODE_END_WAIT_S = 15.0  # a job that ended gives its nodes' supervisors this long to write how they ended
 
 
@@ -55,6 +56,7 @@ class SlurmBackend:
         self.asked = 0.0
         self.cancelled = False
         self.ended_at: float | None = None  # when the launcher first saw the job ended
+        self.attempt_from = 0.0  # when Slurm last requeued the job: nodes' ends before are an earlier attempt's
 
     # ---- before the run
     def prepare(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest,
@@ -137,6 +139,18 @@ class SlurmBackend:
             return None
         return f"Slurm job {info.job_id} is pending" + (f" ({info.reason})" if info.reason else "")
 
+    def requeued(self) -> bool | None:
+        """Whether Slurm put the job back in its queue (a preemption, `scontrol requeue`): its nodes'
+        ends so far are then an earlier attempt's; None while it is still ending."""
+        info = self.job()
+        if info is None or info.ended:
+            return False
+        if info.state in REQUEUED_STATES:
+            self.attempt_from = time.time()
+            self.ended_at = None
+            return True
+        return None
+
     def renew(self, node: NodePlan) -> None:
         self.shared.touch(f"{node.node_dir}/{contract.LEASE_FILE}")
 
@@ -151,6 +165,8 @@ class SlurmBackend:
         """The node's supervisor's exit code once it has written it; once the job has ended without
         it (the node never started, or was killed), a failure."""
         status = self._status(node)
+        if (status.get("end_time") or 0) < self.attempt_from:  # how an attempt before a requeue ended
+            status = {}
         if status.get("state") not in (None, contract.RUNNING):
             code = status.get("exit_code")
             return code if isinstance(code, int) else 1
@@ -178,7 +194,7 @@ class SlurmBackend:
         node started: how it ended."""
         record = self._status(node)
         info = self.job(fresh=True)
-        running = record.get("state") in (None, contract.RUNNING)
+        running = record.get("state") in (None, contract.RUNNING) or (info is not None and info.state in REQUEUED_STATES)
         record["alive"] = running and info is not None and not info.ended
         if info is not None and info.state == "PENDING":
             record["waiting"] = self.queued()

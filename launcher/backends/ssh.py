@@ -110,6 +110,9 @@ class SshBackend:
     def queued(self) -> str | None:
         return None
 
+    def requeued(self) -> bool | None:
+        return False
+
     def facts(self, plan: LaunchPlan) -> dict[str, Any]:
         return {}
 

@@ -211,7 +211,11 @@ class Supervisor:
     def run(self, argv: list[str]) -> int:
         os.makedirs(self.log_dir, exist_ok=True)
         become_subreaper()
+        self.attempt = self.restart_to = self.go_to = workspace.next_attempt(self.log_dir)  # > 0: started again (requeued)
         self._start_watching()
+        if self.attempt:
+            self.event(contract.EVENT_ATTEMPT, attempt=self.attempt, attempts=self.args.max_restarts + 1,
+                       reason="the scheduler requeued the job")
         prepared = self._prepare_workspace()
         self.write_status(contract.RUNNING, resumed=self.resumed)
         threading.Thread(target=self._watch_progress, daemon=True).start()
@@ -219,12 +223,8 @@ class Supervisor:
         kept = self._finish_workspace()
         if self.mesh:
             self.mesh.finish(code)
-        if failed_itself:
-            state = contract.FAILED
-        elif self.stopping.is_set() or code != 0 or self.cause is not None:
-            state = contract.STOPPED
-        else:
-            state = contract.SUCCEEDED
+        ended_early = self.stopping.is_set() or code != 0 or self.cause is not None
+        state = contract.FAILED if failed_itself else contract.STOPPED if ended_early else contract.SUCCEEDED
         self.event(contract.EVENT_NODE_END, state=state, exit_code=code, cause=self.cause, reason=self.stop_reason,
                    lost=self.lost, restarts=self.attempt)
         with self.lock:

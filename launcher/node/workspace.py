@@ -165,3 +165,13 @@ def _copy_tree(source: str, target: str) -> int:
 
 def _count(folder: str) -> int:
     return sum(len(files) for _, _, files in os.walk(folder))
+
+
+def next_attempt(log_dir: str) -> int:
+    """The attempt a node's part starts with: 0, or after an earlier start of the same part (a
+    scheduler requeued the job) the one after its last, so that every attempt's logs are kept."""
+    try:
+        with open(os.path.join(log_dir, contract.NODE_STATUS)) as fh:
+            return int(json.load(fh).get("restarts", 0)) + 1
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0

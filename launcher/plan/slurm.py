@@ -91,7 +91,8 @@ def batch_script(plan: LaunchPlan, job: "JobSpec", slurm: "SlurmSpec", options: 
              f"# launch: run {plan.run_id} of job '{job.name}', {plan.nnodes} node(s), written by launch.",
              f"# Submit it again by hand with: sbatch {shlex.quote(f'{run_folder}/job.sbatch')}"]
     lines += [f"#SBATCH {option}" for option in sbatch_options(plan, job, slurm, run_folder)]
-    lines += ["", "set -u", f"run={shlex.quote(run_folder)}", "", *_lease_check(plan), "", *_allocation(plan), ""]
+    lines += ["", "set -u", f"run={shlex.quote(run_folder)}", "", *_lease_check(plan), *_restarts_check(plan), "",
+              *_allocation(plan), ""]
     lines += _node_part(plan, job, slurm, options)
     srun = shlex.join(["srun", *srun_options(plan, slurm, options, where, run_folder), "bash", "-c"])
     lines += [
@@ -162,6 +163,18 @@ def _lease_check(plan: LaunchPlan) -> list[str]:
         f'        echo "launch: the launcher of run {plan.run_id} has not renewed its lease for $age s; not starting" >&2',
         "        exit 1",
         "    fi",
+        "fi",
+    ]
+
+
+def _restarts_check(plan: LaunchPlan) -> list[str]:
+    """A job Slurm requeues (max_restarts > 0: --requeue) runs again at most max_restarts times."""
+    if not plan.max_restarts:
+        return []
+    return [
+        f'if [ "${{SLURM_RESTART_COUNT:-0}}" -gt {plan.max_restarts} ]; then',
+        f'    echo "launch: run {plan.run_id} was requeued more than max_restarts ({plan.max_restarts}) times; not starting" >&2',
+        "    exit 1",
         "fi",
     ]
 

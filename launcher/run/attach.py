@@ -31,6 +31,7 @@ POLL_S = 0.05
 RENEW_EVERY_S = 2.0  # leases are renewed this often: LEASE_S (plan) is several renewals
 RENEW_TIMEOUT_S = 5.0  # a renewal that takes longer has failed
 LOST_AFTER_S = 10.0  # a host that has not answered a renewal for this long is lost
+REQUEUE_WAIT_S = 60.0  # nodes stopped from outside: how long the scheduler may take to say it requeued the run
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
@@ -135,6 +136,8 @@ class Attached:
         self.started: set[str] = set()
         self.unreachable: set[str] = set()
         self.heartbeat: Heartbeat | None = None
+        self.stopped_seen: float | None = None  # when nodes were first seen stopped from outside
+        self.asked = 0.0  # when the backend was last asked whether its scheduler requeued the run
 
     def run(self, secrets: dict[str, str], phases: Phases, interrupt: Interrupt) -> RunOutcome:
         """Submit, follow until the run must end, stop every node: how it ended (not yet collected).
@@ -222,8 +225,13 @@ class Attached:
         if self.plan.timeout_s is not None and time.monotonic() - began > self.plan.timeout_s:
             return RunOutcome(RunState.FAILED, 0.0, reason=f"timed out after {self.plan.timeout_s:g} s; stopped every node")
         if self.view.stopped:
-            return RunOutcome(RunState.STOPPED, 0.0,
-                              reason=f"stopped from outside the launcher ({self.view.stopped}: launch stop, or a signal)")
+            again = self._requeued()
+            if again is None:  # the scheduler has not said yet whether the run goes on
+                return None
+            if not again:
+                return RunOutcome(RunState.STOPPED, 0.0,
+                                  reason=f"stopped from outside the launcher ({self.view.stopped}: launch stop, or a signal)")
+            self._follow_on()
         lost = heartbeat.lost()
         with self.view.lock:
             lost.update({h: why for h, why in self.view.lost.items() if h in self.started and h not in lost})
@@ -238,6 +246,27 @@ class Attached:
         if all(code == 0 for code in codes.values()):
             return RunOutcome(RunState.SUCCEEDED, 0.0)
         return None
+
+    def _requeued(self) -> bool | None:
+        """Whether the backend's scheduler requeued the run its nodes were stopped in (asked at most
+        every second; after REQUEUE_WAIT_S without an answer, it was not)."""
+        now = time.monotonic()
+        if self.stopped_seen is None:
+            self.stopped_seen = now
+        if now - self.asked < 1.0:
+            return None
+        self.asked = now
+        again = self.backend.requeued()
+        return False if again is None and now - self.stopped_seen > REQUEUE_WAIT_S else again
+
+    def _follow_on(self) -> None:
+        """The scheduler requeued the run: its next attempt is followed as the run."""
+        with self.view.lock:
+            self.view.stopped = None
+            self.view.lost.clear()
+        self.stopped_seen = None
+        self.follower.follow_on()
+        self.console.say("launch: the scheduler requeued the run; its nodes start again when it runs it")
 
     def _stop_all(self) -> dict[str, str]:
         """Stop every reachable node still running, all at once, and wait for them; say what had to

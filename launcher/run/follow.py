@@ -60,6 +60,11 @@ class Follower:
                 self._take(node, data)
         return came
 
+    def follow_on(self) -> None:
+        """The run's nodes start again (a scheduler requeued it): their output is read on, past the
+        end events of the attempt before."""
+        self.ended.clear()
+
     def _waiting(self) -> None:
         """While the nodes wait in a scheduler's queue: why, said once each time it changes, and kept
         on the status line."""
