@@ -29,17 +29,11 @@ PORT_BASE = 20000  # rendezvous ports: PORT_BASE + 2 * (job id % PORT_PAIRS), th
 PORT_PAIRS = 10000
 LEASE_STALE_S = 30  # a job whose attached launcher has not renewed its lease for this long does not start
 PREEMPT_GRACE_S = 60  # Slurm's warning comes this long before the time limit (at most half the timeout)
-CONTAINERS = ("docker", "apptainer", "pyxis")
 IMAGE_SUFFIX = {"docker": ".tar", "apptainer": ".sif", "pyxis": ".sqsh"}
 _PLACEHOLDER = re.compile(r"\{launch\.(node(\d+)|rdzv_port|supervisors_port|nic)\}")
 NODE_NIC = "{launch.nic}"  # the interface a node reaches the first node by, found on the node (inventory without `nic`)
 _VARIABLES = {"{launch.rdzv_port}": "LAUNCH_RDZV_PORT", "{launch.supervisors_port}": "LAUNCH_SUPERVISORS_PORT",
               NODE_NIC: "LAUNCH_NIC"}
-
-
-def node_address(k: int) -> str:
-    """The placeholder a plan holds for the address of the run's `k`-th node."""
-    return f"{{launch.node{k}}}"
 
 
 def image_file(shared_dir: str, image_id: str, container: str) -> str:

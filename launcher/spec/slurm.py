@@ -19,7 +19,7 @@ from .yamlfile import describe
 CONTAINERS = ["docker", "apptainer", "pyxis"]
 SLURM_KEYS = ["login", "shared_dir", "partition", "account", "cpus_per_node", "gpus_per_node", "nic", "python",
               "container", "sbatch_args"]
-NODE_ADDRESS = "{launch.node%d}"  # the placeholder for node k's address, filled in when the job runs
+NODE_ADDRESS = "{launch.node%d}"  # node k's address, which its batch script fills in (launcher/plan/slurm.py)
 _SLURM_NAME = r"[A-Za-z0-9_.][A-Za-z0-9_.-]*"
 # in shared_dir: Slurm's file name patterns read % and \, container mounts split at : and ,; blanks and
 # quotes would need quoting in #SBATCH lines
