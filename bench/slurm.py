@@ -35,15 +35,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 import simlab  # noqa: E402
 import simslurm  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "bench"))
+from multinode import REFERENCE_ARGS, base_image  # noqa: E402
+
 SCRIPT = ROOT / "jobs/allreduce/train.py"
 BOOK = ROOT / "jobs/book"
-REFERENCE_ARGS = ["--epochs", "1", "--synthetic-size", "384", "--eval-size", "96"]
-
-
-def base_image(requirements: str | None = None, repo: str | None = None) -> str:
-    env = dict(os.environ, **({"REQUIREMENTS": str(ROOT / requirements), "REPO": repo} if requirements and repo else {}))
-    out = subprocess.run([str(ROOT / "images/build-cpu-base.sh")], capture_output=True, text=True, check=True, env=env)
-    return out.stdout.split()[-1]
 
 
 def write_job(folder: Path, cluster: Path, name: str, command: list[str], runtime: str, base: str | None = None,

@@ -83,6 +83,20 @@ class Backend(Protocol):
         """Let go of connections."""
 
 
+class WithoutScheduler:
+    """What a backend whose nodes start when it starts them says of a scheduler: no queue, no
+    requeue, nothing for the summary beyond the plan."""
+
+    def queued(self) -> str | None:
+        return None
+
+    def requeued(self) -> bool | None:
+        return False
+
+    def facts(self, plan: LaunchPlan) -> dict[str, Any]:
+        return {}
+
+
 def node_environment(node: NodePlan, secrets: dict[str, str], base: dict[str, str]) -> dict[str, str]:
     """The environment of a node's command: `base`, the plan's variables, and the node's secrets."""
     env = dict(base)

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from ..record.outcome import Phases
 from ..errors import RunError
-from ..image.build import CACHE, BuiltImage, build_image
+from ..image.build import CACHE, BuiltImage, build_here
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.ship import ShipReport, ship_image
 from ..hosts.ports import check_ports_free, listeners_over
@@ -28,7 +28,6 @@ from ..sync.transfer import Transfer
 from ..hosts.parallel import on_every_host
 from ..hosts.ssh import connect, run
 
-STREAM_TIMEOUT_S = 1800  # the Docker SDK's read timeout: a build step or a save stream may be silent this long
 
 
 @dataclass
@@ -161,20 +160,8 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
                   tidy: list | None = None) -> BuiltImage:
     """Build the job's image here unless it exists, and get it onto every host that lacks it; its
     old images are removed then, or later by whoever runs what `tidy` collects."""
-    import docker
-
     phases = phases or Phases()
-
-    try:
-        # Builds and `docker save` streams can be silent for minutes on images of several GB: the
-        # SDK's default 60 s read timeout would end them with a traceback.
-        client = docker.from_env(timeout=STREAM_TIMEOUT_S)
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
-        raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
-    with phases.timing("build"):
-        image = build_image(job, client, say)
-    say(f"image {image.tag} ({'built' if image.built else 'unchanged'})")
+    client, image = build_here(job, say, phases)
     with phases.timing("ship"):
         report = _ship_with_progress(client, image.tag, conns)
     for host, result in report.results.items():

@@ -25,7 +25,7 @@ from ..record.outcome import Phases
 from ..record.rundir import RunPaths
 from ..spec import Host, JobSpec
 from ..sync.manifest import Manifest
-from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, start_every_node, node_environment
+from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, WithoutScheduler, start_every_node, node_environment
 
 
 def stop_group(pgid: int, grace_s: float, running: Callable[[], bool]) -> str | None:
@@ -37,7 +37,7 @@ def stop_group(pgid: int, grace_s: float, running: Callable[[], bool]) -> str | 
     return None
 
 
-class LocalBackend:
+class LocalBackend(WithoutScheduler):
     """Runs a node's command on this machine with subprocess."""
 
     name = "local"
@@ -53,14 +53,6 @@ class LocalBackend:
     def describe(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest) -> str:
         return make_plan(job, hosts, run_id, options).describe() + "\n"  # nothing is built or sent
 
-    def queued(self) -> str | None:
-        return None
-
-    def requeued(self) -> bool | None:
-        return False
-
-    def facts(self, plan: LaunchPlan) -> dict[str, Any]:
-        return {}
 
     def _popen(self, node: NodePlan, secrets: dict[str, str], stdout) -> subprocess.Popen:
         env = node_environment(node, secrets, dict(os.environ))

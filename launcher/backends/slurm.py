@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import RunError
-from ..image.build import shipped_files
+from ..image.build import build_here, shipped_files
 from ..node import contract
 from ..plan import LaunchPlan, NodeKind, NodePlan, PlanOptions, make_plan
 from ..plan.layout import node_layout, shared_folders
@@ -30,7 +30,7 @@ from ..spec import Host, JobSpec, SlurmSpec
 from ..sync.manifest import Manifest
 from .base import EXTRA_WAIT_S
 from .shared import SharedFolder, shared_folder
-from .slurmctl import JobInfo, SlurmCtl
+from .slurmctl import JobInfo, SlurmCtl, one_line
 
 SCRIPT = "job.sbatch"  # the batch script, in the run's shared folder and in its run directory
 ALLOCATION = "allocation.json"  # written by the batch script when the job starts: its nodes, its attempt
@@ -61,7 +61,11 @@ class SlurmBackend:
     # ---- before the run
     def prepare(self, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions, manifest: Manifest,
                 say: Callable[[str], None], phases: Phases) -> LaunchPlan:
-        """The job's code and image in the shared folder, the run's folders and its batch script."""
+        """The job's code and image in the shared folder, the run's folders and its batch script;
+        nothing is copied where sbatch cannot be run."""
+        code, out = self.ctl.run(["sbatch", "--version"], timeout=30)
+        if code != 0:
+            raise RunError(f"slurm: sbatch does not answer on {self.ctl.where}: {one_line(out)} (launch check tells more)")
         with phases.timing("workdir"):
             copies = shared_folders(self.slurm.shared_dir, job.name, run_id)[2]
             sent = self.shared.copy_workdir(copies, job.workdir, manifest)
@@ -74,19 +78,7 @@ class SlurmBackend:
 
     def _image(self, job: JobSpec, phases: Phases, say: Callable[[str], None]) -> str:
         """Build the job's image here; put it in the shared folder unless it is there (by its id)."""
-        from ..image.build import build_image
-        from .deploy import STREAM_TIMEOUT_S
-
-        import docker
-
-        try:
-            client = docker.from_env(timeout=STREAM_TIMEOUT_S)
-            client.ping()
-        except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
-            raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
-        with phases.timing("build"):
-            built = build_image(job, client, say)
-        say(f"image {built.tag} ({'built' if built.built else 'unchanged'})")
+        client, built = build_here(job, say, phases)
         path = image_file(self.slurm.shared_dir, built.id, self.slurm.container)
         with phases.timing("ship"):
             sent = self.shared.put_image(client, built.tag, path, self.slurm.container)

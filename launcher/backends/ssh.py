@@ -33,7 +33,7 @@ from ..record.outcome import Phases
 from ..record.rundir import RunPaths
 from ..spec import Host, JobSpec
 from ..sync.manifest import Manifest
-from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, start_every_node
+from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, WithoutScheduler, start_every_node
 
 RENEW_TIMEOUT_S = 5.0
 COLLECT_TIMEOUT_S = 60.0  # a host silent this long while its files come back has failed the copy
@@ -76,7 +76,7 @@ class SshProcess:
                 self.code = 255
 
 
-class SshBackend:
+class SshBackend(WithoutScheduler):
     """Runs each node's planned command on its host over SSH (Fabric)."""
 
     name = "ssh"
@@ -107,14 +107,6 @@ class SshBackend:
         return (make_plan(job, hosts, run_id, options).describe() + "\n"
                 + describe_deployment(job, hosts, manifest, options.image, lab_folders(job, hosts, options)))
 
-    def queued(self) -> str | None:
-        return None
-
-    def requeued(self) -> bool | None:
-        return False
-
-    def facts(self, plan: LaunchPlan) -> dict[str, Any]:
-        return {}
 
     def control(self, host: str) -> fabric.Connection:
         with self.connecting[host]:

@@ -99,3 +99,24 @@ def _run_build(client, context: Path, tag: str, buildargs: dict[str, str]) -> No
         if "error" in chunk:
             tail = " | ".join(line for line in lines[-5:] if line.strip())
             raise RunError(f"building {tag} failed: {chunk['error'].strip()} ({tail})")
+
+
+STREAM_TIMEOUT_S = 1800  # the Docker SDK's read timeout: a build step or a save stream may be silent this long
+
+
+def build_here(job: JobSpec, say: Callable[[str], None], phases) -> tuple[object, BuiltImage]:
+    """This machine's Docker engine, and the job's image built there unless it exists (timed as the
+    `build` phase): what every backend that runs containers starts from."""
+    import docker
+
+    try:
+        # Builds and `docker save` streams can be silent for minutes on images of several GB: the
+        # SDK's default 60 s read timeout would end them with a traceback.
+        client = docker.from_env(timeout=STREAM_TIMEOUT_S)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - the SDK raises several kinds
+        raise RunError(f"cannot reach this machine's Docker engine to build the job's image: {exc}") from None
+    with phases.timing("build"):
+        image = build_image(job, client, say)
+    say(f"image {image.tag} ({'built' if image.built else 'unchanged'})")
+    return client, image
