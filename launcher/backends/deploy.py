@@ -17,7 +17,8 @@ from ..record.outcome import Phases
 from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_here
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
-from ..image.ship import ShipReport, ship_image
+from ..image.route import HostNeed, layer_bytes, plan_route, sizes_by_layer
+from ..image.ship import HostImages, ShipReport, chain_ids, ship_image, survey
 from ..hosts.ports import check_ports_free, listeners_over
 from ..plan import LaunchPlan, PlanOptions, make_plan
 from ..plan.ports import first_host_ports
@@ -73,14 +74,52 @@ def image_here(tag: str, base: str) -> str:
         return f"cannot tell: this machine's Docker engine does not answer ({exc})"
 
 
-def images_on_hosts(tag: str, conns: dict[str, fabric.Connection]) -> dict[str, str]:
-    """Whether each host has the job's image (for --dry-run)."""
-    def one(item: tuple[str, fabric.Connection]) -> str:
+def images_on_hosts(tag: str, base: str, conns: dict[str, fabric.Connection], addresses: dict[str, str]) -> tuple[dict[str, str], str | None]:
+    """Whether each host has the job's image, and which way the layers it lacks would go; and a
+    line on what leaves this machine when a chain is used (for --dry-run). Before the image is built,
+    its base stands in for it (every host that lacks the image lacks the job's own, small, layers)."""
+    import docker
+
+    def one(item: tuple[str, fabric.Connection]) -> HostImages | None:
         code, _ = run(item[1], ["docker", "image", "inspect", "--format", "{{.Id}}", tag], timeout=60)
-        return "has it" if code == 0 else "lacks it: would be sent the layers it does not have"
+        return None if code == 0 else survey(item[1])
 
     found, errors = on_every_host(conns.items(), one, lambda item: item[0])
-    return {host: found.get(host) or f"cannot tell: {errors[host]}" for host in conns}
+    said = {host: f"cannot tell: {errors[host]}" for host in errors}
+    said.update({host: "has it" for host in conns if host in found and found[host] is None})
+    lacking = {h: v for h, v in found.items() if v is not None}
+    if not lacking:
+        return said, None
+    try:
+        client = docker.from_env()
+        here = next(name for name in (tag, base) if _exists(client, name))
+        local = client.images.get(here)
+    except Exception:  # noqa: BLE001 - no engine here, or neither image: the layers are not known yet
+        said.update({h: "lacks it: its layers go direct from this machine, or down a chain of hosts when several "
+                        "lack the same ones (decided once the image is built)" for h in lacking})
+        return said, None
+    chains = chain_ids(local.attrs["RootFS"]["Layers"])
+    sizes = sizes_by_layer(chains, client.api.history(here), local.attrs.get("Size", 0))
+    needs = [HostNeed(h, frozenset(set(chains) - v.chains), v.relay and h in addresses) for h, v in lacking.items()]
+    route = plan_route(needs, sizes)
+    extra = " and the job's own" if here != tag else ""
+    for need in needs:
+        said[need.host] = (f"lacks it: would get {len(need.missing)} layer(s) of {here}{extra}, "
+                           f"{_size(layer_bytes(need.missing, sizes))}: {route.path(need.host)}")
+    each = sum(layer_bytes(n.missing, sizes) for n in needs)
+    line = (f"image: about {_size(route.bytes_out)} would leave this machine (sent to each host directly: {_size(each)})"
+            if route.chain else None)
+    return said, line
+
+
+def _exists(client, name: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(name)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
 
 
 def _nic_lines(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) -> list[str]:
@@ -110,7 +149,10 @@ def describe_deployment(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifes
     conns, unreachable = connect_some(tuple(h for h in hosts if not h.is_local))
     try:
         transfers = plan_workdir(manifest, {k: v for k, v in folders.items() if k in conns}, conns)
-        on_hosts = images_on_hosts(image, conns) if image else {}
+        addresses = {h.name: h.net_address for h in hosts if h.name in conns}
+        on_hosts, route_line = images_on_hosts(image, job.image.base, conns, addresses) if image else ({}, None)
+        if route_line:
+            lines.append(route_line)
         for host in hosts:
             if host.name in unreachable:
                 lines.append(f"{host.name}: cannot tell: {unreachable[host.name]}")
@@ -157,19 +199,26 @@ def detect_nics(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) ->
 
 
 def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases: Phases | None = None,
-                  tidy: list | None = None) -> BuiltImage:
-    """Build the job's image here unless it exists, and get it onto every host that lacks it; its
-    old images are removed then, or later by whoever runs what `tidy` collects."""
+                  tidy: list | None = None, addresses: dict[str, str] | None = None) -> BuiltImage:
+    """Build the job's image here unless it exists, and get it onto every host that lacks it (down a
+    chain of hosts, by their lab `addresses`, where that pays); its old images are removed then, or
+    later by whoever runs what `tidy` collects."""
     phases = phases or Phases()
     client, image = build_here(job, say, phases)
     with phases.timing("ship"):
-        report = _ship_with_progress(client, image.tag, conns)
+        report = _ship_with_progress(client, image.tag, conns, addresses)
     for host, result in report.results.items():
         if result.skipped:
             say(f"{host}: has the image already")
+        elif not result.error and result.via:
+            say(f"{host}: received {result.layers_sent} layer(s), {_size(result.bytes_sent)}, from {result.via} "
+                f"(relayed); {result.layers_skipped} layer(s) were there already")
         elif not result.error:
             say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
                 f"{result.layers_skipped} layer(s) were there already")
+    if report.route.chain:
+        say(f"image: {_size(report.bytes_out)} left this machine for {len(report.route.chain) + len(report.route.direct)} "
+            f"host(s), down the chain {' -> '.join(('this machine', *report.route.chain))}")
     report.raise_for_failures()
     if tidy is None:
         _prune(client, image.tag, conns, say)
@@ -251,18 +300,20 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
 
 
-def _ship_with_progress(client, tag: str, conns: dict[str, fabric.Connection]) -> ShipReport:
+def _ship_with_progress(client, tag: str, conns: dict[str, fabric.Connection], addresses: dict[str, str] | None) -> ShipReport:
+    """Ship the image with a bar per host (what it has received, from this machine or the host before it)."""
     lock = threading.Lock()
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   transient=True, disable=not os.isatty(1)) as progress:
         total = client.images.get(tag).attrs.get("Size")
-        tasks = {host: progress.add_task(f"sending to {host}", total=total) for host in conns}
+        tasks = {host: progress.add_task(f"image to {host}", total=total) for host in conns}
 
         def on_bytes(host: str, n: int) -> None:
             with lock:
-                progress.advance(tasks[host], n)
+                if host in tasks:
+                    progress.advance(tasks[host], n)
 
-        return ship_image(client, tag, conns, Path(CACHE) / "layer-dirs.json", on_bytes)
+        return ship_image(client, tag, conns, Path(CACHE) / "layer-dirs.json", on_bytes, addresses)
 
 
 def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions,
@@ -283,7 +334,8 @@ def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, opt
         check_ports_free(f"{first.name} (rank 0's host)", first_host_ports(job, hosts), listeners_over(reached.conns[first.name]))
         plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=reached.nics))
         if options.image:
-            built = provide_image(job, reached.conns, say, phases, backend.tidy_ups)
+            addresses = {h.name: h.net_address for h in hosts if not h.is_local}
+            built = provide_image(job, reached.conns, say, phases, backend.tidy_ups, addresses)
             assert built.tag == options.image, (built.tag, options.image)
             plan = dataclasses.replace(plan, image_id=built.id)
         copied.result()

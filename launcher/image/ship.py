@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..errors import RunError
+from .route import HostNeed, ImageRoute, plan_route, sizes_by_layer
 
 BLOCK = 512
 OCI_NAMES = ("blobs", "oci-layout", "index.json")  # what only the OCI layout of `docker save` (Engine 25+) holds
@@ -189,16 +190,19 @@ def _learn(manifest: list[dict], hashes: dict[str, str], known: LayerDirs) -> No
 class ShipResult:
     host: str
     skipped: bool  # the host had the image already
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # what the host received (from this machine, or the host before it in a chain)
     layers_sent: int = 0
     layers_skipped: int = 0
     seconds: float = 0.0
     error: str | None = None
+    via: str | None = None  # the host it received the stream from, in a chain (None: this machine, directly)
 
 
 @dataclass
 class ShipReport:
     results: dict[str, ShipResult] = field(default_factory=dict)
+    route: ImageRoute = field(default_factory=ImageRoute)
+    bytes_out: int = 0  # what left this machine, all hosts together
 
     @property
     def failed(self) -> dict[str, str]:
@@ -207,7 +211,9 @@ class ShipReport:
     def raise_for_failures(self) -> None:
         if self.failed:
             lines = "; ".join(f"{h}: {e}" for h, e in self.failed.items())
-            raise RunError(f"the image could not be sent to {len(self.failed)} host(s): {lines}")
+            got = [h for h, r in self.results.items() if not r.error]
+            others = f" ({', '.join(got)} got it)" if got else ""
+            raise RunError(f"the image could not be sent to {len(self.failed)} host(s){others}: {lines}")
 
 
 class _Sender:
@@ -250,11 +256,25 @@ class _Sender:
                     self.error = exc
 
 
-def host_layers(conn) -> set[str]:
-    """Which layers (chain IDs) the host's images hold."""
+# Which layers (chain IDs) the host's images hold, one JSON list per image; then whether its python3
+# can run a relay hop.
+_SURVEY = (
+    "docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}' || exit 1; "
+    "python3 -c 'import sys; sys.exit(sys.version_info < (3, 6))' >/dev/null 2>&1 && echo relay-ok; exit 0"
+)
+
+
+@dataclass(frozen=True)
+class HostImages:
+    chains: set[str]  # the layers its images hold
+    relay: bool  # it can pass a stream on (python3 3.6 or later)
+
+
+def survey(conn) -> HostImages:
+    """What the host's images hold, and whether it can run a relay hop."""
     from ..hosts.ssh import run
 
-    code, out = run(conn, ["sh", "-c", "docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}'"])
+    code, out = run(conn, ["sh", "-c", _SURVEY])
     if code != 0:
         raise RunError(f"cannot list the host's images: {out.strip()[-300:]}")
     chains: set[str] = set()
@@ -262,7 +282,7 @@ def host_layers(conn) -> set[str]:
         line = line.strip()
         if line.startswith("["):
             chains.update(chain_ids(json.loads(line)))
-    return chains
+    return HostImages(chains, "relay-ok" in out.split())
 
 
 def image_id_on(conn, tag: str) -> str | None:
@@ -282,59 +302,155 @@ def _tag_held_image(conn, image_id: str, tag: str) -> bool:
     return code == 0 and image_id_on(conn, tag) == image_id
 
 
-def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callable[[str, int], None] | None = None) -> ShipReport:
-    """Make `tag` present on every host of `conns` ({host: Connection}); report what was sent."""
-    from ..hosts.ssh import open_command
+@dataclass
+class _Image:
+    """The image being shipped, as this machine's engine has it."""
 
-    local = client.images.get(tag)
-    chains = chain_ids(local.attrs["RootFS"]["Layers"])
-    report = ShipReport()
-    receivers: list[Receiver] = []
-    channels = {}
-    senders: dict[str, _Sender] = {}
-    started = time.monotonic()
-    for host, conn in conns.items():
-        try:
-            if image_id_on(conn, tag) == local.id:
-                report.results[host] = ShipResult(host, skipped=True)
-                continue
-            if _tag_held_image(conn, local.id, tag):  # the same image under another job's tag
-                report.results[host] = ShipResult(host, skipped=True)
-                continue
-            have = host_layers(conn)
-            channel = open_command(conn, ["docker", "load", "-q"])
-        except Exception as exc:  # noqa: BLE001 - every host is reported
-            report.results[host] = ShipResult(host, skipped=False, error=str(exc))
-            continue
-        channels[host] = channel
+    sdk: object  # docker.models.images.Image
+    tag: str
+    chains: list[str]
+    known: LayerDirs
 
-        senders[host] = _Sender(channel, host, on_bytes)
-        receivers.append(Receiver(host, have & set(chains), senders[host].write))
-    if receivers:
-        known = LayerDirs(known_path)
+    @property
+    def id(self) -> str:
+        return self.sdk.id
+
+    def stream(self, receivers: list[Receiver]) -> None:
+        """One `docker save` here, split among `receivers`; a failure to read it fails each of them."""
+        diffs = self.sdk.attrs["RootFS"]["Layers"]
         try:
-            if must_learn(receivers, known):
-                split_save(local.save(chunk_size=CHUNK, named=tag), [], known)  # learn where the layers are, send nothing
-            split_save(local.save(chunk_size=CHUNK, named=tag), receivers, known, dict(zip(local.attrs["RootFS"]["Layers"], chains)))
+            if must_learn(receivers, self.known):
+                split_save(self.sdk.save(chunk_size=CHUNK, named=self.tag), [], self.known)  # learn where the layers are, send nothing
+            split_save(self.sdk.save(chunk_size=CHUNK, named=self.tag), receivers, self.known, dict(zip(diffs, self.chains)))
         except Exception as exc:  # noqa: BLE001 - the SDK and tarfile raise several kinds; every host hears of it
-            reason = f"reading `docker save` of {tag} from this machine's Docker engine failed: {type(exc).__name__}: {exc}"
+            reason = f"reading `docker save` of {self.tag} from this machine's Docker engine failed: {type(exc).__name__}: {exc}"
             for r in receivers:
                 if r.failed is None:
                     r.failed = RunError(reason)
-    for r in receivers:
-        channel = channels[r.host]
-        error = None
+
+
+class _DirectLoad:
+    """One host's `docker load`, fed straight from this machine."""
+
+    def __init__(self, conn, host: str, have: set[str], on_bytes) -> None:
+        from ..hosts.ssh import open_command
+
+        self.conn, self.started = conn, time.monotonic()
+        self.channel = open_command(conn, ["docker", "load", "-q"])
+        self.sender = _Sender(self.channel, host, on_bytes)
+        self.receiver = Receiver(host, have, self.sender.write)
+
+    def finish(self, image: _Image) -> ShipResult:
+        r, error = self.receiver, None
         try:
-            senders[r.host].close()
-            channel.shutdown_write()
-            output = channel.makefile("rb").read().decode(errors="replace")
-            failed = r.failed or senders[r.host].error
-            if channel.recv_exit_status() != 0 or failed:
+            self.sender.close()
+            self.channel.shutdown_write()
+            output = self.channel.makefile("rb").read().decode(errors="replace")
+            failed = r.failed or self.sender.error
+            if self.channel.recv_exit_status() != 0 or failed:
                 error = f"docker load failed: {failed or output.strip()[-300:]}"
-            elif image_id_on(conns[r.host], tag) != local.id:
-                error = f"after loading, {tag} is not image {local.id}"
+            elif image_id_on(self.conn, image.tag) != image.id:
+                error = f"after loading, {image.tag} is not image {image.id}"
         except Exception as exc:  # noqa: BLE001
             error = str(exc)
-        report.results[r.host] = ShipResult(r.host, False, r.sent, r.sent_layers, r.skipped_layers,
-                                            time.monotonic() - started, error)
+        return ShipResult(r.host, False, r.sent, r.sent_layers, r.skipped_layers, time.monotonic() - self.started, error)
+
+
+def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, report: ShipReport,
+            also: Receiver | None = None) -> None:
+    """Send every host of `hosts` ({host: layers it has}) its missing layers from this machine, in
+    one pass over `docker save` (shared with `also`, a chain's head, where there is one)."""
+    loads: dict[str, _DirectLoad] = {}
+    for host, have in hosts.items():
+        try:
+            loads[host] = _DirectLoad(conns[host], host, have & set(image.chains), on_bytes)
+        except Exception as exc:  # noqa: BLE001 - every host is reported
+            report.results[host] = ShipResult(host, skipped=False, error=str(exc))
+    receivers = [load.receiver for load in loads.values()] + ([also] if also else [])
+    if receivers:
+        image.stream(receivers)
+    for host, load in loads.items():
+        report.results[host] = load.finish(image)
+        report.bytes_out += load.receiver.sent
+
+
+def _down_chain(image: _Image, hosts: list[str], held: set[str], conns: dict, addresses: dict[str, str], on_bytes,
+           report: ShipReport, direct: dict[str, set[str]] | None = None, source: str | None = None) -> list[str]:
+    """Feed `hosts` one after the other (from this machine, or from `source`, a host that holds the
+    image), while `direct` hosts get theirs from the same pass; returns the hosts a failure before
+    them cut off (to be fed again)."""
+    from ..hosts.chain import Hop, run_chain
+
+    started = time.monotonic()
+    hops = [Hop(h, addresses[h], sink=("docker", "load", "-q")) for h in hosts]
+    head = Receiver("chain", held & set(image.chains), lambda data: None)
+    if source is not None:
+        hops.insert(0, Hop(source, addresses[source], source=("docker", "save", image.tag)))
+
+    def feed(framed) -> None:
+        sender = _Sender(framed, "chain", None)  # progress comes from the hops themselves
+        head.write = sender.write
+        _direct(image, direct or {}, conns, on_bytes, report, also=head)
+        sender.close()
+        report.bytes_out += framed.sent
+        failed = head.failed or sender.error
+        if failed:
+            raise failed
+
+    outcome = run_chain(conns, hops, None if source else feed, on_bytes)
+    again = []
+    for host in hosts:
+        hop = outcome[host]
+        error = None if hop.ok else f"{'lost' if hop.where == 'lost' else 'failed'} while receiving the image from {hop.upstream}: {hop.error}"
+        if hop.ok and image_id_on(conns[host], image.tag) != image.id:
+            error = f"after loading, {image.tag} is not image {image.id}"
+        if hop.cut_off:
+            again.append(host)
+        layers = len(set(image.chains) - held) if source is None else len(image.chains)
+        report.results[host] = ShipResult(host, False, hop.received, layers, len(image.chains) - layers,
+                                          time.monotonic() - started, error, via=hop.upstream)
+    return again
+
+
+def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callable[[str, int], None] | None = None,
+               addresses: dict[str, str] | None = None) -> ShipReport:
+    """Make `tag` present on every host of `conns` ({host: Connection}); report what was sent.
+    With `addresses` (each host's lab address), hosts that lack the same layers get them down a
+    chain (`route.plan_route`), so that they leave this machine once."""
+    from ..hosts.parallel import on_every_host
+
+    local = client.images.get(tag)
+    image = _Image(local, tag, chain_ids(local.attrs["RootFS"]["Layers"]), LayerDirs(known_path))
+    report = ShipReport()
+
+    def look(host: str) -> HostImages | None:
+        conn = conns[host]
+        if image_id_on(conn, tag) == local.id or _tag_held_image(conn, local.id, tag):  # the same image under another job's tag
+            return None
+        return survey(conn)
+
+    found, errors = on_every_host(list(conns), look, lambda h: h)
+    for host in conns:
+        if host in errors:
+            report.results[host] = ShipResult(host, skipped=False, error=str(errors[host]))
+        elif found.get(host) is None:
+            report.results[host] = ShipResult(host, skipped=True)
+    lacking = {h: found[h] for h in conns if found.get(h) is not None}
+    needs = [HostNeed(h, frozenset(set(image.chains) - held.chains), held.relay and h in (addresses or {}))
+             for h, held in lacking.items()]
+    report.route = plan_route(needs, sizes_by_layer(image.chains, client.api.history(tag), local.attrs.get("Size", 0)))
+    direct = {h: lacking[h].chains for h in report.route.direct}
+    if not report.route.chain:
+        _direct(image, direct, conns, on_bytes, report)
+        return report
+    chain = list(report.route.chain)
+    held = set.intersection(*(lacking[h].chains for h in chain))
+    again = _down_chain(image, chain, held, conns, addresses or {}, on_bytes, report, direct=direct)
+    if again:  # fed again around the host that cut them off: from a host that has the image now, else from here
+        fed = [h for h in chain if h not in again and not report.results[h].error]
+        if fed or len(again) > 1:
+            again = _down_chain(image, again, set.intersection(*(lacking[h].chains for h in again)), conns, addresses or {},
+                           on_bytes, report, source=fed[0] if fed else None)
+    if again:  # the last resort: straight from here
+        _direct(image, {h: lacking[h].chains for h in again}, conns, on_bytes, report)
     return report

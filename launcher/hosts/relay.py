@@ -1,0 +1,397 @@
+"""One hop of a relay chain: the program the launcher runs on a host (`python3 -c`, standard library
+only, Python 3.6 and up), so that a stream crosses the launcher's link once and the hosts pass it on.
+
+The stream is framed: frames of `>Q` length + bytes, then a frame of length 0 and the SHA-256 of all
+the bytes. A hop reads it from its standard input (the head of the chain, fed by the launcher), from
+the hop before it (over TCP, to a listener that hop opened), or from a command on its own host (a
+host that holds the image already feeds the hosts a broken chain left without it). It passes every
+frame on to the next hop as it reads it, and into its sink (`docker load`, or the workdir's receiver)
+always one frame behind: the last frame goes in only once the checksum matches, so a stream cut
+short never completes the sink's input; the sink is killed instead.
+
+Configuration comes as JSON lines on standard input, never on the command line: the first at start,
+a second (where this hop reads from the hop before it) once that hop's port is known. After that a
+hop's standard input is its lifeline: when it ends (the launcher closed the channel, or went away),
+the hop kills its sink and exits. Events go to standard output as JSON lines.
+
+The listener is bound to the hop's lab address on a free port, accepts only the next hop's address
+presenting the token the launcher gave both, and is closed as soon as that peer is connected (or
+the hop ends).
+"""
+
+import hashlib
+import hmac
+import json
+import os
+import queue
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+FRAME = struct.Struct(">Q")
+FRAME_BYTES = 1 << 20
+DIGEST_BYTES = 32
+HEARTBEAT_S = 2
+
+_print_lock = threading.Lock()
+
+
+def say(event, **fields):
+    fields["event"] = event
+    with _print_lock:
+        sys.stdout.write(json.dumps(fields) + "\n")
+        sys.stdout.flush()
+
+
+class Failed(Exception):
+    def __init__(self, where, message):
+        Exception.__init__(self, message)
+        self.where = where
+
+
+def addresses(name, port=None):
+    """The IP addresses `name` stands for on this host."""
+    found = set()
+    for family, _, _, _, sockaddr in socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM):
+        if family in (socket.AF_INET, socket.AF_INET6):
+            found.add((family, sockaddr))
+    if not found:
+        raise Failed("setup", "%s does not resolve here" % name)
+    return found
+
+
+def plain(ip):
+    return ip[7:] if ip.startswith("::ffff:") else ip
+
+
+class Hop(object):
+    def __init__(self, conf, lifeline):
+        self.conf = conf
+        self.lifeline = lifeline
+        self.idle = float(conf.get("idle_s", 30))
+        self.lock = threading.Lock()
+        self.ended = False
+        self.listener = None
+        self.sink = None
+        self.sink_output = b""
+        self.sink_error = None
+        self.sink_queue = queue.Queue(maxsize=16)
+        self.down = None  # the connected socket to the next hop
+        self.down_queue = queue.Queue(maxsize=16)
+        self.down_error = None
+        self.down_dropped = threading.Event()
+        self.down_done = threading.Event()  # the next hop has everything, or was dropped
+        self.received = 0
+        self.waiting_since = None  # when the read now in progress began
+        self.upstream_name = "the launcher"
+
+    # ---- ending
+    def abort(self, where, message):
+        """Kill the sink, close every socket, say why, exit: nothing is left behind."""
+        with self.lock:
+            if self.ended:
+                return
+            self.ended = True
+        self._kill_sink()
+        self._close_sockets()
+        say("failed", where=where, error=message, received=self.received)
+        os._exit(1)
+
+    def _kill_sink(self):
+        if self.sink is not None and self.sink.poll() is None:
+            try:
+                os.killpg(self.sink.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def _close_sockets(self):
+        for sock in (self.listener, self.down):
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+        self.listener = None
+
+    # ---- setup
+    def listen(self):
+        family, sockaddr = sorted(addresses(self.conf["listen"]))[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.bind((sockaddr[0], 0))
+        sock.listen(4)
+        self.listener = sock
+        self.peers = set(plain(s[0]) for _, s in addresses(self.conf["peer"]))
+        say("listening", port=sock.getsockname()[1])
+
+    def start_sink(self):
+        argv = self.conf.get("sink")
+        if not argv:
+            return
+        self.sink = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, preexec_fn=os.setsid)
+        self.sink_read = threading.Thread(target=self._sink_reader, daemon=True)
+        self.sink_read.start()
+        threading.Thread(target=self._sink_writer, daemon=True).start()
+
+    def _sink_reader(self):
+        self.sink_output = self.sink.stdout.read()
+
+    def _sink_writer(self):
+        while True:
+            data = self.sink_queue.get()
+            if data is None:
+                break
+            if self.sink_error is None:
+                try:
+                    self.sink.stdin.write(data)
+                except (OSError, ValueError) as exc:
+                    self.sink_error = "its input closed early (%s)" % exc
+        try:
+            self.sink.stdin.close()
+        except OSError:
+            pass
+
+    # ---- the next hop
+    def serve_next(self):
+        threading.Thread(target=self._serve_next, daemon=True).start()
+
+    def _serve_next(self):
+        try:
+            self._send_next()
+        finally:
+            self.down_done.set()
+
+    def _send_next(self):
+        try:
+            self.down = self._accept()
+        except Failed as exc:
+            self._drop_down(str(exc))
+            return
+        finally:
+            listener, self.listener = self.listener, None
+            if listener is not None:
+                listener.close()
+        self.down.settimeout(self.idle / 2)  # a next hop that stops reading is dropped before the launcher gives up on this one
+        while True:
+            data = self.down_queue.get()
+            if data is None:
+                break
+            try:
+                self.down.sendall(data)
+            except (OSError, socket.timeout) as exc:
+                self._drop_down("sending to it failed: %s" % (exc or type(exc).__name__))
+                return
+        try:
+            self.down.shutdown(socket.SHUT_WR)
+            self.down.recv(1)  # the next hop closes once it has read everything
+        except (OSError, socket.timeout):
+            pass
+        self.down.close()
+
+    def _accept(self):
+        deadline = time.time() + self.idle
+        token = self.conf["token"].encode()
+        while time.time() < deadline:
+            self.listener.settimeout(max(0.1, deadline - time.time()))
+            try:
+                sock, address = self.listener.accept()
+            except socket.timeout:
+                break
+            if plain(address[0]) not in self.peers:
+                sock.close()
+                continue
+            sock.settimeout(5)
+            try:
+                got = b""
+                while not got.endswith(b"\n") and len(got) <= len(token):
+                    more = sock.recv(len(token) + 1 - len(got))
+                    if not more:
+                        break
+                    got += more
+            except (OSError, socket.timeout):
+                got = b""
+            if hmac.compare_digest(got.strip(), token):
+                return sock
+            sock.close()
+        raise Failed("downstream", "the next hop did not connect in %.0f s" % self.idle)
+
+    def _drop_down(self, why):
+        if self.down_dropped.is_set():
+            return
+        self.down_error = why
+        self.down_dropped.set()
+        say("downstream_lost", error=why)
+        while True:  # unblock a reader waiting to queue for it
+            try:
+                self.down_queue.get_nowait()
+            except queue.Empty:
+                break
+
+    def to_down(self, data):
+        """Queue bytes for the next hop (None: the stream's end)."""
+        if not self.conf.get("listen"):
+            return
+        while not self.down_dropped.is_set():
+            try:
+                self.down_queue.put(data, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    # ---- the stream
+    def read_exact(self, stream, n):
+        parts, left = [], n
+        self.waiting_since = time.time()
+        try:
+            while left:
+                chunk = stream.read(left)
+                if not chunk:
+                    raise Failed("upstream", "the stream from %s ended early, after %d bytes" % (self.upstream_name, self.received))
+                parts.append(chunk)
+                left -= len(chunk)
+        except (OSError, socket.timeout) as exc:
+            raise Failed("upstream", "reading from %s failed: %s" % (self.upstream_name, exc or type(exc).__name__))
+        finally:
+            self.waiting_since = None
+        return b"".join(parts)
+
+    def pump(self, stream):
+        digest = hashlib.sha256()
+        held = None
+        while True:
+            head = self.read_exact(stream, FRAME.size)
+            (size,) = FRAME.unpack(head)
+            if size == 0:
+                tail = self.read_exact(stream, DIGEST_BYTES)
+                self.to_down(head + tail)
+                if not hmac.compare_digest(tail, digest.digest()):
+                    raise Failed("upstream", "the stream from %s does not match its checksum" % self.upstream_name)
+                if held is not None:
+                    self.to_sink(held)
+                return
+            if size > 64 * FRAME_BYTES:
+                raise Failed("upstream", "a frame of %d bytes: not a relay stream" % size)
+            data = self.read_exact(stream, size)
+            digest.update(data)
+            self.received += size
+            self.to_down(head + data)
+            if held is not None:
+                self.to_sink(held)
+            held = data
+
+    def produce(self, argv):
+        """Frame the output of a command on this host (`docker save`) and pass it on."""
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=os.setsid)
+        self.sink = proc  # killed like a sink when the hop aborts
+        digest = hashlib.sha256()
+        while True:
+            data = proc.stdout.read(FRAME_BYTES)
+            if not data:
+                break
+            digest.update(data)
+            self.received += len(data)
+            self.to_down(FRAME.pack(len(data)) + data)
+        err = proc.stderr.read()
+        if proc.wait() != 0:
+            raise Failed("source", "%s failed: %s" % (" ".join(argv), err.decode(errors="replace").strip()[-300:]))
+        self.to_down(FRAME.pack(0) + digest.digest())
+
+    def to_sink(self, data):
+        if self.sink is not None and self.sink_error is None:
+            self.sink_queue.put(data)
+
+    # ---- watching
+    def watch(self):
+        threading.Thread(target=self._watch, daemon=True).start()
+        threading.Thread(target=self._lifeline, daemon=True).start()
+
+    def _watch(self):
+        """Progress twice a second, and at least every HEARTBEAT_S (silence means the host is lost);
+        a read that waits longer than `idle_s` ends the hop."""
+        told, said = -1, 0.0
+        while True:
+            time.sleep(0.5)
+            if self.received != told or time.time() - said >= HEARTBEAT_S:
+                told, said = self.received, time.time()
+                say("got", bytes=told)
+            since = self.waiting_since
+            if since is not None and time.time() - since > self.idle:
+                self.abort("upstream", "nothing came from %s for %.0f s" % (self.upstream_name, self.idle))
+
+    def _lifeline(self):
+        while self.lifeline.read(65536):
+            pass
+        self.abort("launcher", "the launcher closed the hop")
+
+    # ---- the end
+    def finish(self):
+        """The stream is complete: the next hop gets its end, the sink its last frame and its end."""
+        self.to_down(None)
+        result = {}
+        if self.conf.get("sink"):
+            self.sink_queue.put(None)
+            code = self.sink.wait()
+            self.sink_read.join(10)
+            output = self.sink_output.decode(errors="replace").strip()[-500:]
+            if code != 0 or self.sink_error:
+                raise Failed("sink", "%s: %s" % (self.sink_error or "exit code %d" % code, output))
+            result["output"] = output
+        if self.conf.get("listen"):
+            self.down_done.wait(2 * self.idle)
+        with self.lock:
+            self.ended = True
+        self._close_sockets()
+        say("done", received=self.received, **result)
+
+
+def main():
+    stdin = sys.stdin.buffer
+    conf = json.loads(stdin.readline().decode())
+    mode = conf["mode"]  # head | next | source
+    hop = Hop(conf, stdin)
+    try:
+        if conf.get("listen"):
+            hop.listen()
+        hop.start_sink()
+        if conf.get("listen"):
+            hop.serve_next()
+        if mode == "head":  # standard input is the stream: its end is the lifeline's
+            threading.Thread(target=hop._watch, daemon=True).start()
+            hop.pump(stdin)
+        elif mode == "next":
+            line = stdin.readline()
+            if not line:
+                raise Failed("launcher", "the launcher closed the hop")
+            wiring = json.loads(line.decode())
+            hop.upstream_name = wiring["name"]
+            hop.watch()
+            (family, sockaddr) = sorted(addresses(wiring["address"], wiring["port"]))[0]
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.settimeout(hop.idle)
+            try:
+                sock.connect(sockaddr)
+                sock.sendall(wiring["token"].encode() + b"\n")
+            except (OSError, socket.timeout) as exc:
+                raise Failed("upstream", "cannot reach %s at %s port %d: %s" % (wiring["name"], wiring["address"], wiring["port"], exc))
+            stream = sock.makefile("rb")
+            hop.pump(stream)
+            stream.close()
+            sock.close()
+        else:
+            hop.watch()
+            hop.produce(conf["source"])
+        hop.finish()
+        sys.stdout.flush()
+        os._exit(0)  # not a normal exit: the lifeline thread is still reading standard input
+    except Failed as exc:
+        hop.abort(exc.where, str(exc))
+    except Exception as exc:  # noqa: BLE001 - whatever it is, the hop ends and says why
+        hop.abort("setup", "%s: %s" % (type(exc).__name__, exc))
+
+
+if __name__ == "__main__":
+    main()
