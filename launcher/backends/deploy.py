@@ -87,7 +87,8 @@ def images_on_hosts(tag: str, base: str, conns: dict[str, fabric.Connection], ad
     found, errors = on_every_host(conns.items(), one, lambda item: item[0])
     said = {host: f"cannot tell: {errors[host]}" for host in errors}
     said.update({host: "has it" for host in conns if host in found and found[host] is None})
-    lacking = {h: v for h, v in found.items() if v is not None}
+    order = [*addresses, *(h for h in conns if h not in addresses)]  # the inventory's
+    lacking = {h: found[h] for h in order if found.get(h) is not None}
     if not lacking:
         return said, None
     try:
@@ -211,8 +212,8 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
         if result.skipped:
             say(f"{host}: has the image already")
         elif not result.error and result.via:
-            say(f"{host}: received {result.layers_sent} layer(s), {_size(result.bytes_sent)}, from {result.via} "
-                f"(relayed); {result.layers_skipped} layer(s) were there already")
+            say(f"{host}: received {_size(result.bytes_sent)} from {result.via} (a chain of hosts) for the {result.layers_sent} "
+                f"layer(s) it lacked; {result.layers_skipped} layer(s) were there already")
         elif not result.error:
             say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
                 f"{result.layers_skipped} layer(s) were there already")

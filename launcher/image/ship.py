@@ -374,16 +374,16 @@ def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, re
         report.bytes_out += load.receiver.sent
 
 
-def _down_chain(image: _Image, hosts: list[str], held: set[str], conns: dict, addresses: dict[str, str], on_bytes,
-           report: ShipReport, direct: dict[str, set[str]] | None = None, source: str | None = None) -> list[str]:
-    """Feed `hosts` one after the other (from this machine, or from `source`, a host that holds the
-    image), while `direct` hosts get theirs from the same pass; returns the hosts a failure before
-    them cut off (to be fed again)."""
+def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresses: dict[str, str], on_bytes,
+                report: ShipReport, direct: dict[str, set[str]] | None = None, source: str | None = None) -> list[str]:
+    """Feed `hosts` ({host: layers it has}) one after the other, from this machine (only the layers
+    one of them lacks) or from `source`, a host that holds the image (all of it), while `direct` hosts
+    get theirs from the same pass; returns the hosts a failure before them cut off (to be fed again)."""
     from ..hosts.chain import Hop, run_chain
 
     started = time.monotonic()
     hops = [Hop(h, addresses[h], sink=("docker", "load", "-q")) for h in hosts]
-    head = Receiver("chain", held & set(image.chains), lambda data: None)
+    head = Receiver("chain", set.intersection(*hosts.values()) & set(image.chains), lambda data: None)
     if source is not None:
         hops.insert(0, Hop(source, addresses[source], source=("docker", "save", image.tag)))
 
@@ -406,8 +406,8 @@ def _down_chain(image: _Image, hosts: list[str], held: set[str], conns: dict, ad
             error = f"after loading, {image.tag} is not image {image.id}"
         if hop.cut_off:
             again.append(host)
-        layers = len(set(image.chains) - held) if source is None else len(image.chains)
-        report.results[host] = ShipResult(host, False, hop.received, layers, len(image.chains) - layers,
+        lacked = len(set(image.chains) - hosts[host])
+        report.results[host] = ShipResult(host, False, hop.received, lacked, len(image.chains) - lacked,
                                           time.monotonic() - started, error, via=hop.upstream)
     return again
 
@@ -435,7 +435,8 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
             report.results[host] = ShipResult(host, skipped=False, error=str(errors[host]))
         elif found.get(host) is None:
             report.results[host] = ShipResult(host, skipped=True)
-    lacking = {h: found[h] for h in conns if found.get(h) is not None}
+    order = [*(h for h in addresses or {} if h in conns), *(h for h in conns if h not in (addresses or {}))]  # the inventory's
+    lacking = {h: found[h] for h in order if found.get(h) is not None}
     needs = [HostNeed(h, frozenset(set(image.chains) - held.chains), held.relay and h in (addresses or {}))
              for h, held in lacking.items()]
     report.route = plan_route(needs, sizes_by_layer(image.chains, client.api.history(tag), local.attrs.get("Size", 0)))
@@ -443,14 +444,13 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
     if not report.route.chain:
         _direct(image, direct, conns, on_bytes, report)
         return report
-    chain = list(report.route.chain)
-    held = set.intersection(*(lacking[h].chains for h in chain))
-    again = _down_chain(image, chain, held, conns, addresses or {}, on_bytes, report, direct=direct)
+    chain = {h: lacking[h].chains for h in report.route.chain}
+    again = _down_chain(image, chain, conns, addresses or {}, on_bytes, report, direct=direct)
     if again:  # fed again around the host that cut them off: from a host that has the image now, else from here
         fed = [h for h in chain if h not in again and not report.results[h].error]
         if fed or len(again) > 1:
-            again = _down_chain(image, again, set.intersection(*(lacking[h].chains for h in again)), conns, addresses or {},
-                           on_bytes, report, source=fed[0] if fed else None)
+            again = _down_chain(image, {h: lacking[h].chains for h in again}, conns, addresses or {}, on_bytes, report,
+                                source=fed[0] if fed else None)
     if again:  # the last resort: straight from here
         _direct(image, {h: lacking[h].chains for h in again}, conns, on_bytes, report)
     return report
