@@ -5,6 +5,8 @@ named while the others get the image, and no relay is left listening."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -145,3 +147,24 @@ def test_a_host_cut_off_mid_transfer_is_named_and_the_others_get_the_image(tmp_p
     again = launch(str(fanout_job(tmp_path, lab, ballast_base, cluster)), "--runs-dir", str(runs), cwd=tmp_path)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr
     assert "h1: has the image already" in again.stdout and "h3: has the image already" in again.stdout
+
+
+def test_a_large_workdir_goes_down_the_chain_once(tmp_path: Path, lab, base_image: str, slow_link) -> None:
+    """Fresh hosts that need the same 70 MB workdir: it leaves this machine once, and every host's
+    copy holds the same bytes."""
+    job = fanout_job(tmp_path, lab, base_image)
+    data = os.urandom(70_000_000)
+    (job.parent / "data.bin").write_bytes(data)
+    job.write_text(job.read_text().replace("name: lab-probe", f"name: fanout-{os.urandom(4).hex()}"))  # copies of its own
+    dry = launch(str(job), "--dry-run", cwd=tmp_path)
+    assert "h3: workdir" in dry.stdout and "relayed: this machine -> h1 -> h2 -> h3" in dry.stdout.split("h3: workdir")[1], dry.stdout
+    start = bytes_out(lab)
+    result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    sent = bytes_out(lab) - start
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert sent <= 1.2 * len(data), f"{sent} bytes left this machine for a {len(data)}-byte workdir on 3 hosts"
+    assert "from h2 (a chain of hosts)" in result.stdout, result.stdout
+    digest = hashlib.sha256(data).hexdigest()
+    for host in lab.hosts:
+        found = lab.ssh(host.name, "sha256sum /var/tmp/launch-jobs-root/fanout-*/.workdirs/*/data.bin").stdout.decode()
+        assert found.split()[0] == digest, (host.name, found)

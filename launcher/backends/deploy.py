@@ -17,15 +17,15 @@ from ..record.outcome import Phases
 from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_here
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
-from ..image.route import HostNeed, layer_bytes, plan_route, sizes_by_layer
-from ..image.ship import HostImages, ShipReport, chain_ids, ship_image, survey
+from ..image.route import FANOUT_MIN_SAVING, HostNeed, layer_bytes, plan_route, sizes_by_layer
+from ..image.ship import HostImages, ShipReport, ShipResult, chain_ids, ship_image, survey
 from ..hosts.ports import check_ports_free, listeners_over
 from ..plan import LaunchPlan, PlanOptions, make_plan
 from ..plan.ports import first_host_ports
 from ..spec import Host, JobSpec
 from ..sync import hosts as sync
 from ..sync.manifest import Manifest
-from ..sync.transfer import Transfer
+from ..sync.transfer import Transfer, shared_transfers
 from ..hosts.parallel import on_every_host
 from ..hosts.ssh import connect, run
 
@@ -154,6 +154,8 @@ def describe_deployment(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifes
         on_hosts, route_line = images_on_hosts(image, job.image.base, conns, addresses) if image else ({}, None)
         if route_line:
             lines.append(route_line)
+        groups = shared_transfers({h: t for h in addresses if isinstance(t := transfers.get(h), Transfer)}, FANOUT_MIN_SAVING)
+        paths = {h: " -> ".join(("this machine", *group[:i + 1])) for group in groups for i, h in enumerate(group)}
         for host in hosts:
             if host.name in unreachable:
                 lines.append(f"{host.name}: cannot tell: {unreachable[host.name]}")
@@ -161,7 +163,10 @@ def describe_deployment(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifes
             if host.name in on_hosts:
                 lines.append(f"{host.name}: image: {on_hosts[host.name]}")
             found = transfers.get(host.name)
-            lines.append(found.describe() if isinstance(found, Transfer) else f"{host.name}: workdir: cannot tell: {found}")
+            if isinstance(found, Transfer):
+                lines.append(found.describe() + (f"; relayed: {paths[host.name]}" if host.name in paths else ""))
+            else:
+                lines.append(f"{host.name}: workdir: cannot tell: {found}")
         lines += _nic_lines(hosts, conns)
     finally:
         for conn in conns.values():
@@ -212,10 +217,10 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
         if result.skipped:
             say(f"{host}: has the image already")
         elif not result.error and result.via:
-            say(f"{host}: received {_size(result.bytes_sent)} from {result.via} (a chain of hosts) for the {result.layers_sent} "
-                f"layer(s) it lacked; {result.layers_skipped} layer(s) were there already")
+            say(f"{host}: received {_size(result.bytes_sent)} from {result.via} (a chain of hosts){_timing(result)}, for the "
+                f"{result.layers_sent} layer(s) it lacked; {result.layers_skipped} layer(s) were there already")
         elif not result.error:
-            say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}; "
+            say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}{_timing(result)}; "
                 f"{result.layers_skipped} layer(s) were there already")
     if report.route.chain:
         say(f"image: {_size(report.bytes_out)} left this machine for {len(report.route.chain) + len(report.route.direct)} "
@@ -226,6 +231,12 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
     else:
         tidy.append(lambda: _prune(client, image.tag, conns, say))
     return image
+
+
+def _timing(result: ShipResult) -> str:
+    if result.stream_s is None or result.bytes_sent < 10**6:
+        return ""
+    return f" in {result.stream_s:.1f} s, loaded {result.seconds:.1f} s after the start"
 
 
 def workdir_folders(hosts: tuple[Host, ...], job: str, remote_jobs: str, local_user: str) -> dict[str, str]:
@@ -245,24 +256,38 @@ def plan_workdir(manifest: Manifest, folders: dict[str, str], conns: dict[str, f
 
 
 def provide_workdir(workdir: Path, manifest: Manifest, folders: dict[str, str], conns: dict[str, fabric.Connection],
-                    say, tidy: list | None = None) -> None:
-    """Every host gets an exact copy of the workdir (from the copy it has that is nearest), then
-    loses its copies beyond the newest few (then, or later by whoever runs what `tidy` collects);
-    one error naming every host that failed."""
+                    say, tidy: list | None = None, addresses: dict[str, str] | None = None) -> None:
+    """Every host gets an exact copy of the workdir (from the copy it has that is nearest; down a
+    chain of hosts, by their lab `addresses`, where several need the same large stream), then loses
+    its copies beyond the newest few (then, or later by whoever runs what `tidy` collects); one error
+    naming every host that failed."""
     cache = Path(CACHE) / "workdir-manifests"
     sync.remember(manifest, cache)
     planned = plan_workdir(manifest, folders, conns)
     failures = {h: t for h, t in planned.items() if isinstance(t, Exception)}
     transfers = {h: t for h, t in planned.items() if isinstance(t, Transfer)}
-    results, errors = on_every_host(
-        transfers.items(), lambda item: sync.send(conns[item[0]], folders[item[0]], workdir, manifest, item[1]),
-        lambda item: item[0],
-    )
+    able = {h: t for h, t in transfers.items() if h in (addresses or {})}
+    chains = shared_transfers({h: able[h] for h in addresses or {} if h in able}, FANOUT_MIN_SAVING)
+
+    def direct(item: tuple[str, Transfer]) -> sync.SyncResult:
+        return sync.send(conns[item[0]], folders[item[0]], workdir, manifest, item[1])
+
+    chained = {h for group in chains for h in group}
+    results, errors = on_every_host([(h, t) for h, t in transfers.items() if h not in chained], direct, lambda item: item[0])
+    for group in chains:
+        got = sync.send_down_chain(conns, {h: (folders[h], (addresses or {})[h]) for h in group}, workdir, manifest, transfers[group[0]])
+        results.update({h: r for h, r in got.items() if isinstance(r, sync.SyncResult)})
+        again, still = on_every_host([(h, transfers[h]) for h, r in got.items() if isinstance(r, Exception)], direct, lambda item: item[0])
+        results.update(again)  # a host the chain failed gets its copy straight from here
+        errors.update(still)
     failures.update(errors)
     for host, result in results.items():
         t = result.transfer
         if t.present:
             say(f"{host}: has workdir {t.target} already")
+        elif result.via:
+            say(f"{host}: workdir {t.target}: received {len(t.send)} file(s) from {result.via} (a chain of hosts), "
+                f"{_size(result.sent_bytes)} in all")
         else:
             start = f" onto its copy {t.base}" if t.base else ""
             say(f"{host}: workdir {t.target}: sent {len(t.send)} file(s){start}, {_size(result.sent_bytes)} in all")
@@ -324,10 +349,12 @@ def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, opt
     with phases.timing("connect"):
         reached = reach(hosts)
     backend.conns.update(reached.conns)
+    addresses = {h.name: h.net_address for h in hosts if not h.is_local}  # where the hosts reach each other
 
     def workdir() -> None:
         with phases.timing("workdir"):
-            provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), reached.conns, say, backend.tidy_ups)
+            provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), reached.conns, say, backend.tidy_ups,
+                            addresses)
 
     with ThreadPoolExecutor(max_workers=1) as pool:  # the workdir goes while the ports are asked and the image comes
         copied = pool.submit(workdir)
@@ -335,7 +362,6 @@ def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, opt
         check_ports_free(f"{first.name} (rank 0's host)", first_host_ports(job, hosts), listeners_over(reached.conns[first.name]))
         plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=reached.nics))
         if options.image:
-            addresses = {h.name: h.net_address for h in hosts if not h.is_local}
             built = provide_image(job, reached.conns, say, phases, backend.tidy_ups, addresses)
             assert built.tag == options.image, (built.tag, options.image)
             plan = dataclasses.replace(plan, image_id=built.id)

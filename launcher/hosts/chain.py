@@ -47,6 +47,7 @@ class HopResult:
     received: int = 0
     output: str = ""
     upstream: str = "this machine"
+    stream_s: float | None = None  # when it had the whole stream (checked), from the chain's start; its sink then finishes
 
     @property
     def cut_off(self) -> bool:
@@ -82,6 +83,7 @@ class _Running:
     listening: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
     heard: float = field(default_factory=time.monotonic)
+    started: float = field(default_factory=time.monotonic)
 
 
 def run_chain(conns: dict, hops: Sequence[Hop], feed: Callable[[_Framed], None] | None = None,
@@ -188,6 +190,8 @@ def _read_events(r: _Running, on_bytes: Callable[[str, int], None] | None) -> No
                     on_bytes(r.hop.host, got - told)
                 told = max(told, got)
                 r.result.received = got
+            elif kind == "received":
+                r.result.stream_s = time.monotonic() - r.started
             elif kind == "done":
                 r.result.ok, r.result.output = True, event.get("output", "")
                 r.result.received = int(event.get("received", told))

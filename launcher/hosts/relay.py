@@ -43,8 +43,11 @@ _print_lock = threading.Lock()
 def say(event, **fields):
     fields["event"] = event
     with _print_lock:
-        sys.stdout.write(json.dumps(fields) + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(json.dumps(fields) + "\n")
+            sys.stdout.flush()
+        except (OSError, ValueError):  # the launcher is gone: nobody to tell
+            pass
 
 
 class Failed(Exception):
@@ -253,7 +256,9 @@ class Hop(object):
                     raise Failed("upstream", "the stream from %s ended early, after %d bytes" % (self.upstream_name, self.received))
                 parts.append(chunk)
                 left -= len(chunk)
-        except (OSError, socket.timeout) as exc:
+        except socket.timeout:
+            raise Failed("upstream", "nothing came from %s for %.0f s" % (self.upstream_name, self.idle))
+        except OSError as exc:
             raise Failed("upstream", "reading from %s failed: %s" % (self.upstream_name, exc or type(exc).__name__))
         finally:
             self.waiting_since = None
@@ -362,6 +367,7 @@ def main():
         if mode == "head":  # standard input is the stream: its end is the lifeline's
             threading.Thread(target=hop._watch, daemon=True).start()
             hop.pump(stdin)
+            say("received", bytes=hop.received)
         elif mode == "next":
             line = stdin.readline()
             if not line:
@@ -379,6 +385,7 @@ def main():
                 raise Failed("upstream", "cannot reach %s at %s port %d: %s" % (wiring["name"], wiring["address"], wiring["port"], exc))
             stream = sock.makefile("rb")
             hop.pump(stream)
+            say("received", bytes=hop.received)
             stream.close()
             sock.close()
         else:

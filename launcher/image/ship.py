@@ -196,6 +196,7 @@ class ShipResult:
     seconds: float = 0.0
     error: str | None = None
     via: str | None = None  # the host it received the stream from, in a chain (None: this machine, directly)
+    stream_s: float | None = None  # when it had the whole stream (sent, or in a chain received and checked); `docker load` then finishes
 
 
 @dataclass
@@ -341,9 +342,10 @@ class _DirectLoad:
         self.receiver = Receiver(host, have, self.sender.write)
 
     def finish(self, image: _Image) -> ShipResult:
-        r, error = self.receiver, None
+        r, error, sent_s = self.receiver, None, None
         try:
             self.sender.close()
+            sent_s = time.monotonic() - self.started
             self.channel.shutdown_write()
             output = self.channel.makefile("rb").read().decode(errors="replace")
             failed = r.failed or self.sender.error
@@ -353,7 +355,8 @@ class _DirectLoad:
                 error = f"after loading, {image.tag} is not image {image.id}"
         except Exception as exc:  # noqa: BLE001
             error = str(exc)
-        return ShipResult(r.host, False, r.sent, r.sent_layers, r.skipped_layers, time.monotonic() - self.started, error)
+        return ShipResult(r.host, False, r.sent, r.sent_layers, r.skipped_layers, time.monotonic() - self.started, error,
+                          stream_s=sent_s)
 
 
 def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, report: ShipReport,
@@ -408,7 +411,7 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
             again.append(host)
         lacked = len(set(image.chains) - hosts[host])
         report.results[host] = ShipResult(host, False, hop.received, lacked, len(image.chains) - lacked,
-                                          time.monotonic() - started, error, via=hop.upstream)
+                                          time.monotonic() - started, error, via=hop.upstream, stream_s=hop.stream_s)
     return again
 
 

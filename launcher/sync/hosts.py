@@ -79,6 +79,7 @@ exit 0
 class SyncResult:
     transfer: Transfer
     sent_bytes: int = 0  # on the wire: the tar stream, headers included
+    via: str | None = None  # the host it came from, down a chain (None: straight from this machine)
 
 
 def copies_on(conn: fabric.Connection, folder: str) -> list[str]:
@@ -182,6 +183,30 @@ def send(conn: fabric.Connection, folder: str, workdir: Path, manifest: Manifest
     if code != 0:
         raise RunError(f"{conn.host}: cannot make the workdir's copy in {folder}: {output.strip()[-300:]}")
     return SyncResult(transfer, out.count)
+
+
+def send_down_chain(conns: dict[str, fabric.Connection], hosts: dict[str, tuple[str, str]], workdir: Path,
+                    manifest: Manifest, transfer: Transfer, on_bytes: Callable[[str, int], None] | None = None) -> dict[str, SyncResult | Exception]:
+    """Make the same copy on several hosts ({host: (its copies' folder, its lab address)}) that need
+    the very same `transfer`, with the stream leaving this machine once (`hosts.chain`)."""
+    from ..hosts.chain import Hop, run_chain
+
+    nonce = secrets.token_hex(6)
+    hops = [Hop(h, address, sink=("sh", "-c", _RECEIVE, folder, manifest.hash, transfer.base or "", nonce))
+            for h, (folder, address) in hosts.items()]
+    def feed(framed) -> None:
+        out = io.BufferedWriter(_Channel(framed, lambda n: None), 1 << 20)  # frames of a megabyte, not of a tar block
+        _write_stream(out, workdir, manifest, transfer)
+        out.flush()
+
+    outcome = run_chain(conns, hops, feed, on_bytes)
+    results: dict[str, SyncResult | Exception] = {}
+    for host, hop in outcome.items():
+        if hop.ok:
+            results[host] = SyncResult(transfer, hop.received, via=hop.upstream)
+        else:
+            results[host] = RunError(f"{host}: the workdir did not come down the chain (from {hop.upstream}): {hop.error}")
+    return results
 
 
 def copy_here(folder: str, workdir: Path, manifest: Manifest, cache: Path) -> SyncResult:

@@ -57,5 +57,17 @@ def _from(host: str, manifest: Manifest, name: str, base: Manifest) -> Transfer:
     return Transfer(host, manifest.hash, present=False, base=name, send=send, remove=remove)
 
 
+def shared_transfers(transfers: dict[str, Transfer], min_saving: int) -> list[tuple[str, ...]]:
+    """Groups of hosts (in the order of `transfers`) that need the very same stream (the same files
+    onto the same copy, or from nothing) and enough of it that passing it down a chain of them keeps
+    at least `min_saving` bytes off this machine's link."""
+    groups: dict[tuple, list[str]] = {}
+    for host, t in transfers.items():
+        if not t.present:
+            groups.setdefault((t.target, t.base, t.send, t.remove), []).append(host)
+    return [tuple(hosts) for hosts in groups.values()
+            if len(hosts) > 1 and (len(hosts) - 1) * transfers[hosts[0]].bytes >= min_saving]
+
+
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
