@@ -62,11 +62,11 @@ def chain_of(tmp_path: Path, n: int, idle_s: float = 10, sink: str = 'cat > "$0.
     for i in range(n):
         conf = {"mode": "head" if i == 0 else "next", "idle_s": idle_s, "sink": ["sh", "-c", sink, str(tmp_path / f"out{i}")]}
         if i + 1 < n:
-            conf.update(listen=LOOPBACK, peer=LOOPBACK, token=tokens[i + 1])
+            conf.update(listen=LOOPBACK, peer=LOOPBACK, token=tokens[i + 1], reply=f"reply{i + 1}")
         hops.append(HopProc(conf))
     for i in range(1, n):
         assert hops[i - 1].listening.wait(10)
-        hops[i].send({"name": f"hop{i - 1}", "address": LOOPBACK, "port": hops[i - 1].port, "token": tokens[i]})
+        hops[i].send({"name": f"hop{i - 1}", "address": LOOPBACK, "port": hops[i - 1].port, "token": tokens[i], "reply": f"reply{i}"})
     return hops
 
 
@@ -98,7 +98,8 @@ def test_a_stream_cut_short_completes_no_sink(tmp_path):
     hops[0].proc.stdin.close()
     for i, hop in enumerate(hops):
         end = hop.final()
-        assert end["event"] == "failed" and end["where"] == "upstream", end
+        # the head's input ended early; a later hop's did too, or its hop before was gone before it connected
+        assert end["event"] == "failed" and end["where"] in (("upstream",) if i == 0 else ("upstream", "setup")), end
         assert not (tmp_path / f"out{i}").exists()  # the sink never saw its input end: killed, nothing moved into place
         assert hop.proc.returncode == 1
     assert "hop0" in hops[1].final()["error"]
@@ -114,20 +115,21 @@ def test_a_corrupted_stream_completes_no_sink(tmp_path):
     hops[0].proc.stdin.close()
     first, second = hops[0].final(), hops[1].final()
     assert first["event"] == "failed" and "does not match its checksum" in first["error"], first
-    assert second["event"] == "failed" and second["where"] == "upstream", second  # cut off: fed again by the launcher
+    assert second["event"] == "failed" and second["where"] in ("upstream", "setup"), second  # cut off: fed again
     for i in range(2):
         assert not (tmp_path / f"out{i}").exists()
 
 
 def test_only_the_expected_peer_with_its_token_is_served(tmp_path):
-    head = HopProc({"mode": "head", "idle_s": 10, "sink": None, "listen": LOOPBACK, "peer": LOOPBACK, "token": "right"})
+    head = HopProc({"mode": "head", "idle_s": 10, "sink": None, "listen": LOOPBACK, "peer": LOOPBACK, "token": "right",
+                    "reply": "back"})
     assert head.listening.wait(10)
     with socket.create_connection((LOOPBACK, head.port)) as wrong:
         wrong.sendall(b"wrong\n")
         wrong.settimeout(5)
         assert wrong.recv(10) == b""  # refused: closed at once
     follower = HopProc({"mode": "next", "idle_s": 10, "sink": ["sh", "-c", 'cat > "$0"', str(tmp_path / "out")]})
-    follower.send({"name": "head", "address": LOOPBACK, "port": head.port, "token": "right"})
+    follower.send({"name": "head", "address": LOOPBACK, "port": head.port, "token": "right", "reply": "back"})
     data = os.urandom(100_000)
     for frame in frames(data):
         head.proc.stdin.write(frame)
@@ -141,7 +143,8 @@ def test_only_the_expected_peer_with_its_token_is_served(tmp_path):
 def test_a_hop_left_alone_ends_and_stops_listening(tmp_path, who):
     """A hop whose launcher goes (its lifeline ends), or whose next hop never connects, ends; its
     listener goes with it."""
-    hop = HopProc({"mode": "next", "idle_s": 2, "sink": ["sleep", "600"], "listen": LOOPBACK, "peer": LOOPBACK, "token": "t"})
+    hop = HopProc({"mode": "next", "idle_s": 2, "sink": ["sleep", "600"], "listen": LOOPBACK, "peer": LOOPBACK, "token": "t",
+                  "reply": "r"})
     assert hop.listening.wait(10)
     if who == "launcher":
         hop.proc.stdin.close()
@@ -149,8 +152,34 @@ def test_a_hop_left_alone_ends_and_stops_listening(tmp_path, who):
         assert end["where"] == "launcher", end
     else:
         upstream = socket.create_server((LOOPBACK, 0))
-        hop.send({"name": "up", "address": LOOPBACK, "port": upstream.getsockname()[1], "token": "x"})
+        hop.send({"name": "up", "address": LOOPBACK, "port": upstream.getsockname()[1], "token": "x", "reply": "y"})
         end = hop.final(timeout=20)  # nothing comes from upstream: it gives up after idle_s
         assert end["where"] == "upstream" and "nothing came from up" in end["error"], end
         upstream.close()
     assert not listening(hop.port)
+
+
+def test_a_hop_whose_own_sink_fails_still_passes_the_whole_stream_on(tmp_path):
+    data = os.urandom(6 * 1024 * 1024)
+    hops = chain_of(tmp_path, 2, sink='[ "$0" = "' + str(tmp_path / "out0") + '" ] && exit 1; cat > "$0"')
+    for frame in frames(data):
+        hops[0].proc.stdin.write(frame)
+    hops[0].proc.stdin.close()
+    first, second = hops[0].final(), hops[1].final()
+    assert first["event"] == "failed" and first["where"] == "sink", first
+    assert second["event"] == "done", second
+    assert (tmp_path / "out1").read_bytes() == data
+
+
+def test_an_upstream_that_is_not_the_launchers_relay_is_refused(tmp_path):
+    """Something else on the port the hop was told to read from (it does not know the reply token)."""
+    impostor = socket.create_server((LOOPBACK, 0))
+    hop = HopProc({"mode": "next", "idle_s": 10, "sink": ["sh", "-c", 'cat > "$0"', str(tmp_path / "out")]})
+    hop.send({"name": "up", "address": LOOPBACK, "port": impostor.getsockname()[1], "token": "t", "reply": "secret"})
+    conn, _ = impostor.accept()
+    conn.sendall(b"guess0\n" + b"".join(frames(b"forged")))
+    end = hop.final()
+    assert end["event"] == "failed" and "is not the relay the launcher started" in end["error"], end
+    assert not (tmp_path / "out").exists() or (tmp_path / "out").read_bytes() == b""
+    conn.close()
+    impostor.close()

@@ -17,7 +17,8 @@ def need(host: str, *missing: str, relay: bool = True) -> HostNeed:
 
 def test_hosts_lacking_the_same_layers_form_a_chain_in_inventory_order() -> None:
     route = plan_route([need("h3", "base", "deps", "code"), need("h1", "base", "deps", "code"), need("h2")], SIZES)
-    assert route.chain == ("h3", "h1") and route.direct == ()
+    assert route.chain == ("h3", "h1")
+    assert route.direct == ("h2",)  # it has every layer, not the image: its config and manifest go to it
     assert route.path("h1") == "relayed: this machine -> h3 -> h1"
     assert route.bytes_out == GB + 200 * 10**6 + 10**5  # once, not twice
 

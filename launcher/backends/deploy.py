@@ -18,7 +18,7 @@ from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_here
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.route import FANOUT_MIN_SAVING, HostNeed, layer_bytes, plan_route, sizes_by_layer
-from ..image.ship import HostImages, ShipReport, ShipResult, chain_ids, ship_image, survey
+from ..image.ship import HostImages, ShipReport, ShipResult, chain_ids, history, ship_image, survey
 from ..hosts.ports import check_ports_free, listeners_over
 from ..plan import LaunchPlan, PlanOptions, make_plan
 from ..plan.ports import first_host_ports
@@ -100,7 +100,7 @@ def images_on_hosts(tag: str, base: str, conns: dict[str, fabric.Connection], ad
                         "lack the same ones (decided once the image is built)" for h in lacking})
         return said, None
     chains = chain_ids(local.attrs["RootFS"]["Layers"])
-    sizes = sizes_by_layer(chains, client.api.history(here), local.attrs.get("Size", 0))
+    sizes = sizes_by_layer(chains, history(client, here), local.attrs.get("Size", 0))
     needs = [HostNeed(h, frozenset(set(chains) - v.chains), v.relay and h in addresses) for h, v in lacking.items()]
     route = plan_route(needs, sizes)
     extra = " and the job's own" if here != tag else ""

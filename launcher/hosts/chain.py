@@ -51,8 +51,9 @@ class HopResult:
 
     @property
     def cut_off(self) -> bool:
-        """It failed only because what fed it did (or the launcher ended the hop): feed it again."""
-        return not self.ok and self.where in ("upstream", "launcher")
+        """It failed because what fed it did, or its hop could not be set up (the launcher ended it,
+        the hop before it could not be reached): it still answers, so feed it again, another way."""
+        return not self.ok and self.where in ("upstream", "launcher", "setup")
 
 
 class _Framed:
@@ -62,6 +63,7 @@ class _Framed:
         self.channel = channel
         self.digest = hashlib.sha256()
         self.sent = 0
+        self.ended = False
 
     def sendall(self, data: bytes) -> None:
         for start in range(0, len(data), relay.FRAME_BYTES):
@@ -71,7 +73,10 @@ class _Framed:
             self.sent += len(part)
 
     def end(self) -> None:
-        self.channel.sendall(relay.FRAME.pack(0) + self.digest.digest())
+        """The end of the stream and its checksum (once; a feed may end its stream before it returns)."""
+        if not self.ended:
+            self.ended = True
+            self.channel.sendall(relay.FRAME.pack(0) + self.digest.digest())
 
 
 @dataclass
@@ -80,6 +85,7 @@ class _Running:
     channel: object
     result: HopResult
     port: int | None = None
+    listen_ip: str | None = None  # where its listener is bound
     listening: threading.Event = field(default_factory=threading.Event)
     ended: threading.Event = field(default_factory=threading.Event)
     heard: float = field(default_factory=time.monotonic)
@@ -94,14 +100,15 @@ def run_chain(conns: dict, hops: Sequence[Hop], feed: Callable[[_Framed], None] 
     try:
         for i, hop in enumerate(hops):
             running.append(_start(conns[hop.host], hop, hops[i - 1].host if i else "this machine"))
-        tokens = [secrets.token_hex(16) for _ in hops]
+        tokens = [secrets.token_hex(16) for _ in hops]  # the next hop proves itself with it to the one before
+        replies = [secrets.token_hex(16) for _ in hops]  # and the one before to it
         for i, r in enumerate(running):
             conf = {"mode": "source" if hop_is_source(r.hop, i) else ("head" if i == 0 else "next"),
                     "idle_s": idle_s, "sink": list(r.hop.sink) if r.hop.sink else None}
             if r.hop.source:
                 conf["source"] = list(r.hop.source)
             if i + 1 < len(running):
-                conf.update(listen=r.hop.address, peer=hops[i + 1].address, token=tokens[i + 1])
+                conf.update(listen=r.hop.address, peer=hops[i + 1].address, token=tokens[i + 1], reply=replies[i + 1])
             _send_line(r, conf)
             threading.Thread(target=_read_events, args=(r, on_bytes), daemon=True).start()
         for i, r in enumerate(running[1:], start=1):
@@ -109,7 +116,8 @@ def run_chain(conns: dict, hops: Sequence[Hop], feed: Callable[[_Framed], None] 
             if not (before.listening.wait(SETUP_S) and before.port):
                 _end(r, "upstream", f"{before.hop.host} did not start its relay")
                 continue
-            _send_line(r, {"name": before.hop.host, "address": before.hop.address, "port": before.port, "token": tokens[i]})
+            _send_line(r, {"name": before.hop.host, "address": before.listen_ip or before.hop.address, "port": before.port,
+                           "token": tokens[i], "reply": replies[i]})
         if running and feed is not None and not running[0].hop.source:
             _feed(running[0], feed, idle_s)
         _wait(running)
@@ -139,8 +147,16 @@ def _start(conn, hop: Hop, upstream: str) -> _Running:
 
 
 class _Closed:
+    """The channel of a hop that did not start."""
+
     def sendall(self, data: bytes) -> None:
         raise OSError("the hop did not start")
+
+    def settimeout(self, seconds: float) -> None:
+        pass
+
+    def shutdown_write(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -154,14 +170,17 @@ def _send_line(r: _Running, data: dict) -> None:
 
 
 def _feed(head: _Running, feed: Callable[[_Framed], None], idle_s: float) -> None:
-    head.channel.settimeout(idle_s)
+    """Write the stream into the head hop. A RunError is this machine's own failure (its `docker
+    save`, a file that changed while being sent): the head is cut off, not lost. Anything else is the
+    head's channel failing: the head is lost."""
     framed = _Framed(head.channel)
     try:
+        head.channel.settimeout(idle_s)
         feed(framed)
         framed.end()
     except Exception as exc:  # noqa: BLE001 - the head is told by its stream ending early
-        if head.result.error is None and not head.ended.is_set():
-            head.result.where, head.result.error = "upstream", f"feeding it failed: {exc or type(exc).__name__}"
+        mine = isinstance(exc, RunError)
+        _end(head, "upstream" if mine else "lost", f"{'' if mine else 'sending to it failed: '}{exc or type(exc).__name__}")
         try:
             head.channel.shutdown_write()
         except Exception:  # noqa: BLE001
@@ -182,7 +201,7 @@ def _read_events(r: _Running, on_bytes: Callable[[str, int], None] | None) -> No
                 continue
             kind = event.get("event")
             if kind == "listening":
-                r.port = int(event["port"])
+                r.port, r.listen_ip = int(event["port"]), event.get("address")
                 r.listening.set()
             elif kind == "got":
                 got = int(event.get("bytes", 0))

@@ -36,6 +36,7 @@ FRAME = struct.Struct(">Q")
 FRAME_BYTES = 1 << 20
 DIGEST_BYTES = 32
 HEARTBEAT_S = 2
+SINK_STALL = 4  # times idle_s: a sink (`docker load`) that takes no input this long is stuck
 
 _print_lock = threading.Lock()
 
@@ -90,15 +91,17 @@ class Hop(object):
         self.down_done = threading.Event()  # the next hop has everything, or was dropped
         self.received = 0
         self.waiting_since = None  # when the read now in progress began
+        self.sink_blocked_since = None  # when the wait for room in the sink's queue began
         self.upstream_name = "the launcher"
 
     # ---- ending
     def abort(self, where, message):
         """Kill the sink, close every socket, say why, exit: nothing is left behind."""
         with self.lock:
-            if self.ended:
-                return
-            self.ended = True
+            ending, self.ended = self.ended, True
+        if ending:  # another thread is ending the hop (or it has said done): it exits the process
+            while True:
+                time.sleep(1)
         self._kill_sink()
         self._close_sockets()
         say("failed", where=where, error=message, received=self.received)
@@ -122,20 +125,43 @@ class Hop(object):
 
     # ---- setup
     def listen(self):
-        family, sockaddr = sorted(addresses(self.conf["listen"]))[0]
+        """A listener on a free port of the address this host reaches the next hop from (its lab
+        address), else of the address `listen` names here."""
+        peers = addresses(self.conf["peer"])
+        self.peers = set(plain(s[0]) for _, s in peers)
+        family, ip = self._source_towards(peers) or self._named(self.conf["listen"])
         sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.bind((sockaddr[0], 0))
+        sock.bind((ip, 0))
         sock.listen(4)
         self.listener = sock
-        self.peers = set(plain(s[0]) for _, s in addresses(self.conf["peer"]))
-        say("listening", port=sock.getsockname()[1])
+        say("listening", address=ip, port=sock.getsockname()[1])
+
+    @staticmethod
+    def _source_towards(peers):
+        for family, sockaddr in sorted(peers):
+            probe = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                probe.connect(sockaddr[:2] if family == socket.AF_INET else sockaddr)  # no packet is sent
+                ip = probe.getsockname()[0]
+            except OSError:
+                continue
+            finally:
+                probe.close()
+            if not ip.startswith("127.") and ip != "::1":
+                return family, ip
+        return None
+
+    @staticmethod
+    def _named(name):
+        family, sockaddr = sorted(addresses(name))[0]
+        return family, sockaddr[0]
 
     def start_sink(self):
         argv = self.conf.get("sink")
         if not argv:
             return
         self.sink = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, preexec_fn=os.setsid)
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.sink_read = threading.Thread(target=self._sink_reader, daemon=True)
         self.sink_read.start()
         threading.Thread(target=self._sink_writer, daemon=True).start()
@@ -165,6 +191,8 @@ class Hop(object):
     def _serve_next(self):
         try:
             self._send_next()
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the next hop is dropped, not waited for
+            self._drop_down("%s: %s" % (type(exc).__name__, exc))
         finally:
             self.down_done.set()
 
@@ -218,6 +246,7 @@ class Hop(object):
             except (OSError, socket.timeout):
                 got = b""
             if hmac.compare_digest(got.strip(), token):
+                sock.sendall(self.conf["reply"].encode() + b"\n")
                 return sock
             sock.close()
         raise Failed("downstream", "the next hop did not connect in %.0f s" % self.idle)
@@ -238,7 +267,7 @@ class Hop(object):
         """Queue bytes for the next hop (None: the stream's end)."""
         if not self.conf.get("listen"):
             return
-        while not self.down_dropped.is_set():
+        while not self.down_dropped.is_set() and not self.down_done.is_set():
             try:
                 self.down_queue.put(data, timeout=0.5)
                 return
@@ -290,11 +319,14 @@ class Hop(object):
 
     def produce(self, argv):
         """Frame the output of a command on this host (`docker save`) and pass it on."""
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=os.setsid)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         self.sink = proc  # killed like a sink when the hop aborts
         digest = hashlib.sha256()
+        self.upstream_name = " ".join(argv)
         while True:
+            self.waiting_since = time.time()
             data = proc.stdout.read(FRAME_BYTES)
+            self.waiting_since = None
             if not data:
                 break
             digest.update(data)
@@ -307,11 +339,12 @@ class Hop(object):
 
     def to_sink(self, data):
         if self.sink is not None and self.sink_error is None:
+            self.sink_blocked_since = time.time()
             self.sink_queue.put(data)
+            self.sink_blocked_since = None
 
     # ---- watching
-    def watch(self):
-        threading.Thread(target=self._watch, daemon=True).start()
+    def watch_lifeline(self):
         threading.Thread(target=self._lifeline, daemon=True).start()
 
     def _watch(self):
@@ -323,9 +356,11 @@ class Hop(object):
             if self.received != told or time.time() - said >= HEARTBEAT_S:
                 told, said = self.received, time.time()
                 say("got", bytes=told)
-            since = self.waiting_since
+            since, blocked = self.waiting_since, self.sink_blocked_since
             if since is not None and time.time() - since > self.idle:
                 self.abort("upstream", "nothing came from %s for %.0f s" % (self.upstream_name, self.idle))
+            if blocked is not None and time.time() - blocked > SINK_STALL * self.idle:
+                self.abort("sink", "%s took nothing for %.0f s" % (" ".join(self.conf["sink"]), SINK_STALL * self.idle))
 
     def _lifeline(self):
         while self.lifeline.read(65536):
@@ -336,17 +371,19 @@ class Hop(object):
     def finish(self):
         """The stream is complete: the next hop gets its end, the sink its last frame and its end."""
         self.to_down(None)
-        result = {}
+        result, failed = {}, None
         if self.conf.get("sink"):
             self.sink_queue.put(None)
             code = self.sink.wait()
             self.sink_read.join(10)
             output = self.sink_output.decode(errors="replace").strip()[-500:]
             if code != 0 or self.sink_error:
-                raise Failed("sink", "%s: %s" % (self.sink_error or "exit code %d" % code, output))
+                failed = Failed("sink", "%s: %s" % (self.sink_error or "exit code %d" % code, output))
             result["output"] = output
         if self.conf.get("listen"):
-            self.down_done.wait(2 * self.idle)
+            self.down_done.wait(2 * self.idle)  # the next hop has it all before this one ends, whatever its own sink did
+        if failed is not None:
+            raise failed
         with self.lock:
             self.ended = True
         self._close_sockets()
@@ -358,6 +395,7 @@ def main():
     conf = json.loads(stdin.readline().decode())
     mode = conf["mode"]  # head | next | source
     hop = Hop(conf, stdin)
+    threading.Thread(target=hop._watch, daemon=True).start()  # heartbeats from the start: a hop waiting to be wired is not lost
     try:
         if conf.get("listen"):
             hop.listen()
@@ -365,7 +403,6 @@ def main():
         if conf.get("listen"):
             hop.serve_next()
         if mode == "head":  # standard input is the stream: its end is the lifeline's
-            threading.Thread(target=hop._watch, daemon=True).start()
             hop.pump(stdin)
             say("received", bytes=hop.received)
         elif mode == "next":
@@ -374,7 +411,7 @@ def main():
                 raise Failed("launcher", "the launcher closed the hop")
             wiring = json.loads(line.decode())
             hop.upstream_name = wiring["name"]
-            hop.watch()
+            hop.watch_lifeline()
             (family, sockaddr) = sorted(addresses(wiring["address"], wiring["port"]))[0]
             sock = socket.socket(family, socket.SOCK_STREAM)
             sock.settimeout(hop.idle)
@@ -382,14 +419,17 @@ def main():
                 sock.connect(sockaddr)
                 sock.sendall(wiring["token"].encode() + b"\n")
             except (OSError, socket.timeout) as exc:
-                raise Failed("upstream", "cannot reach %s at %s port %d: %s" % (wiring["name"], wiring["address"], wiring["port"], exc))
+                raise Failed("setup", "cannot reach %s at %s port %d: %s" % (wiring["name"], wiring["address"], wiring["port"], exc))
             stream = sock.makefile("rb")
+            reply = wiring["reply"].encode() + b"\n"
+            if not hmac.compare_digest(hop.read_exact(stream, len(reply)), reply):
+                raise Failed("setup", "%s at %s port %d is not the relay the launcher started" % (wiring["name"], wiring["address"], wiring["port"]))
             hop.pump(stream)
             say("received", bytes=hop.received)
             stream.close()
             sock.close()
         else:
-            hop.watch()
+            hop.watch_lifeline()
             hop.produce(conf["source"])
         hop.finish()
         sys.stdout.flush()

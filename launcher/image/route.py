@@ -48,9 +48,8 @@ def layer_bytes(layers: frozenset[str] | set[str], sizes: dict[str, int]) -> int
 
 
 def plan_route(needs: list[HostNeed], sizes: dict[str, int]) -> ImageRoute:
-    """The route for every host that lacks layers, in the order of `needs` (the inventory's)."""
-    lacking = [n for n in needs if n.missing]
-    able = [n for n in lacking if n.relay]
+    """The route for every host of `needs` (each lacks the image), in their order (the inventory's)."""
+    able = [n for n in needs if n.relay and n.missing]
     union = frozenset().union(*(n.missing for n in able)) if able else frozenset()
     # a host joins the chain if it lacks at least half of what the chain carries
     chain = [n for n in able if 2 * layer_bytes(n.missing, sizes) >= layer_bytes(union, sizes)]
@@ -59,7 +58,7 @@ def plan_route(needs: list[HostNeed], sizes: dict[str, int]) -> ImageRoute:
     if len(chain) < 2 or saving < FANOUT_MIN_SAVING:
         chain = []
     names = {n.host for n in chain}
-    direct = [n for n in lacking if n.host not in names]
+    direct = [n for n in needs if n.host not in names]  # a host that has every layer still needs the image's config
     return ImageRoute(direct=tuple(n.host for n in direct), chain=tuple(n.host for n in chain),
                       chain_bytes=layer_bytes(carried, sizes) if chain else 0,
                       direct_bytes={n.host: layer_bytes(n.missing, sizes) for n in direct})

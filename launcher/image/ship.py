@@ -336,8 +336,11 @@ class _DirectLoad:
     def __init__(self, conn, host: str, have: set[str], on_bytes) -> None:
         from ..hosts.ssh import open_command
 
+        from ..hosts.chain import IDLE_S
+
         self.conn, self.started = conn, time.monotonic()
         self.channel = open_command(conn, ["docker", "load", "-q"])
+        self.channel.settimeout(IDLE_S / 2)  # a host that stops taking its stream fails alone, before a chain's head gives up
         self.sender = _Sender(self.channel, host, on_bytes)
         self.receiver = Receiver(host, have, self.sender.write)
 
@@ -360,9 +363,10 @@ class _DirectLoad:
 
 
 def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, report: ShipReport,
-            also: Receiver | None = None) -> None:
+            also: Receiver | None = None, streamed: Callable[[], None] = lambda: None) -> None:
     """Send every host of `hosts` ({host: layers it has}) its missing layers from this machine, in
-    one pass over `docker save` (shared with `also`, a chain's head, where there is one)."""
+    one pass over `docker save` (shared with `also`, a chain's head, where there is one; `streamed`
+    is called as soon as the pass is over, before the hosts' loads have finished)."""
     loads: dict[str, _DirectLoad] = {}
     for host, have in hosts.items():
         try:
@@ -372,6 +376,7 @@ def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, re
     receivers = [load.receiver for load in loads.values()] + ([also] if also else [])
     if receivers:
         image.stream(receivers)
+    streamed()
     for host, load in loads.items():
         report.results[host] = load.finish(image)
         report.bytes_out += load.receiver.sent
@@ -392,9 +397,17 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
 
     def feed(framed) -> None:
         sender = _Sender(framed, "chain", None)  # progress comes from the hops themselves
+
+        def streamed() -> None:  # the chain's stream ends now, not once the direct hosts have loaded theirs
+            sender.close()
+            if not (head.failed or sender.error):
+                try:
+                    framed.end()
+                except Exception as exc:  # noqa: BLE001 - the head is gone: said below, the direct hosts go on
+                    head.failed = exc
+
         head.write = sender.write
-        _direct(image, direct or {}, conns, on_bytes, report, also=head)
-        sender.close()
+        _direct(image, direct or {}, conns, on_bytes, report, also=head, streamed=streamed)
         report.bytes_out += framed.sent
         failed = head.failed or sender.error
         if failed:
@@ -405,14 +418,27 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
     for host in hosts:
         hop = outcome[host]
         error = None if hop.ok else f"{'lost' if hop.where == 'lost' else 'failed'} while receiving the image from {hop.upstream}: {hop.error}"
-        if hop.ok and image_id_on(conns[host], image.tag) != image.id:
-            error = f"after loading, {image.tag} is not image {image.id}"
+        if hop.ok:
+            try:
+                loaded = image_id_on(conns[host], image.tag)
+            except Exception as exc:  # noqa: BLE001 - one host's error, in its result
+                loaded = f"unknown ({exc})"
+            if loaded != image.id:
+                error = f"after loading, {image.tag} is not image {image.id} but {loaded}"
         if hop.cut_off:
             again.append(host)
         lacked = len(set(image.chains) - hosts[host])
         report.results[host] = ShipResult(host, False, hop.received, lacked, len(image.chains) - lacked,
                                           time.monotonic() - started, error, via=hop.upstream, stream_s=hop.stream_s)
     return again
+
+
+def history(client, tag: str) -> list[dict]:
+    """The image's history as the Engine API gives it (for layer sizes); empty where it cannot."""
+    try:
+        return client.api.history(tag)
+    except Exception:  # noqa: BLE001 - sizes are then estimated
+        return []
 
 
 def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callable[[str, int], None] | None = None,
@@ -442,7 +468,7 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
     lacking = {h: found[h] for h in order if found.get(h) is not None}
     needs = [HostNeed(h, frozenset(set(image.chains) - held.chains), held.relay and h in (addresses or {}))
              for h, held in lacking.items()]
-    report.route = plan_route(needs, sizes_by_layer(image.chains, client.api.history(tag), local.attrs.get("Size", 0)))
+    report.route = plan_route(needs, sizes_by_layer(image.chains, history(client, tag), local.attrs.get("Size", 0)))
     direct = {h: lacking[h].chains for h in report.route.direct}
     if not report.route.chain:
         _direct(image, direct, conns, on_bytes, report)

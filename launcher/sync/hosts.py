@@ -191,9 +191,8 @@ def send_down_chain(conns: dict[str, fabric.Connection], hosts: dict[str, tuple[
     the very same `transfer`, with the stream leaving this machine once (`hosts.chain`)."""
     from ..hosts.chain import Hop, run_chain
 
-    nonce = secrets.token_hex(6)
-    hops = [Hop(h, address, sink=("sh", "-c", _RECEIVE, folder, manifest.hash, transfer.base or "", nonce))
-            for h, (folder, address) in hosts.items()]
+    hops = [Hop(h, address, sink=("sh", "-c", _RECEIVE, folder, manifest.hash, transfer.base or "", secrets.token_hex(6)))
+            for h, (folder, address) in hosts.items()]  # a name of its own for each host's transfer: their folders may be one
     def feed(framed) -> None:
         out = io.BufferedWriter(_Channel(framed, lambda n: None), 1 << 20)  # frames of a megabyte, not of a tar block
         _write_stream(out, workdir, manifest, transfer)
