@@ -124,7 +124,7 @@ def main() -> None:
     parser.add_argument("--launch-only", action="store_true", help="skip the by-hand baseline (no ratios to it)")
     args = parser.parse_args()
     counts = [int(n) for n in args.hosts.split(",")]
-    console = Console()
+    console = Console(width=200)
     base = base_image("tests/lab-base/requirements.txt", "launch-lab-base")
     size = int(subprocess.run(["docker", "image", "inspect", "--format", "{{.Size}}", base], capture_output=True, text=True,
                               check=True).stdout)
