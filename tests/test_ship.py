@@ -9,7 +9,7 @@ import tarfile
 from pathlib import Path
 
 from launcher.image.prune import stale
-from launcher.image.ship import LayerDirs, Receiver, chain_ids, must_learn, split_save
+from launcher.image.layers import LayerDirs, Receiver, chain_ids, must_learn, split_save
 
 LAYERS = [b"base layer " * 5000, b"deps layer " * 3000, b"code v1"]
 

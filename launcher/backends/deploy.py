@@ -18,7 +18,8 @@ from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_here
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.route import FANOUT_MIN_SAVING, HostNeed, layer_bytes, plan_route, sizes_by_layer
-from ..image.ship import HostImages, ShipReport, ShipResult, chain_ids, history, ship_image, survey
+from ..image.layers import chain_ids
+from ..image.ship import HostImages, ShipReport, ShipResult, history, ship_image, survey
 from ..hosts.ports import check_ports_free, listeners_over
 from ..plan import LaunchPlan, PlanOptions, make_plan
 from ..plan.ports import first_host_ports

@@ -1,22 +1,14 @@
-"""One hop of a relay chain: the program the launcher runs on a host (`python3 -c`, standard library
-only, Python 3.6 and up), so that a stream crosses the launcher's link once and the hosts pass it on.
-
-The stream is framed: frames of `>Q` length + bytes, then a frame of length 0 and the SHA-256 of all
-the bytes. A hop reads it from its standard input (the head of the chain, fed by the launcher), from
-the hop before it (over TCP, to a listener that hop opened), or from a command on its own host (a
-host that holds the image already feeds the hosts a broken chain left without it). It passes every
-frame on to the next hop as it reads it, and into its sink (`docker load`, or the workdir's receiver)
-always one frame behind: the last frame goes in only once the checksum matches, so a stream cut
-short never completes the sink's input; the sink is killed instead.
-
-Configuration comes as JSON lines on standard input, never on the command line: the first at start,
-a second (where this hop reads from the hop before it) once that hop's port is known. After that a
-hop's standard input is its lifeline: when it ends (the launcher closed the channel, or went away),
-the hop kills its sink and exits. Events go to standard output as JSON lines.
-
-The listener is bound to the hop's lab address on a free port, accepts only the next hop's address
-presenting the token the launcher gave both, and is closed as soon as that peer is connected (or
-the hop ends).
+"""One hop of a relay chain, run by the launcher on a host (`python3 -c`; standard library only,
+Python 3.6+). The stream is framed (`>Q` length + bytes; then length 0 and the SHA-256 of it all). A
+hop reads it from standard input (the head), from the hop before it (TCP), or from a command on its
+host (`docker save`); passes each frame on to the next hop as it reads it; and feeds its sink
+(`docker load`, the workdir's receiver) one frame behind, the last one only once the checksum matches:
+a stream cut short never completes the sink's input, the sink is killed instead. Configuration comes
+as JSON lines on standard input, never on the command line (one at start, one with the hop before
+it once that hop listens); then standard input is the hop's lifeline: when it ends, the hop kills
+its sink and exits. Events go to standard output as JSON lines. The listener (a free port on the
+address that reaches the next hop) takes only that hop's address with its token, answers with a
+token of its own, and closes once that hop is connected.
 """
 
 import hashlib
@@ -45,8 +37,7 @@ def say(event, **fields):
     fields["event"] = event
     with _print_lock:
         try:
-            sys.stdout.write(json.dumps(fields) + "\n")
-            sys.stdout.flush()
+            print(json.dumps(fields), flush=True)
         except (OSError, ValueError):  # the launcher is gone: nobody to tell
             pass
 
@@ -59,10 +50,8 @@ class Failed(Exception):
 
 def addresses(name, port=None):
     """The IP addresses `name` stands for on this host."""
-    found = set()
-    for family, _, _, _, sockaddr in socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM):
-        if family in (socket.AF_INET, socket.AF_INET6):
-            found.add((family, sockaddr))
+    found = set((family, sockaddr) for family, _, _, _, sockaddr in socket.getaddrinfo(name, port, 0, socket.SOCK_STREAM)
+                if family in (socket.AF_INET, socket.AF_INET6))
     if not found:
         raise Failed("setup", "%s does not resolve here" % name)
     return found
@@ -73,20 +62,14 @@ def plain(ip):
 
 
 class Hop(object):
-    def __init__(self, conf, lifeline):
+    def __init__(self, conf):
         self.conf = conf
-        self.lifeline = lifeline
         self.idle = float(conf.get("idle_s", 30))
         self.lock = threading.Lock()
         self.ended = False
-        self.listener = None
-        self.sink = None
-        self.sink_output = b""
-        self.sink_error = None
-        self.sink_queue = queue.Queue(maxsize=16)
-        self.down = None  # the connected socket to the next hop
-        self.down_queue = queue.Queue(maxsize=16)
-        self.down_error = None
+        self.listener = self.sink = self.down = None  # down: the connected socket to the next hop
+        self.sink_output, self.sink_error = b"", None
+        self.sink_queue, self.down_queue = queue.Queue(maxsize=16), queue.Queue(maxsize=16)
         self.down_dropped = threading.Event()
         self.down_done = threading.Event()  # the next hop has everything, or was dropped
         self.received = 0
@@ -102,25 +85,19 @@ class Hop(object):
         if ending:  # another thread is ending the hop (or it has said done): it exits the process
             while True:
                 time.sleep(1)
-        self._kill_sink()
-        self._close_sockets()
-        say("failed", where=where, error=message, received=self.received)
-        os._exit(1)
-
-    def _kill_sink(self):
         if self.sink is not None and self.sink.poll() is None:
             try:
                 os.killpg(self.sink.pid, signal.SIGKILL)
             except OSError:
                 pass
+        self._close_sockets()
+        say("failed", where=where, error=message, received=self.received)
+        os._exit(1)
 
     def _close_sockets(self):
         for sock in (self.listener, self.down):
             if sock is not None:
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                sock.close()
         self.listener = None
 
     # ---- setup
@@ -135,18 +112,17 @@ class Hop(object):
         sock.listen(4)
         self.listener = sock
         say("listening", address=ip, port=sock.getsockname()[1])
+        threading.Thread(target=self._serve_next, daemon=True).start()
 
     @staticmethod
     def _source_towards(peers):
         for family, sockaddr in sorted(peers):
-            probe = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                probe.connect(sockaddr[:2] if family == socket.AF_INET else sockaddr)  # no packet is sent
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                try:
+                    probe.connect(sockaddr)  # no packet is sent: the route's source address is chosen
+                except OSError:
+                    continue
                 ip = probe.getsockname()[0]
-            except OSError:
-                continue
-            finally:
-                probe.close()
             if not ip.startswith("127.") and ip != "::1":
                 return family, ip
         return None
@@ -170,24 +146,18 @@ class Hop(object):
         self.sink_output = self.sink.stdout.read()
 
     def _sink_writer(self):
-        while True:
-            data = self.sink_queue.get()
-            if data is None:
-                break
-            if self.sink_error is None:
-                try:
+        for data in iter(self.sink_queue.get, None):
+            try:
+                if self.sink_error is None:
                     self.sink.stdin.write(data)
-                except (OSError, ValueError) as exc:
-                    self.sink_error = "its input closed early (%s)" % exc
+            except (OSError, ValueError) as exc:
+                self.sink_error = "its input closed early (%s)" % exc
         try:
             self.sink.stdin.close()
         except OSError:
             pass
 
     # ---- the next hop
-    def serve_next(self):
-        threading.Thread(target=self._serve_next, daemon=True).start()
-
     def _serve_next(self):
         try:
             self._send_next()
@@ -207,10 +177,7 @@ class Hop(object):
             if listener is not None:
                 listener.close()
         self.down.settimeout(self.idle / 2)  # a next hop that stops reading is dropped before the launcher gives up on this one
-        while True:
-            data = self.down_queue.get()
-            if data is None:
-                break
+        for data in iter(self.down_queue.get, None):
             try:
                 self.down.sendall(data)
             except (OSError, socket.timeout) as exc:
@@ -237,12 +204,7 @@ class Hop(object):
                 continue
             sock.settimeout(5)
             try:
-                got = b""
-                while not got.endswith(b"\n") and len(got) <= len(token):
-                    more = sock.recv(len(token) + 1 - len(got))
-                    if not more:
-                        break
-                    got += more
+                got = sock.makefile("rb").readline(len(token) + 2)
             except (OSError, socket.timeout):
                 got = b""
             if hmac.compare_digest(got.strip(), token):
@@ -254,14 +216,10 @@ class Hop(object):
     def _drop_down(self, why):
         if self.down_dropped.is_set():
             return
-        self.down_error = why
         self.down_dropped.set()
         say("downstream_lost", error=why)
-        while True:  # unblock a reader waiting to queue for it
-            try:
-                self.down_queue.get_nowait()
-            except queue.Empty:
-                break
+        while not self.down_queue.empty():  # unblock a reader waiting to queue for it
+            self.down_queue.get_nowait()
 
     def to_down(self, data):
         """Queue bytes for the next hop (None: the stream's end)."""
@@ -269,12 +227,29 @@ class Hop(object):
             return
         while not self.down_dropped.is_set() and not self.down_done.is_set():
             try:
-                self.down_queue.put(data, timeout=0.5)
-                return
+                return self.down_queue.put(data, timeout=0.5)
             except queue.Full:
-                continue
+                pass
 
     # ---- the stream
+    def connect_upstream(self, wiring):
+        """Connect to the hop before this one, and make sure it is the relay the launcher started."""
+        self.upstream_name = wiring["name"]
+        where = "%s at %s port %d" % (wiring["name"], wiring["address"], wiring["port"])
+        family, sockaddr = sorted(addresses(wiring["address"], wiring["port"]))[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(self.idle)
+        try:
+            sock.connect(sockaddr)
+            sock.sendall(wiring["token"].encode() + b"\n")
+        except (OSError, socket.timeout) as exc:
+            raise Failed("setup", "cannot reach %s: %s" % (where, exc))
+        stream = sock.makefile("rb")
+        reply = wiring["reply"].encode() + b"\n"
+        if not hmac.compare_digest(self.read_exact(stream, len(reply)), reply):
+            raise Failed("setup", "%s is not the relay the launcher started" % where)
+        return sock, stream
+
     def read_exact(self, stream, n):
         parts, left = [], n
         self.waiting_since = time.time()
@@ -285,10 +260,9 @@ class Hop(object):
                     raise Failed("upstream", "the stream from %s ended early, after %d bytes" % (self.upstream_name, self.received))
                 parts.append(chunk)
                 left -= len(chunk)
-        except socket.timeout:
-            raise Failed("upstream", "nothing came from %s for %.0f s" % (self.upstream_name, self.idle))
-        except OSError as exc:
-            raise Failed("upstream", "reading from %s failed: %s" % (self.upstream_name, exc or type(exc).__name__))
+        except OSError as exc:  # socket.timeout is one
+            why = "nothing came for %.0f s" % self.idle if isinstance(exc, socket.timeout) else exc or type(exc).__name__
+            raise Failed("upstream", "reading from %s failed: %s" % (self.upstream_name, why))
         finally:
             self.waiting_since = None
         return b"".join(parts)
@@ -306,7 +280,7 @@ class Hop(object):
                     raise Failed("upstream", "the stream from %s does not match its checksum" % self.upstream_name)
                 if held is not None:
                     self.to_sink(held)
-                return
+                return say("received", bytes=self.received)
             if size > 64 * FRAME_BYTES:
                 raise Failed("upstream", "a frame of %d bytes: not a relay stream" % size)
             data = self.read_exact(stream, size)
@@ -344,9 +318,6 @@ class Hop(object):
             self.sink_blocked_since = None
 
     # ---- watching
-    def watch_lifeline(self):
-        threading.Thread(target=self._lifeline, daemon=True).start()
-
     def _watch(self):
         """Progress twice a second, and at least every HEARTBEAT_S (silence means the host is lost);
         a read that waits longer than `idle_s` ends the hop."""
@@ -358,14 +329,16 @@ class Hop(object):
                 say("got", bytes=told)
             since, blocked = self.waiting_since, self.sink_blocked_since
             if since is not None and time.time() - since > self.idle:
-                self.abort("upstream", "nothing came from %s for %.0f s" % (self.upstream_name, self.idle))
+                self.abort("upstream", "reading from %s failed: nothing came for %.0f s" % (self.upstream_name, self.idle))
             if blocked is not None and time.time() - blocked > SINK_STALL * self.idle:
                 self.abort("sink", "%s took nothing for %.0f s" % (" ".join(self.conf["sink"]), SINK_STALL * self.idle))
 
-    def _lifeline(self):
-        while self.lifeline.read(65536):
-            pass
-        self.abort("launcher", "the launcher closed the hop")
+    def watch_lifeline(self, lifeline):
+        def watch():
+            while lifeline.read(65536):
+                pass
+            self.abort("launcher", "the launcher closed the hop")
+        threading.Thread(target=watch, daemon=True).start()
 
     # ---- the end
     def finish(self):
@@ -394,42 +367,25 @@ def main():
     stdin = sys.stdin.buffer
     conf = json.loads(stdin.readline().decode())
     mode = conf["mode"]  # head | next | source
-    hop = Hop(conf, stdin)
+    hop = Hop(conf)
     threading.Thread(target=hop._watch, daemon=True).start()  # heartbeats from the start: a hop waiting to be wired is not lost
     try:
         if conf.get("listen"):
             hop.listen()
         hop.start_sink()
-        if conf.get("listen"):
-            hop.serve_next()
         if mode == "head":  # standard input is the stream: its end is the lifeline's
             hop.pump(stdin)
-            say("received", bytes=hop.received)
         elif mode == "next":
             line = stdin.readline()
             if not line:
                 raise Failed("launcher", "the launcher closed the hop")
-            wiring = json.loads(line.decode())
-            hop.upstream_name = wiring["name"]
-            hop.watch_lifeline()
-            (family, sockaddr) = sorted(addresses(wiring["address"], wiring["port"]))[0]
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.settimeout(hop.idle)
-            try:
-                sock.connect(sockaddr)
-                sock.sendall(wiring["token"].encode() + b"\n")
-            except (OSError, socket.timeout) as exc:
-                raise Failed("setup", "cannot reach %s at %s port %d: %s" % (wiring["name"], wiring["address"], wiring["port"], exc))
-            stream = sock.makefile("rb")
-            reply = wiring["reply"].encode() + b"\n"
-            if not hmac.compare_digest(hop.read_exact(stream, len(reply)), reply):
-                raise Failed("setup", "%s at %s port %d is not the relay the launcher started" % (wiring["name"], wiring["address"], wiring["port"]))
+            hop.watch_lifeline(stdin)
+            sock, stream = hop.connect_upstream(json.loads(line.decode()))
             hop.pump(stream)
-            say("received", bytes=hop.received)
             stream.close()
             sock.close()
         else:
-            hop.watch_lifeline()
+            hop.watch_lifeline(stdin)
             hop.produce(conf["source"])
         hop.finish()
         sys.stdout.flush()
