@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
 import threading
 import time
@@ -19,14 +20,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..errors import RunError
+from ..errors import RunError, SpecError
 from . import relay
 from .ssh import open_command
 
 RELAY_SOURCE = Path(relay.__file__).read_text()
 IDLE_S = 30.0  # a hop whose input stalls this long ends; the launcher's own feed gives up as late
-LOST_S = 20.0  # a hop silent this long (it says something every relay.HEARTBEAT_S) is taken for lost
+IDLE_ENV = "LAUNCH_RELAY_IDLE_S"  # another value for IDLE_S (a slow or lossy network, or a test)
 SETUP_S = 30.0  # the longest a hop may take to start and listen
+
+
+def idle_s() -> float:
+    """How long a stalled hop is waited for: IDLE_S, or the seconds LAUNCH_RELAY_IDLE_S says."""
+    text = os.environ.get(IDLE_ENV, "")
+    if not text:
+        return IDLE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 3 <= value <= 3600:
+        raise SpecError(f"{IDLE_ENV}={text!r}: expected a number of seconds from 3 to 3600")
+    return value
+
+
+def lost_s(idle: float) -> float:
+    """A hop silent this long is taken for lost (it says something every relay.HEARTBEAT_S)."""
+    return max(3 * relay.HEARTBEAT_S, 2 * idle / 3)
 
 
 @dataclass(frozen=True)
@@ -93,9 +113,10 @@ class _Running:
 
 
 def run_chain(conns: dict, hops: Sequence[Hop], feed: Callable[[_Framed], None] | None = None,
-              on_bytes: Callable[[str, int], None] | None = None, idle_s: float = IDLE_S) -> dict[str, HopResult]:
+              on_bytes: Callable[[str, int], None] | None = None) -> dict[str, HopResult]:
     """Pass a stream down `hops`, in order: `feed` writes it into the first hop (from this machine),
     unless that hop has a `source`. Returns every hop's result; never raises for a hop's failure."""
+    idle = idle_s()
     running: list[_Running] = []
     try:
         for i, hop in enumerate(hops):
@@ -104,7 +125,7 @@ def run_chain(conns: dict, hops: Sequence[Hop], feed: Callable[[_Framed], None] 
         replies = [secrets.token_hex(16) for _ in hops]  # and the one before to it
         for i, r in enumerate(running):
             conf = {"mode": "source" if hop_is_source(r.hop, i) else ("head" if i == 0 else "next"),
-                    "idle_s": idle_s, "sink": list(r.hop.sink) if r.hop.sink else None}
+                    "idle_s": idle, "sink": list(r.hop.sink) if r.hop.sink else None}
             if r.hop.source:
                 conf["source"] = list(r.hop.source)
             if i + 1 < len(running):
@@ -119,8 +140,8 @@ def run_chain(conns: dict, hops: Sequence[Hop], feed: Callable[[_Framed], None] 
             _send_line(r, {"name": before.hop.host, "address": before.listen_ip or before.hop.address, "port": before.port,
                            "token": tokens[i], "reply": replies[i]})
         if running and feed is not None and not running[0].hop.source:
-            _feed(running[0], feed, idle_s)
-        _wait(running)
+            _feed(running[0], feed, idle)
+        _wait(running, lost_s(idle))
     finally:
         for r in running:
             try:
@@ -169,13 +190,13 @@ def _send_line(r: _Running, data: dict) -> None:
         _end(r, "lost", f"cannot reach its relay: {exc or type(exc).__name__}")
 
 
-def _feed(head: _Running, feed: Callable[[_Framed], None], idle_s: float) -> None:
+def _feed(head: _Running, feed: Callable[[_Framed], None], idle: float) -> None:
     """Write the stream into the head hop. A RunError is this machine's own failure (its `docker
     save`, a file that changed while being sent): the head is cut off, not lost. Anything else is the
     head's channel failing: the head is lost."""
     framed = _Framed(head.channel)
     try:
-        head.channel.settimeout(idle_s)
+        head.channel.settimeout(idle)
         feed(framed)
         framed.end()
     except Exception as exc:  # noqa: BLE001 - the head is told by its stream ending early
@@ -234,14 +255,14 @@ def _end(r: _Running, where: str, error: str) -> None:
     r.listening.set()
 
 
-def _wait(running: list[_Running]) -> None:
-    """Until every hop has ended, or gone silent for LOST_S (it is lost: its link, or the host)."""
+def _wait(running: list[_Running], lost: float) -> None:
+    """Until every hop has ended, or gone silent for `lost` seconds (it is lost: its link, or the host)."""
     while True:
         pending = [r for r in running if not r.ended.is_set()]
         if not pending:
             return
         now = time.monotonic()
         for r in pending:
-            if now - r.heard > LOST_S:
-                _end(r, "lost", f"stopped answering for {LOST_S:.0f} s")
+            if now - r.heard > lost:
+                _end(r, "lost", f"stopped answering for {lost:.0f} s")
         time.sleep(0.2)

@@ -170,11 +170,11 @@ class _DirectLoad:
     def __init__(self, conn, host: str, have: set[str], on_bytes) -> None:
         from ..hosts.ssh import open_command
 
-        from ..hosts.chain import IDLE_S
+        from ..hosts.chain import idle_s
 
         self.conn, self.started = conn, time.monotonic()
         self.channel = open_command(conn, ["docker", "load", "-q"])
-        self.channel.settimeout(IDLE_S / 2)  # a host that stops taking its stream fails alone, before a chain's head gives up
+        self.channel.settimeout(idle_s() / 2)  # a host that stops taking its stream fails alone, before a chain's head gives up
         self.sender = _Sender(self.channel, host, on_bytes)
         self.receiver = Receiver(host, have, self.sender.write)
 
