@@ -17,8 +17,8 @@ from ..record.outcome import Phases
 from ..errors import RunError
 from ..image.build import CACHE, BuiltImage, build_here
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
-from ..image.route import FANOUT_MIN_SAVING, HostNeed, layer_bytes, plan_route, sizes_by_layer
 from ..image.layers import chain_ids
+from ..image.route import FANOUT_MIN_SAVING, HostNeed, layer_bytes, plan_route, sizes_by_layer
 from ..image.ship import HostImages, ShipReport, ShipResult, history, ship_image, survey
 from ..hosts.ports import check_ports_free, listeners_over
 from ..plan import LaunchPlan, PlanOptions, make_plan
@@ -267,8 +267,8 @@ def provide_workdir(workdir: Path, manifest: Manifest, folders: dict[str, str], 
     planned = plan_workdir(manifest, folders, conns)
     failures = {h: t for h, t in planned.items() if isinstance(t, Exception)}
     transfers = {h: t for h, t in planned.items() if isinstance(t, Transfer)}
-    able = {h: t for h, t in transfers.items() if h in (addresses or {})}
-    chains = shared_transfers({h: able[h] for h in addresses or {} if h in able}, FANOUT_MIN_SAVING)
+    addresses = addresses or {}
+    chains = shared_transfers({h: transfers[h] for h in addresses if h in transfers}, FANOUT_MIN_SAVING)  # in the inventory's order
 
     def direct(item: tuple[str, Transfer]) -> sync.SyncResult:
         return sync.send(conns[item[0]], folders[item[0]], workdir, manifest, item[1])
@@ -276,7 +276,7 @@ def provide_workdir(workdir: Path, manifest: Manifest, folders: dict[str, str], 
     chained = {h for group in chains for h in group}
     results, errors = on_every_host([(h, t) for h, t in transfers.items() if h not in chained], direct, lambda item: item[0])
     for group in chains:
-        got = sync.send_down_chain(conns, {h: (folders[h], (addresses or {})[h]) for h in group}, workdir, manifest, transfers[group[0]])
+        got = sync.send_down_chain(conns, {h: (folders[h], addresses[h]) for h in group}, workdir, manifest, transfers[group[0]])
         results.update({h: r for h, r in got.items() if isinstance(r, sync.SyncResult)})
         again, still = on_every_host([(h, transfers[h]) for h, r in got.items() if isinstance(r, Exception)], direct, lambda item: item[0])
         results.update(again)  # a host the chain failed gets its copy straight from here
