@@ -124,7 +124,7 @@ def run_chain(conns: dict, hops: Sequence[Hop], feed: Callable[[_Framed], None] 
         tokens = [secrets.token_hex(16) for _ in hops]  # the next hop proves itself with it to the one before
         replies = [secrets.token_hex(16) for _ in hops]  # and the one before to it
         for i, r in enumerate(running):
-            conf = {"mode": "source" if hop_is_source(r.hop, i) else ("head" if i == 0 else "next"),
+            conf = {"mode": "source" if _is_source(r.hop, i) else ("head" if i == 0 else "next"),
                     "idle_s": idle, "sink": list(r.hop.sink) if r.hop.sink else None}
             if r.hop.source:
                 conf["source"] = list(r.hop.source)
@@ -151,7 +151,7 @@ def run_chain(conns: dict, hops: Sequence[Hop], feed: Callable[[_Framed], None] 
     return {r.hop.host: r.result for r in running}
 
 
-def hop_is_source(hop: Hop, index: int) -> bool:
+def _is_source(hop: Hop, index: int) -> bool:
     return index == 0 and hop.source is not None
 
 
@@ -224,9 +224,9 @@ def _read_events(r: _Running, on_bytes: Callable[[str, int], None] | None) -> No
             if kind == "listening":
                 r.port, r.listen_ip = int(event["port"]), event.get("address")
                 r.listening.set()
-            elif kind == "got":
+            elif kind == "got":  # a source hop's bytes are its own `docker save`: not what it received
                 got = int(event.get("bytes", 0))
-                if on_bytes and got > told:
+                if on_bytes and got > told and r.hop.source is None:
                     on_bytes(r.hop.host, got - told)
                 told = max(told, got)
                 r.result.received = got
@@ -235,7 +235,7 @@ def _read_events(r: _Running, on_bytes: Callable[[str, int], None] | None) -> No
             elif kind == "done":
                 r.result.ok, r.result.output = True, event.get("output", "")
                 r.result.received = int(event.get("received", told))
-                if on_bytes and r.result.received > told:
+                if on_bytes and r.result.received > told and r.hop.source is None:
                     on_bytes(r.hop.host, r.result.received - told)
             elif kind == "failed":
                 _end(r, event.get("where", "setup"), event.get("error", "failed"))
