@@ -168,9 +168,8 @@ class _DirectLoad:
     """One host's `docker load`, fed straight from this machine."""
 
     def __init__(self, conn, host: str, have: set[str], on_bytes) -> None:
-        from ..hosts.ssh import open_command
-
         from ..hosts.chain import idle_s
+        from ..hosts.ssh import open_command
 
         self.conn, self.started = conn, time.monotonic()
         self.channel = open_command(conn, ["docker", "load", "-q"])
@@ -282,6 +281,7 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
     chain (`route.plan_route`), so that they leave this machine once."""
     from ..hosts.parallel import on_every_host
 
+    addresses = addresses or {}
     local = client.images.get(tag)
     image = _Image(local, tag, chain_ids(local.attrs["RootFS"]["Layers"]), LayerDirs(known_path))
     report = ShipReport()
@@ -298,9 +298,9 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
             report.results[host] = ShipResult(host, skipped=False, error=str(errors[host]))
         elif found.get(host) is None:
             report.results[host] = ShipResult(host, skipped=True)
-    order = [*(h for h in addresses or {} if h in conns), *(h for h in conns if h not in (addresses or {}))]  # the inventory's
+    order = [*(h for h in addresses if h in conns), *(h for h in conns if h not in addresses)]  # the inventory's
     lacking = {h: found[h] for h in order if found.get(h) is not None}
-    needs = [HostNeed(h, frozenset(set(image.chains) - held.chains), held.relay and h in (addresses or {}))
+    needs = [HostNeed(h, frozenset(set(image.chains) - held.chains), held.relay and h in addresses)
              for h, held in lacking.items()]
     report.route = plan_route(needs, sizes_by_layer(image.chains, history(client, tag), local.attrs.get("Size", 0)))
     direct = {h: lacking[h].chains for h in report.route.direct}
@@ -308,11 +308,11 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
         _direct(image, direct, conns, on_bytes, report)
         return report
     chain = {h: lacking[h].chains for h in report.route.chain}
-    again = _down_chain(image, chain, conns, addresses or {}, on_bytes, report, direct=direct)
+    again = _down_chain(image, chain, conns, addresses, on_bytes, report, direct=direct)
     if again:  # fed again around the host that cut them off: from a host that has the image now, else from here
         fed = [h for h in chain if h not in again and not report.results[h].error]
         if fed or len(again) > 1:
-            again = _down_chain(image, {h: lacking[h].chains for h in again}, conns, addresses or {}, on_bytes, report,
+            again = _down_chain(image, {h: lacking[h].chains for h in again}, conns, addresses, on_bytes, report,
                                 source=fed[0] if fed else None)
     if again:  # the last resort: straight from here
         _direct(image, {h: lacking[h].chains for h in again}, conns, on_bytes, report)

@@ -53,8 +53,10 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     secrets = _secrets(job)
     remote = any(not h.is_local for h in hosts)
     if remote and cluster.slurm is None:  # Slurm's nodes are the scheduler's to reach
+        from ..hosts.chain import idle_s
         from ..hosts.ssh import as_ssh_reaches
 
+        idle_s()  # LAUNCH_RELAY_IDLE_S is checked before anything is made or sent
         hosts = as_ssh_reaches(hosts)
     paths = rundir.new_run_paths(request.runs_dir, job.name)
     source = _resume_source(job, hosts, request)
