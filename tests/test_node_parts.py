@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -187,3 +188,33 @@ def test_a_code_file_gone_since_it_was_listed_is_left_out(tmp_path) -> None:
     workspace.prepare(str(tmp_path / "state"), str(code), str(listing))
     work = tmp_path / "state" / "work"
     assert (work / "train.py").read_text() == "print(1)\n" and not (work / ".gone.tmp").exists()
+
+
+def test_a_host_nodes_pid_file_names_its_group_only_while_the_number_is_still_its() -> None:
+    """The pid file HOST_WRAPPER writes, read back as `launch stop` and `status` read it (OWN_GROUP):
+    a number the system has given to another process since is not taken for the node's group."""
+    from launcher.plan.hostproc import HOST_WRAPPER, OWN_GROUP
+
+    def group_in(pid_file: Path) -> str | None:
+        found = subprocess.run(["sh", "-c", OWN_GROUP + 'echo "$pg"', str(pid_file)], capture_output=True, text=True)
+        return found.stdout.strip() if found.returncode == 0 else None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pid_file = Path(tmp) / "h1.pid"
+        node = subprocess.Popen(["setsid", "--wait", "sh", "-c", HOST_WRAPPER, str(pid_file), tmp, "", "", "sleep", "30"])
+        try:
+            deadline = time.monotonic() + 10
+            while not pid_file.exists() or not pid_file.read_text().endswith("\n"):
+                assert time.monotonic() < deadline, "the wrapper wrote no pid file"
+                time.sleep(0.05)
+            leader, start = pid_file.read_text().split()
+            assert int(leader) == node.pid and os.getpgid(node.pid) == node.pid  # it leads its own group
+            assert group_in(pid_file) == leader
+            pid_file.write_text(f"{leader} {int(start) + 1}\n")  # the same number, another process's start
+            assert group_in(pid_file) is None
+            pid_file.write_text(f"{leader}\n")  # a file from before start times were kept
+            assert group_in(pid_file) == leader
+        finally:
+            node.kill()
+            node.wait()
+        assert group_in(Path(tmp) / "none.pid") is None

@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -144,3 +148,80 @@ def test_a_jump_host_whose_key_is_unknown_is_refused(tmp_path: Path, sshlab) -> 
     result = check(tmp_path, inventory(tmp_path, [("h2", "beta")]), env)
     assert result.returncode == 1 and "Traceback" not in result.stdout + result.stderr
     assert f"the host key of {h1.address} is not in {only_h2}" in result.stdout, result.stdout
+
+
+def _sshd_serving(sshlab, host: str, conn) -> list[int]:
+    """The host's sshd processes that serve `conn` (found by its local port in the host's own
+    network namespace): the lab started them."""
+    port = conn.client.get_transport().sock.getsockname()[1]
+    holder = sshlab.host(host).holder_pid_file.read_text().strip()
+    out = subprocess.run(["nsenter", "--target", holder, "--net", "ss", "-tnpH", "state", "established",
+                          f"( sport = :22 and dport = :{port} )"], capture_output=True, text=True, check=True).stdout
+    return sorted({int(pid) for pid in re.findall(r"pid=(\d+)", out)})
+
+
+def test_a_connection_the_host_closes_is_opened_again_for_the_next_command_never_for_a_running_one(sshlab) -> None:
+    from launcher.errors import RunError
+    from launcher.hosts.ssh import connect, run
+    from launcher.spec import load_cluster
+
+    host = load_cluster(sshlab.cluster_file).hosts[0]
+    conn = connect(host)
+    try:
+        marker = f"/tmp/launch-reopen-{os.getpid()}"
+        run(conn, ["rm", "-f", marker])
+        # a command running when the host closes the connection fails, and is not run again
+        serving = _sshd_serving(sshlab, host.name, conn)
+        assert serving, "no sshd found for the connection"
+        killer = threading.Timer(1.0, lambda: [os.kill(pid, signal.SIGKILL) for pid in serving])
+        killer.start()
+        with pytest.raises(RunError, match=r"SSH failed|took longer"):
+            run(conn, ["sh", "-c", 'echo x >> "$0"; sleep 8', marker], timeout=15)
+        deadline = time.monotonic() + 10
+        while conn.client.get_transport().is_active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not conn.client.get_transport().is_active()
+        # the next command gets the connection opened again
+        code, out = run(conn, ["cat", marker])
+        assert (code, out) == (0, "x\n"), (code, out)  # the interrupted command ran once
+        assert _sshd_serving(sshlab, host.name, conn) and set(_sshd_serving(sshlab, host.name, conn)).isdisjoint(serving)
+        run(conn, ["rm", "-f", marker])
+    finally:
+        conn.close()
+
+
+def test_threads_sharing_a_hosts_sftp_session_each_get_their_own_answers(sshlab) -> None:
+    """Lease renewals and reads of a node's output share one SFTP session per host, from several
+    threads: each must get its own answer (paramiko's client, shared unguarded, hands one thread's
+    answer to another, which then waits for its own until it times out)."""
+    from launcher.backends.ssh import SshBackend
+    from launcher.spec import load_cluster
+
+    host = load_cluster(sshlab.cluster_file).hosts[0]
+    folder = f"/tmp/launch-sftp-{os.getpid()}"
+    sizes = {f"{folder}/f{i}": 100 + i for i in range(4)}
+    sshlab.ssh(host.name, " && ".join([f"mkdir -p {folder}"] + [f"head -c {n} /dev/zero > {p}" for p, n in sizes.items()]))
+    backend = SshBackend({host.name: host}, None, "run")  # type: ignore[arg-type]
+    wrong: list[str] = []
+
+    def ask(path: str) -> None:
+        for _ in range(150):
+            try:
+                with backend._sftp(host.name) as sftp:
+                    size = sftp.stat(path).st_size
+            except Exception as exc:  # noqa: BLE001 - what went wrong is the test's result
+                wrong.append(f"{path}: {type(exc).__name__} {exc}")
+                return
+            if size != sizes[path]:
+                wrong.append(f"{path}: {size} bytes")
+
+    try:
+        threads = [threading.Thread(target=ask, args=(path,)) for path in sizes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        assert not any(t.is_alive() for t in threads) and not wrong, wrong[:5]
+    finally:
+        backend.close()
+        sshlab.ssh(host.name, f"rm -rf {folder}")

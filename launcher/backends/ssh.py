@@ -17,17 +17,18 @@ import stat
 import tarfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import fabric
 import paramiko
 
 from ..errors import RunError
-from ..hosts.ssh import connect, open_command, pipe_into, run, sftp_files
+from ..hosts.ssh import connect, live_transport, open_command, pipe_into, run, sftp_files
 from ..image.build import shipped_files
 from ..node import contract
-from ..plan import REMOTE_LIB, RUN_LABEL, STOP_GRACE_S, LaunchPlan, NodeKind, NodePlan, PlanOptions, make_plan
+from ..plan import OWN_GROUP, REMOTE_LIB, RUN_LABEL, STOP_GRACE_S, LaunchPlan, NodeKind, NodePlan, PlanOptions, make_plan
 from ..record import outputs
 from ..record.outcome import Phases
 from ..record.rundir import RunPaths
@@ -88,6 +89,7 @@ class SshBackend(WithoutScheduler):
         self.run_id = run_id
         self.conns: dict[str, fabric.Connection] = dict(conns or {})
         self.sftps: dict[str, paramiko.SFTPClient] = {}
+        self.sftp_busy: dict[str, threading.Lock] = {}  # one user of a host's session at a time
         self.lock = threading.Lock()
         self.connecting = {name: threading.Lock() for name in hosts}  # one connect at a time per host
         self.live: dict[str, SshProcess] = {}  # host -> its attached command
@@ -124,21 +126,30 @@ class SshBackend(WithoutScheduler):
             except Exception:  # noqa: BLE001 - closing a session that may be gone already
                 pass
 
-    def _sftp(self, host: str) -> paramiko.SFTPClient:
-        """One SFTP session per host (for leases and reading state), with a short time-out."""
+    @contextmanager
+    def _sftp(self, host: str) -> Iterator[paramiko.SFTPClient]:
+        """The host's SFTP session for leases and reading state (short time-out), one user at a time:
+        paramiko's client can take another thread's reply for its own, and the other then waits forever."""
         with self.lock:
-            client = self.sftps.get(host)
-        if client is None:
-            transport = self.control(host).client.get_transport()
-            if transport is None or not transport.is_active():
-                raise RunError(f"{host}: the SSH connection is closed")
-            channel = transport.open_session(timeout=RENEW_TIMEOUT_S)
-            channel.settimeout(RENEW_TIMEOUT_S)
-            channel.invoke_subsystem("sftp")
-            client = paramiko.SFTPClient(channel)
+            busy = self.sftp_busy.setdefault(host, threading.Lock())
+        with busy:
             with self.lock:
-                self.sftps[host] = client
-        return client
+                client = self.sftps.get(host)
+            if client is None:
+                client = self._open_sftp(host, RENEW_TIMEOUT_S)
+                with self.lock:
+                    self.sftps[host] = client
+            yield client
+
+    def _open_sftp(self, host: str, timeout_s: float) -> paramiko.SFTPClient:
+        try:
+            transport = live_transport(self.control(host))
+        except paramiko.SSHException as exc:
+            raise RunError(f"{host}: {exc}") from None
+        channel = transport.open_session(timeout=timeout_s)
+        channel.settimeout(timeout_s)
+        channel.invoke_subsystem("sftp")
+        return paramiko.SFTPClient(channel)
 
     # ---- starting
     def _prepare(self, node: NodePlan, secrets: dict[str, str]) -> fabric.Connection:
@@ -194,7 +205,8 @@ class SshBackend(WithoutScheduler):
         """Touch the node's lease; an answer from the host that the file is not there (the node has
         ended and its folder went) still counts as an answer."""
         try:
-            self._sftp(node.host).utime(f"{node.node_dir}/{contract.LEASE_FILE}", None)
+            with self._sftp(node.host) as sftp:
+                sftp.utime(f"{node.node_dir}/{contract.LEASE_FILE}", None)
         except (EOFError, paramiko.SSHException, socket.timeout, ConnectionError) as exc:
             self._drop_sftp(node.host)
             raise RunError(str(exc) or type(exc).__name__) from None
@@ -213,7 +225,7 @@ class SshBackend(WithoutScheduler):
             code, out = run(conn, self._ps(node), timeout=30)
             record["alive"] = code == 0 and bool(out.split())
         else:
-            probe = 'pg=$(cat "$0" 2>/dev/null) && kill -0 -"$pg" 2>/dev/null'
+            probe = OWN_GROUP + 'kill -0 -"$pg" 2>/dev/null'
             code, _ = run(conn, ["sh", "-c", probe, node.pid_file or "/nonexistent"], timeout=30)
             record["alive"] = code == 0
         return record
@@ -233,7 +245,7 @@ class SshBackend(WithoutScheduler):
             return live.output.read(offset)
         log_dir, _ = contract.node_dirs(node.node_dir, node.host)
         try:
-            with self._sftp(node.host).open(f"{log_dir}/{contract.NODE_OUTPUT}", "rb") as fh:
+            with self._sftp(node.host) as sftp, sftp.open(f"{log_dir}/{contract.NODE_OUTPUT}", "rb") as fh:
                 fh.seek(offset)
                 return fh.read(OUTPUT_CHUNK)
         except FileNotFoundError:
@@ -265,7 +277,7 @@ class SshBackend(WithoutScheduler):
         """SIGTERM the process group the node's supervisor leads (it stops torchrun and kills what is
         below it after the grace period), then SIGKILL the group if the supervisor is still there."""
         script = (
-            'pg=$(cat "$0" 2>/dev/null) || exit 0; kill -TERM -"$pg" 2>/dev/null || exit 0; i=0; '
+            OWN_GROUP + 'kill -TERM -"$pg" 2>/dev/null || exit 0; i=0; '
             'while kill -0 -"$pg" 2>/dev/null && [ "$i" -lt "$1" ]; do sleep 0.2; i=$((i+1)); done; '
             'kill -0 -"$pg" 2>/dev/null || exit 0; kill -KILL -"$pg" 2>/dev/null; echo "forced $pg"; exit 0'
         )
@@ -298,22 +310,22 @@ class SshBackend(WithoutScheduler):
         """Copy the node's logs, metrics and outputs into the run directory, then remove its part of
         the run (its own folder, which keeps checkpoints and outputs for --resume, stays)."""
         conn = self.control(node.host)
-        sftp = self._sftp(node.host)
-        # its reads time out, so a host that goes silent now cannot hang the launcher; longer than a
-        # renewal's, as a busy host may pause between the chunks of a large log
-        sftp.get_channel().settimeout(COLLECT_TIMEOUT_S)
-        remote_logs, remote_metrics = contract.node_dirs(node.node_dir, node.host)
-        for remote, local in ((remote_logs, self.paths.host_logs_dir(node.host)), (remote_metrics, self.paths.metrics_dir)):
-            local.mkdir(parents=True, exist_ok=True)
-            try:
-                entries = sftp.listdir_attr(remote)
-            except FileNotFoundError:  # the node never got as far as making it
-                continue
-            for entry in entries:
-                if stat.S_ISREG(entry.st_mode or 0) and not entry.filename.endswith(".tmp"):
-                    sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
-        if node.state_dir:
-            self._collect_outputs(sftp, node, plan)
+        # a session of its own (a renewal still under way keeps the shared one); its reads time out, so
+        # a host that goes silent now cannot hang the launcher; longer than a renewal's, as a busy host
+        # may pause between the chunks of a large log
+        with self._open_sftp(node.host, COLLECT_TIMEOUT_S) as sftp:
+            remote_logs, remote_metrics = contract.node_dirs(node.node_dir, node.host)
+            for remote, local in ((remote_logs, self.paths.host_logs_dir(node.host)), (remote_metrics, self.paths.metrics_dir)):
+                local.mkdir(parents=True, exist_ok=True)
+                try:
+                    entries = sftp.listdir_attr(remote)
+                except FileNotFoundError:  # the node never got as far as making it
+                    continue
+                for entry in entries:
+                    if stat.S_ISREG(entry.st_mode or 0) and not entry.filename.endswith(".tmp"):
+                        sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
+            if node.state_dir:
+                self._collect_outputs(sftp, node, plan)
         # a run's own folder that kept nothing (its container could not remove its mount points) goes too
         run(conn, ["sh", "-c", 'rm -rf "$0"; rmdir "${0%/*}" "$1/checkpoints" "$1/work" "$1" 2>/dev/null; true',
                    node.node_dir, node.state_dir or "/nonexistent"])

@@ -18,6 +18,8 @@ import re
 import shlex
 import socket
 import stat
+import threading
+import weakref
 from pathlib import Path
 from typing import Sequence
 
@@ -142,13 +144,46 @@ def connect(host: Host, timeout: float = 10) -> fabric.Connection:
         raise RunError(f"{where}: SSH failed: {exc}") from None
     except (OSError, socket.timeout, EOFError) as exc:
         raise RunError(f"{where}: cannot connect: {exc or type(exc).__name__}") from None
-    transport = conn.client.get_transport()
-    if transport is not None:  # opening a command's channel on a host that went silent fails in time
-        transport.channel_timeout = CHANNEL_OPEN_TIMEOUT_S
+    _limit_channel_opens(conn)
     return conn
 
 
+def _limit_channel_opens(conn: fabric.Connection) -> None:
+    transport = conn.client.get_transport()
+    if transport is not None:  # opening a command's channel on a host that went silent fails in time
+        transport.channel_timeout = CHANNEL_OPEN_TIMEOUT_S
+
+
 _TRANSPORT_ERRORS = (paramiko.SSHException, OSError, EOFError, socket.timeout)
+_LOCKS = threading.Lock()
+_REOPENING: "weakref.WeakKeyDictionary[paramiko.SSHClient, threading.Lock]" = weakref.WeakKeyDictionary()
+_GIVEN_UP: "weakref.WeakSet[paramiko.SSHClient]" = weakref.WeakSet()  # could not be opened again: host lost
+
+
+def live_transport(conn: fabric.Connection) -> paramiko.Transport:
+    """The connection's transport for a new command, opened again if the host closed it since the
+    last command (sshd restarted, an idle link dropped by a firewall); once that fails, the host is
+    taken for lost. A command that was running when it closed is never run again: it failed with it."""
+    transport = conn.client.get_transport()
+    if transport is not None and transport.is_active():
+        return transport
+    with _LOCKS:  # threads share connections: one of them opens it again, the others wait for it
+        lock = _REOPENING.setdefault(conn.client, threading.Lock())
+    with lock:
+        transport = conn.client.get_transport()
+        if transport is not None and transport.is_active():
+            return transport
+        if conn.client in _GIVEN_UP:
+            raise paramiko.SSHException("the connection is closed")
+        conn.close()
+        try:
+            conn.open()
+        except _TRANSPORT_ERRORS as exc:
+            _GIVEN_UP.add(conn.client)
+            raise paramiko.SSHException(f"the connection was closed and could not be opened again: "
+                                        f"{str(exc) or type(exc).__name__}") from None
+        _limit_channel_opens(conn)
+        return conn.client.get_transport()
 
 
 def run(conn: fabric.Connection, argv: Sequence[str], timeout: float = 120) -> tuple[int, str]:
@@ -162,10 +197,7 @@ def run(conn: fabric.Connection, argv: Sequence[str], timeout: float = 120) -> t
 def open_command(conn: fabric.Connection, argv: Sequence[str]) -> paramiko.Channel:
     """Start a command whose stdout and stderr come back merged on the returned channel."""
     try:
-        transport = conn.client.get_transport()
-        if transport is None or not transport.is_active():
-            raise paramiko.SSHException("the connection is closed")
-        channel = transport.open_session()
+        channel = live_transport(conn).open_session()
         channel.set_combine_stderr(True)
         channel.exec_command(shlex.join(argv))
     except _TRANSPORT_ERRORS as exc:
@@ -185,7 +217,11 @@ def pipe_into(conn: fabric.Connection, argv: Sequence[str], data: bytes, timeout
         output = channel.makefile("rb").read().decode(errors="replace")
         if not channel.status_event.wait(timeout):
             raise socket.timeout()
-        return channel.recv_exit_status(), output
+        code = channel.recv_exit_status()
+        transport = channel.get_transport()
+        if code == -1 and (transport is None or not transport.is_active()):  # no status: the connection ended
+            raise RunError(f"{conn.host}: SSH failed: the connection closed while `{shlex.join(argv)[:80]}` ran")
+        return code, output
     except socket.timeout:
         raise RunError(f"{conn.host}: `{shlex.join(argv)[:80]}` took longer than {timeout:g} s") from None
     except _TRANSPORT_ERRORS as exc:

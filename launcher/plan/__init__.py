@@ -8,13 +8,13 @@ per node, `layout` (its folders), `command` (supervisor, torchrun, rank wrapper)
 
 from .command import SUPERVISOR_MODULE
 from .container import RUN_LABEL
-from .hostproc import DETACHED_OUTPUT, REMOTE_LIB
+from .hostproc import DETACHED_OUTPUT, OWN_GROUP, REMOTE_LIB
 from .layout import run_state_dir, workdir_copies
 from .make import check_hosts, make_plan
 from .model import STOP_GRACE_S, LaunchPlan, NodeKind, NodePlan, PlanOptions
 from .ports import rdzv_port
 
 __all__ = [
-    "DETACHED_OUTPUT", "REMOTE_LIB", "RUN_LABEL", "STOP_GRACE_S", "SUPERVISOR_MODULE", "LaunchPlan", "NodeKind",
+    "DETACHED_OUTPUT", "OWN_GROUP", "REMOTE_LIB", "RUN_LABEL", "STOP_GRACE_S", "SUPERVISOR_MODULE", "LaunchPlan", "NodeKind",
     "NodePlan", "PlanOptions", "check_hosts", "make_plan", "rdzv_port", "run_state_dir", "workdir_copies",
 ]
