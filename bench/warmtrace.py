@@ -86,7 +86,7 @@ def _caller() -> str:
 
 def _command_label(args) -> str:
     from launcher.hosts import ports
-    from launcher.plan import HOST_WRAPPER
+    from launcher.plan.hostproc import HOST_WRAPPER
     from launcher.sync import hosts as sync
 
     argv = list(args[1]) if len(args) > 1 else []
