@@ -123,7 +123,7 @@ def _install(tracer: Tracer) -> None:
     tracer.wrap(ssh, "as_ssh_reaches", lambda a: "read ssh config per host", lambda a: "")
     for name in ("plan_for", "send", "prune"):
         tracer.wrap(sync, name, lambda a, name=name: f"workdir {name}", conn_host)
-    for name in ("reach", "detect_nics", "provide_workdir"):
+    for name in ("connect_all", "detect_nics", "provide_workdir"):
         tracer.wrap(deploy, name, lambda a, name=name: f"deploy.{name}", lambda a: "")
     for name in ("_prepare", "collect", "close", "renew"):
         tracer.wrap(lab.SshBackend, name, lambda a, name=name: f"SshBackend.{name}",

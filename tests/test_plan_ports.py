@@ -3,7 +3,6 @@ look, and both ask the same probe the same ports (`launcher.plan.ports`, `launch
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -36,15 +35,6 @@ class _Stop(Exception):
     """Raised where the launch would go on to plan and start its nodes."""
 
 
-@dataclass
-class _Reached:
-    conns: dict
-    nics: dict = field(default_factory=dict)
-
-    def close(self) -> None:
-        pass
-
-
 class _Conn:
     def close(self) -> None:
         pass
@@ -63,7 +53,8 @@ def asked(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     monkeypatch.setattr(ssh, "as_ssh_reaches", lambda hosts: hosts)
     monkeypatch.setattr(ssh, "connect", lambda host: _Conn())
     monkeypatch.setattr(ssh, "run", lambda conn, argv, timeout=60: (0, "docker=24.0\ngpus=0\ntorch=2.4.0\n"))
-    monkeypatch.setattr(deploy, "reach", lambda hosts: _Reached({h.name: _Conn() for h in hosts}))
+    monkeypatch.setattr(deploy, "connect_all", lambda hosts: {h.name: _Conn() for h in hosts})
+    monkeypatch.setattr(deploy, "detect_nics", lambda hosts, conns: {})
     for planner in (deploy, local):
         monkeypatch.setattr(planner, "make_plan", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
     return questions

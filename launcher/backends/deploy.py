@@ -7,7 +7,6 @@ import dataclasses
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import fabric
@@ -30,18 +29,6 @@ from ..sync.transfer import Transfer, shared_transfers
 from ..hosts.parallel import on_every_host
 from ..hosts.ssh import connect, run
 
-
-
-@dataclass
-class Reached:
-    """Open connections to every host of a run, and the interface each reaches rank 0 by."""
-
-    conns: dict[str, fabric.Connection]
-    nics: dict[str, str] = field(default_factory=dict)
-
-    def close(self) -> None:
-        for conn in self.conns.values():
-            conn.close()
 
 
 def connect_all(hosts: tuple[Host, ...]) -> dict[str, fabric.Connection]:
@@ -173,17 +160,6 @@ def describe_deployment(job: JobSpec, hosts: tuple[Host, ...], manifest: Manifes
         for conn in conns.values():
             conn.close()
     return "\n".join(lines)
-
-
-def reach(hosts: tuple[Host, ...]) -> Reached:
-    """Connect to every host and find the NICs the plan needs; nothing is started on them."""
-    conns = connect_all(hosts)
-    try:
-        return Reached(conns, detect_nics(hosts, conns))
-    except BaseException:
-        for conn in conns.values():
-            conn.close()
-        raise
 
 
 def detect_nics(hosts: tuple[Host, ...], conns: dict[str, fabric.Connection]) -> dict[str, str]:
@@ -345,25 +321,28 @@ def _ship_with_progress(client, tag: str, conns: dict[str, fabric.Connection], a
 
 def prepare_lab(backend, job: JobSpec, hosts: tuple[Host, ...], run_id: str, options: PlanOptions,
                 manifest: Manifest, say, phases: Phases) -> LaunchPlan:
-    """Get the lab hosts ready for the run and plan it: reach them (and find their NICs), check rank
-    0's ports, get the job's image onto them, sync the workdir. `backend` keeps the connections."""
+    """Get the lab hosts ready for the run and plan it: reach them, then at once find their NICs,
+    check rank 0's ports, get the job's image onto them and sync the workdir. `backend` keeps the
+    connections."""
     with phases.timing("connect"):
-        reached = reach(hosts)
-    backend.conns.update(reached.conns)
+        conns = connect_all(hosts)
+    backend.conns.update(conns)  # closed by the backend from here on
     addresses = {h.name: h.net_address for h in hosts if not h.is_local}  # where the hosts reach each other
 
     def workdir() -> None:
         with phases.timing("workdir"):
-            provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), reached.conns, say, backend.tidy_ups,
+            provide_workdir(job.workdir, manifest, lab_folders(job, hosts, options), conns, say, backend.tidy_ups,
                             addresses)
 
-    with ThreadPoolExecutor(max_workers=1) as pool:  # the workdir goes while the ports are asked and the image comes
+    # the NICs are found and the workdir goes while the ports are asked and the image comes
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        nics = pool.submit(detect_nics, hosts, conns)
         copied = pool.submit(workdir)
         first = hosts[0]
-        check_ports_free(f"{first.name} (rank 0's host)", first_host_ports(job, hosts), listeners_over(reached.conns[first.name]))
-        plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=reached.nics))
+        check_ports_free(f"{first.name} (rank 0's host)", first_host_ports(job, hosts), listeners_over(conns[first.name]))
+        plan = make_plan(job, hosts, run_id, dataclasses.replace(options, nics=nics.result()))
         if options.image:
-            built = provide_image(job, reached.conns, say, phases, backend.tidy_ups, addresses)
+            built = provide_image(job, conns, say, phases, backend.tidy_ups, addresses)
             assert built.tag == options.image, (built.tag, options.image)
             plan = dataclasses.replace(plan, image_id=built.id)
         copied.result()

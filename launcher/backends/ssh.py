@@ -310,25 +310,35 @@ class SshBackend(WithoutScheduler):
         """Copy the node's logs, metrics and outputs into the run directory, then remove its part of
         the run (its own folder, which keeps checkpoints and outputs for --resume, stays)."""
         conn = self.control(node.host)
-        # a session of its own (a renewal still under way keeps the shared one); its reads time out, so
-        # a host that goes silent now cannot hang the launcher; longer than a renewal's, as a busy host
-        # may pause between the chunks of a large log
-        with self._open_sftp(node.host, COLLECT_TIMEOUT_S) as sftp:
-            remote_logs, remote_metrics = contract.node_dirs(node.node_dir, node.host)
-            for remote, local in ((remote_logs, self.paths.host_logs_dir(node.host)), (remote_metrics, self.paths.metrics_dir)):
-                local.mkdir(parents=True, exist_ok=True)
-                try:
-                    entries = sftp.listdir_attr(remote)
-                except FileNotFoundError:  # the node never got as far as making it
-                    continue
-                for entry in entries:
-                    if stat.S_ISREG(entry.st_mode or 0) and not entry.filename.endswith(".tmp"):
-                        sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
-            if node.state_dir:
-                self._collect_outputs(sftp, node, plan)
+        # the host's session, a renewal still under way waiting for it; its reads time out, so a host
+        # that goes silent now cannot hang the launcher; longer than a renewal's, as a busy host may
+        # pause between the chunks of a large log
+        try:
+            with self._sftp(node.host) as sftp:
+                sftp.get_channel().settimeout(COLLECT_TIMEOUT_S)
+                self._collect_files(sftp, node, plan)
+                sftp.get_channel().settimeout(RENEW_TIMEOUT_S)
+        except BaseException:
+            self._drop_sftp(node.host)
+            raise
         # a run's own folder that kept nothing (its container could not remove its mount points) goes too
         run(conn, ["sh", "-c", 'rm -rf "$0"; rmdir "${0%/*}" "$1/checkpoints" "$1/work" "$1" 2>/dev/null; true',
                    node.node_dir, node.state_dir or "/nonexistent"])
+
+    def _collect_files(self, sftp: paramiko.SFTPClient, node: NodePlan, plan: LaunchPlan) -> None:
+        """The node's logs and metrics, and its outputs (the run's working directory), into the run directory."""
+        remote_logs, remote_metrics = contract.node_dirs(node.node_dir, node.host)
+        for remote, local in ((remote_logs, self.paths.host_logs_dir(node.host)), (remote_metrics, self.paths.metrics_dir)):
+            local.mkdir(parents=True, exist_ok=True)
+            try:
+                entries = sftp.listdir_attr(remote)
+            except FileNotFoundError:  # the node never got as far as making it
+                continue
+            for entry in entries:
+                if stat.S_ISREG(entry.st_mode or 0) and not entry.filename.endswith(".tmp"):
+                    sftp.get(f"{remote}/{entry.filename}", str(Path(local) / entry.filename))
+        if node.state_dir:
+            self._collect_outputs(sftp, node, plan)
 
     def _collect_outputs(self, sftp: paramiko.SFTPClient, node: NodePlan, plan: LaunchPlan) -> None:
         """What the ranks wrote in their working directory (`launcher.run.outputs`), up to the limit."""

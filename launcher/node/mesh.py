@@ -117,6 +117,7 @@ class Mesh:
         self.members: dict[int, Member] = {}  # node 0: by node rank
         self.coordinator_host = host  # node 0's name, once it has said it
         self.mlock = threading.Lock()
+        self.member_ended = threading.Condition(self.mlock)
         self.conn: socket.socket | None = None
         self.ended = threading.Event()
         self.restarting = 0  # node 0: the attempt the group is moving to
@@ -225,6 +226,7 @@ class Mesh:
         code = message.number if message.number is not None else 1
         with self.mlock:
             self.members[rank].ended = code
+            self.member_ended.notify_all()
             restarting = self.restarting > self.sup.attempt
         if message.cause is not None:  # it was stopped: the others stop alike
             self._stop_all(message.cause, message.reason or f"node {rank} ({host}) stopped")
@@ -359,13 +361,13 @@ class Mesh:
                 self._stop_all(contract.STOPPED_FOR_PEER_FAILED, f"node 0 ({self.sup.args.host}) failed with exit code {code}")
             # a run that succeeded here waits for every member to end (a member that stops answering
             # stops the run); a stopped run has told every member to stop, and waits for none
+            def all_ended() -> bool:
+                return len(self.members) >= self.sup.args.peers - 1 and all(m.ended is not None for m in self.members.values())
+
             while not self.sup.stopping.is_set():
                 with self.mlock:
-                    open_members = [m for m in self.members.values() if m.ended is None]
-                    joined = len(self.members)
-                if not open_members and joined >= self.sup.args.peers - 1:
-                    break
-                time.sleep(0.2)
+                    if self.member_ended.wait_for(all_ended, timeout=0.2):
+                        break
             self.ended.set()
         else:
             stopped = self.sup.stopping.is_set() or preempted
