@@ -225,3 +225,37 @@ def test_threads_sharing_a_hosts_sftp_session_each_get_their_own_answers(sshlab)
     finally:
         backend.close()
         sshlab.ssh(host.name, f"rm -rf {folder}")
+
+
+def test_many_short_commands_at_once_on_one_connection_all_succeed_and_keep_it(sshlab) -> None:
+    """Commands that end as soon as they start, from many threads over one connection: none fails,
+    and the connection is never dropped by the host (an end of input sent after paramiko's CLOSE makes
+    OpenSSH drop the whole connection)."""
+    from launcher.errors import RunError
+    from launcher.hosts.ssh import connect, run
+    from launcher.spec import load_cluster
+
+    host = load_cluster(sshlab.cluster_file).hosts[1]
+    conn = connect(host)
+    transport = conn.client.get_transport()
+    failures: list[str] = []
+
+    def many() -> None:
+        for _ in range(60):
+            try:
+                code, out = run(conn, ["true"])
+                if code != 0:
+                    failures.append(f"exit {code}: {out}")
+            except RunError as exc:
+                failures.append(str(exc))
+
+    try:
+        threads = [threading.Thread(target=many) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert not any(t.is_alive() for t in threads) and not failures, failures[:3]
+        assert conn.client.get_transport() is transport and transport.is_active()  # never dropped, never opened again
+    finally:
+        conn.close()

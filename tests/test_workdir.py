@@ -106,6 +106,21 @@ def test_a_transfer_starts_from_the_nearest_copy_and_sends_only_the_difference(t
     assert "send 2 file(s)" in delta.describe() and "drop 2" in delta.describe()
 
 
+def test_a_host_whose_newest_copy_is_the_workdir_and_that_has_few_needs_no_tidying(tmp_path: Path) -> None:
+    """Tidying a host's copies (touching the one in use, removing the oldest) is skipped after a
+    launch only where it would change nothing."""
+    work = tmp_path / "work"
+    write(work, {"train.py": "v1\n"})
+    v1 = scan(work, tmp_path / "cache")
+    others = ["1" * 16, "2" * 16, "3" * 16]
+    assert plan_transfer("h1", v1, [v1.hash], {}).leaves_copies_tidy(3)
+    assert plan_transfer("h1", v1, [v1.hash, *others[:2]], {}).leaves_copies_tidy(3)
+    assert not plan_transfer("h1", v1, [v1.hash, *others], {}).leaves_copies_tidy(3)  # one too many
+    assert not plan_transfer("h1", v1, [others[0], v1.hash], {}).leaves_copies_tidy(3)  # back to an older copy
+    assert not plan_transfer("h1", v1, others[:1], {}).leaves_copies_tidy(3)  # a new copy
+    assert not plan_transfer("h1", v1, [], {}).leaves_copies_tidy(3)
+
+
 def test_a_large_workdir_is_named_with_its_largest_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     work = tmp_path / "work"
     write(work, {"data/a.bin": b"\0" * 3000, "data/b.bin": b"\0" * 3000, "model.pt": b"\0" * 2000, "train.py": "x\n"})

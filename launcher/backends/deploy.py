@@ -271,10 +271,11 @@ def provide_workdir(workdir: Path, manifest: Manifest, folders: dict[str, str], 
     if failures:
         lines = "; ".join(str(failures[h]) if str(failures[h]).startswith(h) else f"{h}: {failures[h]}" for h in folders if h in failures)
         raise RunError(f"the workdir could not be copied to {len(failures)} host(s): {lines}")
+    untidy = {h: folder for h, folder in folders.items() if not results[h].transfer.leaves_copies_tidy(KEEP)}
     if tidy is None:
-        _prune_copies(manifest, folders, conns, say)
-    else:
-        tidy.append(lambda: _prune_copies(manifest, folders, conns, say))
+        _prune_copies(manifest, untidy, conns, say)
+    elif untidy:
+        tidy.append(lambda: _prune_copies(manifest, untidy, conns, say))
 
 
 def _prune_copies(manifest: Manifest, folders: dict[str, str], conns: dict[str, fabric.Connection], say) -> None:

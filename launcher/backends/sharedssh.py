@@ -12,7 +12,7 @@ from pathlib import Path
 import paramiko
 
 from ..errors import RunError
-from ..hosts.ssh import open_command, pipe_into, run, sftp_files
+from ..hosts.ssh import end_input, open_command, pipe_into, run, sftp_files
 from ..image.build import CACHE
 from ..node import contract
 from ..plan import REMOTE_LIB, LaunchPlan
@@ -72,7 +72,7 @@ class SshShared:
             try:
                 for chunk in client.images.get(tag).save(chunk_size=CHUNK, named=True):
                     channel.sendall(chunk)
-                channel.shutdown_write()
+                end_input(channel)
                 code = channel.recv_exit_status()
             finally:
                 channel.close()

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 from ..errors import RunError, SpecError
 from . import relay
-from .ssh import open_command
+from .ssh import end_input, open_command
 
 RELAY_SOURCE = Path(relay.__file__).read_text()
 IDLE_S = 30.0  # a hop whose input stalls this long ends; the launcher's own feed gives up as late
@@ -203,7 +203,7 @@ def _feed(head: _Running, feed: Callable[[_Framed], None], idle: float) -> None:
         mine = isinstance(exc, RunError)
         _end(head, "upstream" if mine else "lost", f"{'' if mine else 'sending to it failed: '}{exc or type(exc).__name__}")
         try:
-            head.channel.shutdown_write()
+            end_input(head.channel)
         except Exception:  # noqa: BLE001
             pass
 

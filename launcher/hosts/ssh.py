@@ -165,13 +165,13 @@ def live_transport(conn: fabric.Connection) -> paramiko.Transport:
     last command (sshd restarted, an idle link dropped by a firewall); once that fails, the host is
     taken for lost. A command that was running when it closed is never run again: it failed with it."""
     transport = conn.client.get_transport()
-    if transport is not None and transport.is_active():
+    if transport is not None and transport.is_authenticated():  # a channel opened before that is never answered
         return transport
     with _LOCKS:  # threads share connections: one of them opens it again, the others wait for it
         lock = _REOPENING.setdefault(conn.client, threading.Lock())
     with lock:
         transport = conn.client.get_transport()
-        if transport is not None and transport.is_active():
+        if transport is not None and transport.is_authenticated():
             return transport
         if conn.client in _GIVEN_UP:
             raise paramiko.SSHException("the connection is closed")
@@ -184,6 +184,25 @@ def live_transport(conn: fabric.Connection) -> paramiko.Transport:
                                         f"{str(exc) or type(exc).__name__}") from None
         _limit_channel_opens(conn)
         return conn.client.get_transport()
+
+
+def end_input(channel: paramiko.Channel) -> None:
+    """Tell a remote command its input has ended (EOF), unless its channel has closed already.
+
+    paramiko's `shutdown_write` makes the EOF under the channel's lock but sends it after letting go,
+    so when the command ends at that moment paramiko's CLOSE can go out first; OpenSSH then drops the
+    whole connection ("ieof packet referred to nonexistent channel"), every other command on it too.
+    Here the EOF is sent while the lock is held, which paramiko needs to make its CLOSE."""
+    lock, make_eof, transport = (getattr(channel, name, None) for name in ("lock", "_send_eof", "transport"))
+    if lock is None or make_eof is None or not hasattr(transport, "_send_user_message"):
+        channel.shutdown_write()  # a paramiko without these: its own way
+        return
+    with lock:
+        if channel.closed:
+            return
+        message = make_eof()  # None when it was sent already
+        if message is not None:
+            transport._send_user_message(message)
 
 
 def run(conn: fabric.Connection, argv: Sequence[str], timeout: float = 120) -> tuple[int, str]:
@@ -213,7 +232,7 @@ def pipe_into(conn: fabric.Connection, argv: Sequence[str], data: bytes, timeout
         channel.settimeout(timeout)
         if data:
             channel.sendall(data)
-        channel.shutdown_write()
+        end_input(channel)
         output = channel.makefile("rb").read().decode(errors="replace")
         if not channel.status_event.wait(timeout):
             raise socket.timeout()

@@ -178,11 +178,13 @@ class _DirectLoad:
         self.receiver = Receiver(host, have, self.sender.write)
 
     def finish(self, image: _Image) -> ShipResult:
+        from ..hosts.ssh import end_input
+
         r, error, sent_s = self.receiver, None, None
         try:
             self.sender.close()
             sent_s = time.monotonic() - self.started
-            self.channel.shutdown_write()
+            end_input(self.channel)
             output = self.channel.makefile("rb").read().decode(errors="replace")
             failed = r.failed or self.sender.error
             if self.channel.recv_exit_status() != 0 or failed:

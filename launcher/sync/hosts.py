@@ -23,7 +23,7 @@ from typing import Callable
 import fabric
 
 from ..errors import RunError
-from ..hosts.ssh import open_command, run
+from ..hosts.ssh import end_input, open_command, run
 from ..node.contract import replace_file
 from .manifest import Entry, Manifest
 from .transfer import Transfer, plan_transfer
@@ -171,7 +171,7 @@ def send(conn: fabric.Connection, folder: str, workdir: Path, manifest: Manifest
     out = _Channel(channel, on_bytes)
     try:
         _write_stream(out, workdir, manifest, transfer)
-        channel.shutdown_write()
+        end_input(channel)
         output = channel.makefile("rb").read().decode(errors="replace")
         code = channel.recv_exit_status()
     except RunError:

@@ -20,6 +20,12 @@ class Transfer:
     base: str | None = None  # the host's copy the new one starts from (None: from nothing)
     send: tuple[Entry, ...] = ()
     remove: tuple[str, ...] = ()  # paths of the base copy the new one must not have
+    copies: tuple[str, ...] = ()  # the host's copies before it, newest first
+
+    def leaves_copies_tidy(self, keep: int) -> bool:
+        """Whether the host's copies need no tidying after it: it had this very copy as its newest,
+        and no more than `keep` copies."""
+        return self.present and self.copies[:1] == (self.target,) and len(self.copies) <= keep
 
     @property
     def bytes(self) -> int:
@@ -38,23 +44,23 @@ def plan_transfer(host: str, manifest: Manifest, copies: list[str], known: dict[
     known (a copy without one can still be skipped but not started from)."""
     target = manifest.hash
     if target in copies:
-        return Transfer(host, target, present=True)
-    best = Transfer(host, target, present=False, send=manifest.entries)
+        return Transfer(host, target, present=True, copies=tuple(copies))
+    best = Transfer(host, target, present=False, send=manifest.entries, copies=tuple(copies))
     for name in copies:
         if name not in known:
             continue
-        candidate = _from(host, manifest, name, known[name])
+        candidate = _from(host, manifest, name, known[name], copies)
         if candidate.bytes < best.bytes or (candidate.bytes == best.bytes and best.base is None):
             best = candidate
     return best
 
 
-def _from(host: str, manifest: Manifest, name: str, base: Manifest) -> Transfer:
+def _from(host: str, manifest: Manifest, name: str, base: Manifest, copies: list[str]) -> Transfer:
     there = {e.path: e.key for e in base.entries}
     wanted = {e.path: e.key for e in manifest.entries}
     send = tuple(e for e in manifest.entries if there.get(e.path) != e.key)
     remove = tuple(sorted(p for p, key in there.items() if wanted.get(p) != key))
-    return Transfer(host, manifest.hash, present=False, base=name, send=send, remove=remove)
+    return Transfer(host, manifest.hash, present=False, base=name, send=send, remove=remove, copies=tuple(copies))
 
 
 def shared_transfers(transfers: dict[str, Transfer], min_saving: int) -> list[tuple[str, ...]]:
