@@ -197,6 +197,9 @@ def end_input(channel: paramiko.Channel) -> None:
     if lock is None or make_eof is None or not hasattr(transport, "_send_user_message"):
         channel.shutdown_write()  # a paramiko without these: its own way
         return
+    kex_done = getattr(transport, "clear_to_send", None)
+    if kex_done is not None:  # not while keys are being exchanged: paramiko's thread may want the lock then
+        kex_done.wait(CHANNEL_OPEN_TIMEOUT_S)
     with lock:
         if channel.closed:
             return
