@@ -204,15 +204,16 @@ def test_a_host_nodes_pid_file_names_its_group_only_while_the_number_is_still_it
         node = subprocess.Popen(["setsid", "--wait", "sh", "-c", HOST_WRAPPER, str(pid_file), tmp, "", "", "sleep", "30"])
         try:
             deadline = time.monotonic() + 10
-            while not pid_file.exists() or not pid_file.read_text().endswith("\n"):
+            start_file = Path(f"{pid_file}.start")
+            while not start_file.exists() or not start_file.read_text().endswith("\n"):
                 assert time.monotonic() < deadline, "the wrapper wrote no pid file"
                 time.sleep(0.05)
-            leader, start = pid_file.read_text().split()
+            leader, start = pid_file.read_text().strip(), start_file.read_text().strip()
             assert int(leader) == node.pid and os.getpgid(node.pid) == node.pid  # it leads its own group
             assert group_in(pid_file) == leader
-            pid_file.write_text(f"{leader} {int(start) + 1}\n")  # the same number, another process's start
+            start_file.write_text(f"{int(start) + 1}\n")  # the same number, another process's start
             assert group_in(pid_file) is None
-            pid_file.write_text(f"{leader}\n")  # a file from before start times were kept
+            start_file.unlink()  # a pid file from before start times were kept
             assert group_in(pid_file) == leader
         finally:
             node.kill()

@@ -119,6 +119,7 @@ def test_a_host_whose_newest_copy_is_the_workdir_and_that_has_few_needs_no_tidyi
     assert not plan_transfer("h1", v1, [others[0], v1.hash], {}).leaves_copies_tidy(3)  # back to an older copy
     assert not plan_transfer("h1", v1, others[:1], {}).leaves_copies_tidy(3)  # a new copy
     assert not plan_transfer("h1", v1, [], {}).leaves_copies_tidy(3)
+    assert not plan_transfer("h1", v1, [v1.hash], {}, leftovers=True).leaves_copies_tidy(3)  # a transfer's folder is there
 
 
 def test_a_large_workdir_is_named_with_its_largest_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,6 +41,19 @@ COLLECT_TIMEOUT_S = 60.0  # a host silent this long while its files come back ha
 TIDY_TIMEOUT_S = 120.0  # the launcher waits this long at its end for old copies' removal
 
 
+def _usable(client: paramiko.SFTPClient) -> bool:
+    channel = client.get_channel()
+    transport = channel.get_transport() if channel is not None else None
+    return channel is not None and not channel.closed and transport is not None and transport.is_active()
+
+
+def _close_quietly(client: paramiko.SFTPClient) -> None:
+    try:
+        client.close()
+    except Exception:  # noqa: BLE001 - closing a session that may be gone already
+        pass
+
+
 class SshProcess:
     """One node's command (`docker run`, or torchrun for runtime: host) started attached: its output
     read from its SSH channel as it comes."""
@@ -116,30 +129,34 @@ class SshBackend(WithoutScheduler):
                 self.conns[host] = connect(self.hosts[host])
             return self.conns[host]
 
-    def _drop_sftp(self, host: str) -> None:
-        """Let go of a host's SFTP session that failed (closed: a host allows only so many)."""
-        with self.lock:
-            client = self.sftps.pop(host, None)
-        if client is not None:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing a session that may be gone already
-                pass
-
     @contextmanager
     def _sftp(self, host: str) -> Iterator[paramiko.SFTPClient]:
         """The host's SFTP session for leases and reading state (short time-out), one user at a time:
-        paramiko's client can take another thread's reply for its own, and the other then waits forever."""
+        paramiko's client can take another thread's reply for its own, and the other then waits forever.
+        A session whose connection failed, or was opened again since, is let go (closed: a host allows
+        only so many) before the next user comes."""
         with self.lock:
             busy = self.sftp_busy.setdefault(host, threading.Lock())
         with busy:
             with self.lock:
-                client = self.sftps.get(host)
+                client = self.sftps.pop(host, None)
+            if client is not None and not _usable(client):
+                _close_quietly(client)
+                client = None
             if client is None:
                 client = self._open_sftp(host, RENEW_TIMEOUT_S)
-                with self.lock:
-                    self.sftps[host] = client
-            yield client
+            broken = False
+            try:
+                yield client
+            except (EOFError, paramiko.SSHException, socket.timeout, ConnectionError):
+                broken = True
+                raise
+            finally:
+                if broken:
+                    _close_quietly(client)
+                else:  # an answer from the host (a file not there) leaves the session as good as before
+                    with self.lock:
+                        self.sftps[host] = client
 
     def _open_sftp(self, host: str, timeout_s: float) -> paramiko.SFTPClient:
         try:
@@ -208,7 +225,6 @@ class SshBackend(WithoutScheduler):
             with self._sftp(node.host) as sftp:
                 sftp.utime(f"{node.node_dir}/{contract.LEASE_FILE}", None)
         except (EOFError, paramiko.SSHException, socket.timeout, ConnectionError) as exc:
-            self._drop_sftp(node.host)
             raise RunError(str(exc) or type(exc).__name__) from None
         except OSError:  # an SFTP status from the host: it answered
             pass
@@ -251,7 +267,6 @@ class SshBackend(WithoutScheduler):
         except FileNotFoundError:
             return b""
         except (OSError, EOFError, paramiko.SSHException, socket.timeout) as exc:
-            self._drop_sftp(node.host)
             raise RunError(f"{node.host}: cannot read the node's output: {str(exc) or type(exc).__name__}") from None
 
     # ---- stopping and collecting
@@ -313,14 +328,12 @@ class SshBackend(WithoutScheduler):
         # the host's session, a renewal still under way waiting for it; its reads time out, so a host
         # that goes silent now cannot hang the launcher; longer than a renewal's, as a busy host may
         # pause between the chunks of a large log
-        try:
-            with self._sftp(node.host) as sftp:
-                sftp.get_channel().settimeout(COLLECT_TIMEOUT_S)
+        with self._sftp(node.host) as sftp:
+            sftp.get_channel().settimeout(COLLECT_TIMEOUT_S)
+            try:
                 self._collect_files(sftp, node, plan)
+            finally:
                 sftp.get_channel().settimeout(RENEW_TIMEOUT_S)
-        except BaseException:
-            self._drop_sftp(node.host)
-            raise
         # a run's own folder that kept nothing (its container could not remove its mount points) goes too
         run(conn, ["sh", "-c", 'rm -rf "$0"; rmdir "${0%/*}" "$1/checkpoints" "$1/work" "$1" 2>/dev/null; true',
                    node.node_dir, node.state_dir or "/nonexistent"])

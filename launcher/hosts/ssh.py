@@ -19,6 +19,7 @@ import shlex
 import socket
 import stat
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import Sequence
@@ -192,20 +193,34 @@ def end_input(channel: paramiko.Channel) -> None:
     paramiko's `shutdown_write` makes the EOF under the channel's lock but sends it after letting go,
     so when the command ends at that moment paramiko's CLOSE can go out first; OpenSSH then drops the
     whole connection ("ieof packet referred to nonexistent channel"), every other command on it too.
-    Here the EOF is sent while the lock is held, which paramiko needs to make its CLOSE."""
-    lock, make_eof, transport = (getattr(channel, name, None) for name in ("lock", "_send_eof", "transport"))
-    if lock is None or make_eof is None or not hasattr(transport, "_send_user_message"):
+    Here the EOF is sent while the channel's lock is held (paramiko needs it to make its CLOSE), and
+    under the transport's send lock taken first, once no key exchange is under way: paramiko's own
+    thread never waits for that lock while it holds a channel's."""
+    names = ("lock", "_send_eof", "transport")
+    lock, make_eof, transport = (getattr(channel, name, None) for name in names)
+    parts = [getattr(transport, name, None) for name in ("clear_to_send", "clear_to_send_lock", "_send_message")]
+    if lock is None or make_eof is None or None in parts:
         channel.shutdown_write()  # a paramiko without these: its own way
         return
-    kex_done = getattr(transport, "clear_to_send", None)
-    if kex_done is not None:  # not while keys are being exchanged: paramiko's thread may want the lock then
-        kex_done.wait(CHANNEL_OPEN_TIMEOUT_S)
-    with lock:
-        if channel.closed:
-            return
-        message = make_eof()  # None when it was sent already
-        if message is not None:
-            transport._send_user_message(message)
+    clear, send_lock, send = parts
+    deadline = time.monotonic() + CHANNEL_OPEN_TIMEOUT_S
+    while True:  # as paramiko's own sends wait for a key exchange to end
+        if not transport.is_active():
+            return  # the connection is gone: no input to end
+        clear.wait(0.1)
+        send_lock.acquire()
+        if clear.is_set():
+            break
+        send_lock.release()
+        if time.monotonic() > deadline:
+            raise paramiko.SSHException("the key exchange did not end")
+    try:
+        with lock:
+            message = None if channel.closed else make_eof()  # None too when it was sent already
+            if message is not None:
+                send(message)
+    finally:
+        send_lock.release()
 
 
 def run(conn: fabric.Connection, argv: Sequence[str], timeout: float = 120) -> tuple[int, str]:

@@ -9,24 +9,25 @@ from .model import PlanOptions
 
 REMOTE_LIB = "lib"  # runtime: host: what ships with the ranks (`launcher.node`), in the node's run directory
 DETACHED_OUTPUT = "supervisor.log"  # a detached node's own stdout and stderr (its run's lines are in NODE_OUTPUT)
-# runtime: host on a lab host: a process group of its own (setsid), its id and its leader's start time
-# (/proc/PID/stat's 22nd field) in a file so that the launcher can stop it, started in the node's run
-# directory (its supervisor enters the run's working directory), with the inventory's python first
-# on PATH (as for local runs). $0: pid file, $1: directory, $2: that python's folder (may be empty),
-# $3: a file for its output when it runs detached (empty: the SSH channel).
+# runtime: host on a lab host: a process group of its own (setsid), its id in a file (its leader's start
+# time, /proc/PID/stat's 22nd field, in that file's name + ".start") so that the launcher can stop it,
+# started in the node's run directory (its supervisor enters the run's working directory), with the
+# inventory's python first on PATH (as for local runs). $0: pid file, $1: directory, $2: that python's
+# folder (may be empty), $3: a file for its output when it runs detached (empty: the SSH channel).
 HOST_WRAPPER = (
-    'echo "$$ $(sed "s/.*) //" /proc/$$/stat | cut -d" " -f20)" > "$0" && cd "$1" && '
+    'echo $$ > "$0" && sed "s/.*) //" /proc/$$/stat | cut -d" " -f20 > "$0.start" && cd "$1" && '
     '{ [ -z "$2" ] || export PATH="$2:$PATH"; } && '
     '{ [ -z "$3" ] || exec >"$3" 2>&1 </dev/null; } && shift 3 && exec "$@"'
 )
 
 
 # Shell, $0 the pid file: `pg` set to the node's process group, or exit 1 when there is none (no file,
-# or its number now another process's: the same number, a different start time). A group whose leader
-# has gone but whose processes live on is still the node's: Linux gives no number out while a group
-# holds it.
+# or its number now another process's: the same number, a different start time; a pid file without a
+# start time, from an earlier launcher, is taken as it is). A group whose leader has gone but whose
+# processes live on is still the node's: Linux gives no number out while a group holds it.
 OWN_GROUP = (
-    'read -r pg start < "$0" 2>/dev/null || exit 1; now=$(sed "s/.*) //" "/proc/$pg/stat" 2>/dev/null | cut -d" " -f20); '
+    'pg=$(cat "$0" 2>/dev/null) || exit 1; start=$(cat "$0.start" 2>/dev/null); '
+    'now=$(sed "s/.*) //" "/proc/$pg/stat" 2>/dev/null | cut -d" " -f20); '
     '[ -z "$now" ] || [ -z "$start" ] || [ "$now" = "$start" ] || exit 1; '
 )
 

@@ -31,8 +31,10 @@ from .transfer import Transfer, plan_transfer
 _HASH = re.compile(r"[0-9a-f]{16}")
 STALE_PARTIAL_MIN = 60  # a copy left half made by a launch that died is removed after this long
 
-# $0: the copies' folder. Prints its entries, newest first.
-_LIST = 'cd "$0" 2>/dev/null || exit 0; ls -1t'
+# $0: the copies' folder. Prints its entries, newest first, those of transfers under way (or left by
+# a launch that died: `.partial-*`, `.incoming-*`) too.
+_LIST = 'cd "$0" 2>/dev/null || exit 0; ls -1At'
+_UNDER_WAY = re.compile(r"\.(partial|incoming)-.*")
 # $0: folder, $1: hash, $2: the copy to start from ("" for none), $3: a name for this transfer.
 # stdin: a tar of `remove` (NUL-separated paths), `manifest.json.gz`, `files/...` (what is new), and last
 # `complete`: a stream cut short (the launcher saw a file change while sending it) makes nothing.
@@ -82,12 +84,14 @@ class SyncResult:
     via: str | None = None  # the host it came from, down a chain (None: straight from this machine)
 
 
-def copies_on(conn: fabric.Connection, folder: str) -> list[str]:
-    """The workdir copies a host holds, newest first."""
+def copies_on(conn: fabric.Connection, folder: str) -> tuple[list[str], bool]:
+    """The workdir copies a host holds, newest first; and whether a transfer's folder is there too
+    (under way, or left by a launch that died)."""
     code, out = run(conn, ["sh", "-c", _LIST, folder], timeout=60)
     if code != 0:
         raise RunError(f"{conn.host}: cannot list {folder}: {out.strip()[-200:]}")
-    return [name for name in out.split() if _HASH.fullmatch(name)]
+    names = out.split()
+    return [name for name in names if _HASH.fullmatch(name)], any(_UNDER_WAY.fullmatch(name) for name in names)
 
 
 def manifest_on(conn: fabric.Connection, folder: str, name: str, cache: Path) -> Manifest | None:
@@ -106,14 +110,14 @@ def manifest_on(conn: fabric.Connection, folder: str, name: str, cache: Path) ->
 
 def plan_for(conn: fabric.Connection, host: str, folder: str, manifest: Manifest, cache: Path) -> Transfer:
     """What `host` needs to hold this workdir (asks the host; changes nothing)."""
-    copies = copies_on(conn, folder)
+    copies, leftovers = copies_on(conn, folder)
     known: dict[str, Manifest] = {}
     if manifest.hash not in copies:
         for name in copies:
             found = manifest_on(conn, folder, name, cache)
             if found is not None:
                 known[name] = found
-    return plan_transfer(host, manifest, copies, known)
+    return plan_transfer(host, manifest, copies, known, leftovers)
 
 
 def remember(manifest: Manifest, cache: Path) -> None:

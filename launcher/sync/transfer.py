@@ -21,11 +21,12 @@ class Transfer:
     send: tuple[Entry, ...] = ()
     remove: tuple[str, ...] = ()  # paths of the base copy the new one must not have
     copies: tuple[str, ...] = ()  # the host's copies before it, newest first
+    leftovers: bool = False  # the host holds a transfer's folder (under way, or left by a launch that died)
 
     def leaves_copies_tidy(self, keep: int) -> bool:
         """Whether the host's copies need no tidying after it: it had this very copy as its newest,
-        and no more than `keep` copies."""
-        return self.present and self.copies[:1] == (self.target,) and len(self.copies) <= keep
+        no more than `keep` copies and no transfer's folder."""
+        return self.present and self.copies[:1] == (self.target,) and len(self.copies) <= keep and not self.leftovers
 
     @property
     def bytes(self) -> int:
@@ -39,12 +40,14 @@ class Transfer:
                 + (f"; drop {len(self.remove)}" if self.remove else ""))
 
 
-def plan_transfer(host: str, manifest: Manifest, copies: list[str], known: dict[str, Manifest]) -> Transfer:
-    """The transfer to `host`, which holds `copies` (workdir hashes); `known`: their manifests, where
-    known (a copy without one can still be skipped but not started from)."""
+def plan_transfer(host: str, manifest: Manifest, copies: list[str], known: dict[str, Manifest],
+                  leftovers: bool = False) -> Transfer:
+    """The transfer to `host`, which holds `copies` (workdir hashes; `leftovers`: a transfer's folder
+    too); `known`: their manifests, where known (a copy without one can still be skipped but not
+    started from)."""
     target = manifest.hash
     if target in copies:
-        return Transfer(host, target, present=True, copies=tuple(copies))
+        return Transfer(host, target, present=True, copies=tuple(copies), leftovers=leftovers)
     best = Transfer(host, target, present=False, send=manifest.entries, copies=tuple(copies))
     for name in copies:
         if name not in known:
