@@ -366,9 +366,6 @@ class SshBackend(WithoutScheduler):
         with self.lock:
             sftps, self.sftps = list(self.sftps.values()), {}
         for client in sftps:
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing a connection that may be gone already
-                pass
+            _close_quietly(client)
         for conn in list(self.conns.values()):
             conn.close()
