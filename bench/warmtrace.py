@@ -197,7 +197,7 @@ def _kind(argv: list[str]) -> str | None:
     if len(argv) < 2 or "python" not in os.path.basename(argv[0]):
         return None
     module = argv[2] if argv[1] == "-m" and len(argv) > 2 else ""
-    named = {"launcher.node.supervisor": "node supervisor", "torch.distributed.run": "torchrun",
+    named = {"launcher.node.supervisor": "node supervisor", "torch.distributed.run": "torchrun", "launcher.node.torchrun": "torchrun",
              "launcher.node.rankexec": "rank wrapper"}
     return named.get(module) or ("job" if "job.py" in argv[1:3] else None)
 

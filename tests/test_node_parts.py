@@ -219,3 +219,34 @@ def test_a_host_nodes_pid_file_names_its_group_only_while_the_number_is_still_it
             node.kill()
             node.wait()
         assert group_in(Path(tmp) / "none.pid") is None
+
+
+# ---- launcher.node.torchrun
+_PROBED_TORCHRUN = """\
+import atexit, runpy, sys
+class Teardown:
+    def __del__(self):
+        print("teardown ran", flush=True)
+sys.modules["teardown_probe"] = Teardown()  # deleted only when the interpreter takes its modules apart
+atexit.register(lambda: print("exit handlers ran", flush=True))
+sys.argv = ["torchrun", *sys.argv[1:]]
+runpy.run_module("launcher.node.torchrun", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("exit_code", [0, 3])
+def test_torchrun_ends_without_teardown_after_success_and_as_torchrun_does_after_a_failure(tmp_path: Path,
+                                                                                            exit_code: int) -> None:
+    rank = f"import sys; print('rank says hi'); sys.exit({exit_code})"
+    out = subprocess.run([sys.executable, "-c", _PROBED_TORCHRUN, "--standalone", "--nproc-per-node=1", "--max-restarts=0",
+                          "--no-python", sys.executable, "-c", rank],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert "rank says hi" in out.stdout, out
+    assert "exit handlers ran" in out.stdout, out
+    if exit_code == 0:
+        assert out.returncode == 0, out
+        assert "teardown ran" not in out.stdout, out  # the 0.2-0.4 s of CPU it costs after `import torch`
+    else:  # torchrun's own failure: its report, exit code 1, and the interpreter's usual exit
+        assert out.returncode == 1, out
+        assert "ChildFailedError" in out.stderr, out
+        assert "teardown ran" in out.stdout, out

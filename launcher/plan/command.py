@@ -10,6 +10,7 @@ from .ports import rdzv_port, supervisors_port
 
 RANK_WRAPPER_MODULE = "launcher.node.rankexec"
 SUPERVISOR_MODULE = "launcher.node.supervisor"
+TORCHRUN_MODULE = "launcher.node.torchrun"  # torchrun, ended without its teardown once it succeeded
 PEER_TIMEOUT_S = 10.0  # a node that has not been heard from for this long is lost; the others stop
 
 
@@ -26,7 +27,7 @@ def _torchrun(job: JobSpec, host: Host, python: str, node_rank: int, nproc: int 
               run_id: str, options: PlanOptions) -> list[str]:
     """torchrun's command line on one node: its rank, the rendezvous on the first node, no restarts of its own."""
     torchrun = [
-        python, "-m", "torch.distributed.run",
+        python, "-m", TORCHRUN_MODULE,
         f"--nnodes={nnodes}",
         f"--node-rank={node_rank}",
         f"--nproc-per-node={nproc}",

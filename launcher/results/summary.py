@@ -178,7 +178,7 @@ def _size(count: int) -> str:
 
 
 def describe_killed(processes: list[dict]) -> str:
-    """`rank 0: python train.py (pid 12), rank 0's wrapper (pid 11), pid 9 (python -m torch.distributed.run ...)`."""
+    """`rank 0: python train.py (pid 12), rank 0's wrapper (pid 11), pid 9 (python -m launcher.node.torchrun ...)`."""
     parts = []
     for proc in processes:
         command = str(proc.get("command") or "?")
