@@ -250,3 +250,30 @@ def test_torchrun_ends_without_teardown_after_success_and_as_torchrun_does_after
         assert out.returncode == 1, out
         assert "ChildFailedError" in out.stderr, out
         assert "teardown ran" in out.stdout, out
+
+
+_ENDING = """\
+import atexit, sys, threading, time
+from launcher.node.procs import end_now
+class Teardown:
+    def __del__(self):
+        print("teardown ran", flush=True)
+sys.modules["teardown_probe"] = Teardown()
+atexit.register(lambda: print("exit handlers ran", flush=True))
+if sys.argv[1] == "thread":
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread ended", flush=True))).start()
+sys.stdout.write("buffered, not flushed\\n")
+end_now(3)
+"""
+
+
+@pytest.mark.parametrize("with_thread", [False, True])
+def test_end_now_keeps_the_code_output_and_exit_handlers_and_waits_for_threads(tmp_path: Path, with_thread: bool) -> None:
+    out = subprocess.run([sys.executable, "-c", _ENDING, "thread" if with_thread else "alone"], capture_output=True,
+                         text=True, timeout=60, cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert out.returncode == 3, out
+    assert "buffered, not flushed" in out.stdout and "exit handlers ran" in out.stdout, out
+    if with_thread:  # the interpreter's usual exit: it waits for the thread, then takes its modules apart
+        assert "thread ended" in out.stdout and "teardown ran" in out.stdout, out
+    else:
+        assert "teardown ran" not in out.stdout, out

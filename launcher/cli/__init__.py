@@ -10,6 +10,7 @@ import traceback
 
 from .. import __version__
 from ..errors import EXIT_FAILED, EXIT_INTERRUPTED, LaunchError
+from ..node.procs import end_now
 from . import job as job_commands
 from . import runs as run_commands
 from .parsing import command_first, not_a_mistyped_command, split_extra
@@ -24,6 +25,12 @@ HANDLERS = {  # every command of parsing.COMMANDS: its parser, and what carries 
     "report": (job_commands.report_parser, job_commands.report),
     "check": (job_commands.check_parser, job_commands.check),
 }
+
+
+def entry() -> None:
+    """The `launch` command and `python -m launcher`: `main`, then the process ends without the
+    interpreter's teardown (`end_now`: 0.04 s of the user's wait)."""
+    end_now(main())
 
 
 def main(argv: list[str] | None = None) -> int:

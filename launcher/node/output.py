@@ -7,6 +7,7 @@ launcher. A full or read-only disk costs the files, never the lines on the conso
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -84,3 +85,11 @@ class NodeOutput:
                 except OSError:
                     pass
             self.file = None
+
+
+def open_or_null(path: str):
+    """The file for appending, or /dev/null when it cannot be opened (a full or read-only disk)."""
+    try:
+        return open(path, "ab", buffering=0)
+    except OSError:
+        return open(os.devnull, "ab", buffering=0)

@@ -1,14 +1,18 @@
 """Linux process helpers for the node side (standard library only): parent-death signals, the
-subreaper flag, a process's descendants, whether a pid is still what we think it is, and the one
-way processes are stopped (`terminate`: SIGTERM, a grace period, SIGKILL)."""
+subreaper flag, a process's descendants, whether a pid is still what we think it is, the one
+way processes are stopped (`terminate`: SIGTERM, a grace period, SIGKILL), and a quick end of
+one's own (`end_now`)."""
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import signal
+import sys
+import threading
 import time
-from typing import Callable
+from typing import Callable, NoReturn
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -117,3 +121,19 @@ def describe_process(pid: int) -> dict:
     except OSError:
         pass
     return {"pid": pid, "rank": rank, "command": command[:120]}
+
+
+def end_now(code: int) -> NoReturn:
+    """End this process with `code` as the interpreter's own exit would, less its teardown: taking
+    hundreds of modules apart costs the launcher 0.04 s and a process that imported torch 0.2 to
+    0.4 s of CPU, which one process per node on shared cores adds up. The exit handlers run and the
+    output is flushed first. While another non-daemon thread runs, the usual exit, which waits for it."""
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # what the interpreter's exit runs first: logging's flush, finalizers
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)

@@ -15,9 +15,9 @@ It makes a node's part end on its own, whatever happens to the launcher:
   times: the whole group restarts on every host, with the same node ranks;
 - on SIGTERM/SIGINT/SIGHUP (`launch stop`, `docker kill`) it stops torchrun too.
 Stopping is SIGTERM to torchrun's process group, then SIGKILL to every process descended from the
-supervisor (it is their subreaper) after `--grace` seconds. Throughout, it writes every line of
-torchrun's output to the node's output file (and to its stdout with `--echo`), torchrun's own lines
-to its log (`output`), and the node's state to `contract.NODE_STATUS`. Standard library only.
+supervisor (its subreaper) after `--grace` s. It writes every line of torchrun's output to the node's
+output file (and stdout with `--echo`), torchrun's own lines to its log, the node's state to
+`contract.NODE_STATUS`. Standard library only.
 """
 
 from __future__ import annotations
@@ -29,12 +29,15 @@ import subprocess
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from . import contract, workspace
-from .mesh import Mesh
-from .output import NodeOutput
+from .output import NodeOutput, open_or_null
 from .progress import Progress
 from .procs import become_subreaper, descendants, describe_process, die_with_parent, kill_after_grace, kill_all, signal_group
+
+if TYPE_CHECKING:
+    from .mesh import Mesh
 
 PROGRESS_S = 3.0  # how often the ranks' progress is read from their metrics files and sent
 LEASE_GRACE_S = 5.0  # when the lease ran out nobody waits for the ranks: a shorter grace period
@@ -200,6 +203,7 @@ class Supervisor:
             signal.signal(signal.Signals[self.args.preempt_signal], self._on_preempt)
         self.write_status(contract.RUNNING)  # before the copies: a long one is a node at work, not a lost one
         if self.args.peers > 1:
+            from .mesh import Mesh  # here: a node on its own starts its torchrun without it
             self.mesh = Mesh(self)
             self.mesh.start()
         if self.args.lease:
@@ -325,7 +329,7 @@ class Supervisor:
         self.child = child
         if self.stopping.is_set() or self.restart_to > self.attempt:  # asked to end while starting
             self._end_child()
-        with _open_or_null(os.path.join(self.log_dir, contract.AGENT_LOG)) as agent_log:
+        with open_or_null(os.path.join(self.log_dir, contract.AGENT_LOG)) as agent_log:
             assert child.stdout is not None
             for line in iter(lambda: child.stdout.readline(contract.LINE_MAX + 4096), b""):  # a rank's piece and its prefix
                 if not line.endswith(b"\n"):
@@ -351,14 +355,6 @@ class Supervisor:
 def _torchrun_dies_with_supervisor() -> None:
     """torchrun gets SIGTERM if the supervisor itself is killed (SIGKILL, OOM): it stops its ranks."""
     die_with_parent(signal.SIGTERM)
-
-
-def _open_or_null(path: str):
-    """The file for appending, or /dev/null when it cannot be opened (a full or read-only disk)."""
-    try:
-        return open(path, "ab", buffering=0)
-    except OSError:
-        return open(os.devnull, "ab", buffering=0)
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
