@@ -85,6 +85,7 @@ def _caller() -> str:
 
 
 def _command_label(args) -> str:
+    from launcher.backends import ssh as lab
     from launcher.hosts import ports
     from launcher.plan.hostproc import HOST_WRAPPER
     from launcher.sync import hosts as sync
@@ -92,12 +93,12 @@ def _command_label(args) -> str:
     argv = list(args[1]) if len(args) > 1 else []
     script = argv[2] if argv[:2] == ["sh", "-c"] and len(argv) > 2 else ""
     named = {ports._LISTENERS: "port check (ss)", sync._LIST: "list workdir copies", sync._PRUNE: "prune workdir copies",
-             sync._RECEIVE: "receive workdir"}
+             sync._RECEIVE: "receive workdir", lab._START: "start node (folders, helpers, then setsid supervisor ...)"}
     if script in named:
         return named[script]
     if HOST_WRAPPER in argv:
         return "start node (setsid supervisor ...)"
-    for needle, label in (("mkdir -p", "mkdir run folders + lease"), ("rmdir", "remove node dir"), ("cat >", "write secrets"),
+    for needle, label in (("cat >", "write secrets"), ("rmdir", "remove node dir"),
                           ("kill -TERM", "stop process group")):
         if needle in script:
             return label
@@ -120,12 +121,13 @@ def _install(tracer: Tracer) -> None:
     tracer.wrap(ssh, "connect", lambda a: "ssh connect (TCP, kex, auth)", lambda a: a[0].name)
     tracer.wrap(ssh, "pipe_into", _command_label, conn_host)
     tracer.wrap(ssh, "open_command", lambda a: "open channel + exec: " + _command_label(a), conn_host)
+    tracer.wrap(ssh, "open_after", lambda a: "until ready: " + _command_label(a), conn_host)
     tracer.wrap(ssh, "as_ssh_reaches", lambda a: "read ssh config per host", lambda a: "")
     for name in ("plan_for", "send", "prune"):
         tracer.wrap(sync, name, lambda a, name=name: f"workdir {name}", conn_host)
     for name in ("connect_all", "detect_nics", "provide_workdir"):
         tracer.wrap(deploy, name, lambda a, name=name: f"deploy.{name}", lambda a: "")
-    for name in ("_prepare", "collect", "close", "renew"):
+    for name in ("_start", "collect", "close", "renew"):
         tracer.wrap(lab.SshBackend, name, lambda a, name=name: f"SshBackend.{name}",
                     node_host if name != "close" else (lambda a: ""))
     for name in ("scan", "render"):

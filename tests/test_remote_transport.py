@@ -1,8 +1,18 @@
-"""Pure unit tests of the SSH transport's bookkeeping (its SSH behaviour is tested on the lab)."""
+"""Unit tests of the SSH transport: its bookkeeping, and the start command as a host's shell runs it
+(its SSH behaviour is tested on the lab)."""
 
 from __future__ import annotations
 
-from launcher.backends.ssh import SshBackend
+import io
+import os
+import stat
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from launcher.backends.ssh import _READY, _START, SshBackend
 
 
 class _Session:
@@ -23,3 +33,41 @@ def test_closing_while_a_renewal_drops_a_session_closes_every_session() -> None:
     transport.sftps.update({"h1": first, "h2": second})  # type: ignore[dict-item]
     transport.close()
     assert first.closed and second.closed and transport.sftps == {}
+
+
+def _helpers_tar() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        data = b"shipped"
+        info = tarfile.TarInfo("lib/launcher/node/x.py")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("with_helpers", [True, False])
+def test_a_node_starts_in_one_command_with_private_folders_and_the_users_umask(tmp_path: Path, with_helpers: bool) -> None:
+    """The start command as a host's shell runs it: folders 0700 and the lease made, the helpers
+    unpacked from stdin, the ready line, then the node's command with the user's own umask."""
+    node = tmp_path / "runs" / "r1" / "h1"
+    folders = [node / "logs" / "h1", node / "metrics", tmp_path / "state" / "checkpoints", tmp_path / "state" / "work"]
+    argv = ["sh", "-c", _START, "tar" if with_helpers else "-", *map(str, folders), str(node / "lease"), str(node),
+            "sh", "-c", 'umask; echo "node runs in $(pwd)"']
+    out = subprocess.run(argv, input=_helpers_tar() if with_helpers else b"", capture_output=True, timeout=30,
+                         cwd=tmp_path, preexec_fn=lambda: os.umask(0o022))
+    assert out.returncode == 0, out
+    assert out.stdout == _READY + f"0022\nnode runs in {tmp_path}\n".encode(), out
+    for folder in (*folders, tmp_path / "runs"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700, folder
+    assert (node / "lease").is_file()
+    assert (node / "lib/launcher/node/x.py").exists() == with_helpers
+
+
+def test_a_node_whose_folders_cannot_be_made_never_runs_and_says_why(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    argv = ["sh", "-c", _START, "-", *[str(tmp_path / "file" / "sub")] * 4, str(tmp_path / "lease"), str(tmp_path),
+            "sh", "-c", "echo the node ran"]
+    out = subprocess.run(argv, input=b"", capture_output=True, timeout=30)
+    assert out.returncode != 0
+    assert _READY not in out.stdout and b"the node ran" not in out.stdout
+    assert b"Not a directory" in out.stderr, out

@@ -25,7 +25,7 @@ import fabric
 import paramiko
 
 from ..errors import RunError
-from ..hosts.ssh import connect, live_transport, open_command, pipe_into, run, sftp_files
+from ..hosts.ssh import connect, live_transport, open_after, pipe_into, run, sftp_files
 from ..image.build import shipped_files
 from ..node import contract
 from ..plan import OWN_GROUP, REMOTE_LIB, RUN_LABEL, STOP_GRACE_S, LaunchPlan, NodeKind, NodePlan, PlanOptions, make_plan
@@ -39,6 +39,15 @@ from .base import EXTRA_WAIT_S, OUTPUT_CHUNK, LiveOutput, WithoutScheduler, star
 RENEW_TIMEOUT_S = 5.0
 COLLECT_TIMEOUT_S = 60.0  # a host silent this long while its files come back has failed the copy
 TIDY_TIMEOUT_S = 120.0  # the launcher waits this long at its end for old copies' removal
+START_TIMEOUT_S = 120.0  # a node's start command silent this long has failed
+
+# A node's start, in one command: its folders made private to the SSH user (umask 077, in a subshell:
+# the node keeps the user's umask), with $0 "tar" what ships with the ranks unpacked from stdin, the
+# lease there before the node starts (renewing it never fails on a healthy host); then a line saying
+# so, and the node's own command in the shell's place.
+_READY = b"launch: the node's folders are ready\n"
+_START = ('( umask 077 && mkdir -p "$1" "$2" "$3" "$4" && touch "$5" && { [ "$0" != tar ] || tar -xz -C "$6"; } ) '
+          f'|| exit 1; echo "{_READY.decode().strip()}"; shift 6; exec "$@"')
 
 
 def _usable(client: paramiko.SFTPClient) -> bool:
@@ -58,12 +67,13 @@ class SshProcess:
     """One node's command (`docker run`, or torchrun for runtime: host) started attached: its output
     read from its SSH channel as it comes."""
 
-    def __init__(self, backend: "SshBackend", node: NodePlan, channel: paramiko.Channel) -> None:
+    def __init__(self, backend: "SshBackend", node: NodePlan, channel: paramiko.Channel, first: bytes = b"") -> None:
         self.backend = backend
         self.node = node
         self.channel = channel
         self.code: int | None = None
-        self.output = LiveOutput(lambda: channel.recv(1 << 16))
+        pending = [first] if first else []  # what came with the start command's last line
+        self.output = LiveOutput(lambda: pending.pop() if pending else channel.recv(1 << 16))
 
     def poll(self) -> int | None:
         if self.code is None and self.channel.exit_status_ready():
@@ -169,27 +179,6 @@ class SshBackend(WithoutScheduler):
         return paramiko.SFTPClient(channel)
 
     # ---- starting
-    def _prepare(self, node: NodePlan, secrets: dict[str, str]) -> fabric.Connection:
-        conn = self.control(node.host)
-        # umask 077: the run's folders (and the user's folder above them) are private to the SSH user;
-        # the lease is there before the node starts, so renewing it never fails on a healthy host
-        make = 'umask 077 && mkdir -p "$0" "$1" "$2" "$3" && touch "$4"'
-        folders = [*contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir,
-                   f"{node.state_dir}/{contract.STATE_WORK}", f"{node.node_dir}/{contract.LEASE_FILE}"]
-        if node.kind is NodeKind.HOST_PROCESS:  # with what ships with the ranks, in the same round trip
-            code, out = pipe_into(conn, ["sh", "-c", make + ' && tar -xz -C "$5"', *folders, node.node_dir], self._helpers())
-        else:
-            code, out = run(conn, ["sh", "-c", make, *folders])
-        if code != 0:
-            raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()[-300:]}")
-        if node.secrets:
-            # created 0600 from the start (umask), its content through stdin: never on a command line
-            data = contract.format_secrets({name: secrets[name] for name in node.secrets})
-            code, _ = pipe_into(conn, ["sh", "-c", 'umask 077 && cat > "$0"', f"{node.node_dir}/{contract.SECRETS_FILE}"], data)
-            if code != 0:
-                raise RunError(f"{node.host}: cannot write the secrets file in {node.node_dir}")
-        return conn
-
     def submit(self, plan: LaunchPlan, secrets: dict[str, str], attached: bool) -> None:
         start_every_node(plan, lambda node: self._start(node, secrets, attached), lambda node: self.stop(node, STOP_GRACE_S))
         if self.tidy_ups:  # out of the start's way
@@ -197,11 +186,29 @@ class SshBackend(WithoutScheduler):
             self.tidying.start()
 
     def _start(self, node: NodePlan, secrets: dict[str, str], attached: bool) -> None:
-        conn = self._prepare(node, secrets)
+        """The node's folders made, what ships with the ranks unpacked, then the node's command: one
+        round trip (two with secrets, written first)."""
+        conn = self.control(node.host)
+        if node.secrets:
+            # created 0600 from the start (umask), its content through stdin: never on a command line
+            data = contract.format_secrets({name: secrets[name] for name in node.secrets})
+            code, _ = pipe_into(conn, ["sh", "-c", 'umask 077 && mkdir -p "${0%/*}" && cat > "$0"',
+                                       f"{node.node_dir}/{contract.SECRETS_FILE}"], data)
+            if code != 0:
+                raise RunError(f"{node.host}: cannot write the secrets file in {node.node_dir}")
+        helpers = self._helpers() if node.kind is NodeKind.HOST_PROCESS else b""
+        folders = [*contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir,
+                   f"{node.state_dir}/{contract.STATE_WORK}", f"{node.node_dir}/{contract.LEASE_FILE}"]
+        argv = ["sh", "-c", _START, "tar" if helpers else "-", *folders, node.node_dir, *node.argv]
         if attached:
-            self.live[node.host] = SshProcess(self, node, open_command(conn, node.argv))
+            channel, said = open_after(conn, argv, helpers, _READY, START_TIMEOUT_S)
+            if channel is None:
+                raise RunError(f"{node.host}: cannot make {node.node_dir}: {said.decode(errors='replace').strip()[-300:]}")
+            self.live[node.host] = SshProcess(self, node, channel, said)
             return
-        code, out = run(conn, node.argv, timeout=120)
+        code, out = pipe_into(conn, argv, helpers, timeout=START_TIMEOUT_S)
+        if _READY.decode() not in out:
+            raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()[-300:]}")
         if code != 0:
             raise RunError(f"{node.host}: the node did not start (exit code {code}): {out.strip()[-300:]}")
 

@@ -267,6 +267,35 @@ def pipe_into(conn: fabric.Connection, argv: Sequence[str], data: bytes, timeout
         channel.close()
 
 
+def open_after(conn: fabric.Connection, argv: Sequence[str], data: bytes, marker: bytes,
+               timeout: float) -> tuple[paramiko.Channel | None, bytes]:
+    """Start a command, give it `data` as its whole input, and wait until its output holds `marker`
+    (a line it writes once its first steps are done): its channel, streaming on, and the output that
+    came after the marker; or, when the command ended first, None and all it said. RunError when the
+    host says nothing for `timeout` seconds, or the connection fails."""
+    channel = open_command(conn, argv)
+    said = b""
+    try:
+        channel.settimeout(timeout)
+        if data:
+            channel.sendall(data)
+        end_input(channel)
+        while marker not in said:
+            chunk = channel.recv(1 << 16)
+            if not chunk:
+                channel.close()
+                return None, said
+            said += chunk
+        channel.settimeout(None)
+        return channel, said.split(marker, 1)[1]
+    except socket.timeout:
+        channel.close()
+        raise RunError(f"{conn.host}: `{shlex.join(argv)[:80]}` said nothing for {timeout:g} s") from None
+    except _TRANSPORT_ERRORS as exc:
+        channel.close()
+        raise RunError(f"{conn.host}: SSH failed: {str(exc) or type(exc).__name__}") from None
+
+
 def sftp_files(sftp: paramiko.SFTPClient, folder: str) -> list[tuple[str, int]]:
     """Every regular file under `folder` on the host, as (path relative to it, size); links are not
     followed, nor listed; a folder that is gone or private is passed over."""
