@@ -63,6 +63,10 @@ def _close_quietly(client: paramiko.SFTPClient) -> None:
         pass
 
 
+def _cannot_make(node: NodePlan, said: str) -> RunError:
+    return RunError(f"{node.host}: cannot make {node.node_dir}: {said.strip()[-300:]}")
+
+
 class SshProcess:
     """One node's command (`docker run`, or torchrun for runtime: host) started attached: its output
     read from its SSH channel as it comes."""
@@ -192,10 +196,10 @@ class SshBackend(WithoutScheduler):
         if node.secrets:
             # created 0600 from the start (umask), its content through stdin: never on a command line
             data = contract.format_secrets({name: secrets[name] for name in node.secrets})
-            code, _ = pipe_into(conn, ["sh", "-c", 'umask 077 && mkdir -p "${0%/*}" && cat > "$0"',
-                                       f"{node.node_dir}/{contract.SECRETS_FILE}"], data)
+            code, out = pipe_into(conn, ["sh", "-c", 'umask 077 && mkdir -p "${0%/*}" && cat > "$0"',
+                                         f"{node.node_dir}/{contract.SECRETS_FILE}"], data)
             if code != 0:
-                raise RunError(f"{node.host}: cannot write the secrets file in {node.node_dir}")
+                raise _cannot_make(node, out)
         helpers = self._helpers() if node.kind is NodeKind.HOST_PROCESS else b""
         folders = [*contract.node_dirs(node.node_dir, node.host), node.checkpoint_dir,
                    f"{node.state_dir}/{contract.STATE_WORK}", f"{node.node_dir}/{contract.LEASE_FILE}"]
@@ -203,12 +207,12 @@ class SshBackend(WithoutScheduler):
         if attached:
             channel, said = open_after(conn, argv, helpers, _READY, START_TIMEOUT_S)
             if channel is None:
-                raise RunError(f"{node.host}: cannot make {node.node_dir}: {said.decode(errors='replace').strip()[-300:]}")
+                raise _cannot_make(node, said.decode(errors="replace"))
             self.live[node.host] = SshProcess(self, node, channel, said)
             return
         code, out = pipe_into(conn, argv, helpers, timeout=START_TIMEOUT_S)
         if _READY.decode() not in out:
-            raise RunError(f"{node.host}: cannot make {node.node_dir}: {out.strip()[-300:]}")
+            raise _cannot_make(node, out)
         if code != 0:
             raise RunError(f"{node.host}: the node did not start (exit code {code}): {out.strip()[-300:]}")
 
