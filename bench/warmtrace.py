@@ -93,7 +93,7 @@ def _command_label(args) -> str:
     argv = list(args[1]) if len(args) > 1 else []
     script = argv[2] if argv[:2] == ["sh", "-c"] and len(argv) > 2 else ""
     named = {ports._LISTENERS: "port check (ss)", sync._LIST: "list workdir copies", sync._PRUNE: "prune workdir copies",
-             sync._RECEIVE: "receive workdir", lab._START: "start node (folders, helpers, then setsid supervisor ...)"}
+             sync._RECEIVE: "receive workdir", lab._START: "start node (folders, helpers, then its command)"}
     if script in named:
         return named[script]
     if HOST_WRAPPER in argv:
@@ -308,7 +308,7 @@ def print_trace(n: int, spans: list[dict], ended: float, phases: dict[str, float
     console.print(f"N={n}: phases (summary.json): " + ", ".join(f"{k} {v:.2f} s" for k, v in phases.items()))
     groups: dict[tuple[str, str], list[dict]] = {}
     for span in spans:
-        if span["what"] != "SshTransport.renew" and not span["what"].startswith("event "):
+        if span["what"] != "SshBackend.renew" and not span["what"].startswith("event "):
             groups.setdefault((span["what"], span["where"]), []).append(span)
     table = Table(title=f"N={n}: the launcher's steps and SSH round trips, grouped over hosts (seconds from the command's start)")
     for col in ("first start", "last end", "calls", "how", "median (s)", "max (s)", "sum (s)", "what", "where (launcher/...)"):
@@ -321,9 +321,11 @@ def print_trace(n: int, spans: list[dict], ended: float, phases: dict[str, float
                       f"{statistics.median(durations):.3f}", f"{max(durations):.3f}", f"{sum(durations):.3f}",
                       "  " * min(s["depth"] for s in found) + what, where)
     console.print(table)
-    renewals = [s for s in spans if s["what"] == "SshTransport.renew"]
+    renewals = [s for s in spans if s["what"] == "SshBackend.renew"]
     console.print(f"N={n}: {len(renewals)} lease renewals (sftp utime, one thread per host) while it ran")
 
 
 if __name__ == "__main__":
-    sys.exit(traced_launch(sys.argv[1], sys.argv[3:]))
+    from launcher.node.procs import end_now  # as `launch` ends
+
+    end_now(traced_launch(sys.argv[1], sys.argv[3:]))

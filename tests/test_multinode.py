@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.plan.layout import RUNS_FOLDER
 from conftest import (PROBE, ROOT, assert_secret_nowhere, containers, host_runtime_job, lab_job, launch, read_until, run_id_of, spawn,
                       start_launcher)
 
@@ -164,18 +166,25 @@ def test_accept_new_records_unknown_keys_but_refuses_a_changed_one(tmp_path: Pat
     assert not (tmp_path / "runs2").exists()
 
 
-def test_a_node_that_cannot_start_fails_the_run_and_the_others_are_cleaned_up(tmp_path: Path, lab, base_image: str) -> None:
+# a file where a folder of h3's part of the run goes: the folder its secrets are written to first, or
+# the run's own folder, which the node's one start command makes
+@pytest.mark.parametrize("blocked", ["/tmp/launch-runs-root", f"/var/tmp/launch-jobs-root/lab-probe/{RUNS_FOLDER}"])
+def test_a_node_that_cannot_start_fails_the_run_and_the_others_are_cleaned_up(tmp_path: Path, lab, base_image: str,
+                                                                               blocked: str) -> None:
     job = lab_job(tmp_path, lab, base_image, PROBE, ["--steps", "600", "--sleep", "0.1"], extra="secrets: [API_TOKEN]\n")
-    lab.ssh("h3", "rm -rf /tmp/launch-runs-root && touch /tmp/launch-runs-root")  # a file where h3's run folder goes
+    aside = shlex.quote(blocked + ".aside")
+    lab.ssh("h3", f"mkdir -p {shlex.quote(blocked.rsplit('/', 1)[0])} && "
+                  f"{{ [ ! -e {shlex.quote(blocked)} ] || mv {shlex.quote(blocked)} {aside}; }} && touch {shlex.quote(blocked)}")
     try:
         result = launch(str(job), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={"API_TOKEN": "x-9"})
     finally:
-        lab.ssh("h3", "rm -f /tmp/launch-runs-root")
+        lab.ssh("h3", f"rm -f {shlex.quote(blocked)}; [ ! -e {aside} ] || mv {aside} {shlex.quote(blocked)}")
     assert result.returncode == 1, result.stdout[-2000:] + result.stderr
     summary = json.loads(next((tmp_path / "runs").glob("*/summary.json")).read_text())
-    assert summary["status"] == "failed" and summary["reason"].startswith("could not start node h3: h3: cannot make")
+    assert summary["status"] == "failed" and summary["reason"].startswith("could not start node h3: h3: cannot make"), summary
+    assert "Not a directory" in summary["reason"] or "File exists" in summary["reason"], summary["reason"]
     assert containers(lab) == {"h1": [], "h2": [], "h3": []}
-    for host in ("h1", "h2"):  # started nodes were stopped and their files (the secrets too) removed
+    for host in ("h1", "h2", "h3"):  # every node stopped, and its files (the secrets too) removed
         assert lab.ssh(host, f"test -e /tmp/launch-runs-root/{summary['run_id']}", check=False).returncode == 1
 
 

@@ -252,6 +252,23 @@ def test_torchrun_ends_without_teardown_after_success_and_as_torchrun_does_after
         assert "teardown ran" in out.stdout, out
 
 
+def test_torchrun_that_holds_the_store_of_several_nodes_ends_the_usual_way(tmp_path: Path) -> None:
+    """Node 0's torchrun serves the rendezvous store the other nodes leave their exit barrier through."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-c", _PROBED_TORCHRUN, "--nnodes=2", f"--node-rank={rank}", "--nproc-per-node=1",
+                               "--master-addr=127.0.0.1", f"--master-port={port}", "--max-restarts=0", "--no-python",
+                               sys.executable, "-c", "print('rank says hi')"],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+             for rank in (0, 1)]
+    (out0, err0), (out1, err1) = (node.communicate(timeout=120) for node in nodes)
+    assert [node.returncode for node in nodes] == [0, 0], (err0, err1)
+    assert "rank says hi" in out0 and "rank says hi" in out1
+    assert "teardown ran" in out0 and "teardown ran" not in out1, (out0, out1)
+
+
 _ENDING = """\
 import atexit, sys, threading, time
 from launcher.node.procs import end_now

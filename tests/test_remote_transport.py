@@ -8,11 +8,15 @@ import os
 import stat
 import subprocess
 import tarfile
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from launcher.backends.ssh import _READY, _START, SshBackend
+from launcher.backends.ssh import _READY, _START, SshBackend, SshProcess
+from launcher.errors import RunError
+from launcher.hosts import ssh
 
 
 class _Session:
@@ -71,3 +75,53 @@ def test_a_node_whose_folders_cannot_be_made_never_runs_and_says_why(tmp_path: P
     assert out.returncode != 0
     assert _READY not in out.stdout and b"the node ran" not in out.stdout
     assert b"Not a directory" in out.stderr, out
+
+
+class _Channel:
+    """A command's channel as paramiko hands it out: what it was sent, then `chunks` of output."""
+
+    def __init__(self, chunks: list[bytes], exit_status: int = 0, connected: bool = True) -> None:
+        self.chunks, self.exit_status, self.connected = list(chunks), exit_status, connected
+        self.sent, self.input_ended, self.closed = b"", False, False
+        self.status_event = threading.Event()
+        self.status_event.set()
+
+    def settimeout(self, _timeout) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += data
+
+    def shutdown_write(self) -> None:
+        self.input_ended = True
+
+    def recv(self, _size: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+    def get_transport(self):
+        return SimpleNamespace(is_active=lambda: self.connected)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _open_after(monkeypatch, channel: _Channel):
+    monkeypatch.setattr(ssh, "open_command", lambda conn, argv: channel)
+    return ssh.open_after(SimpleNamespace(host="h1"), ["start"], b"helpers", _READY, 5)
+
+
+def test_open_after_hands_on_what_follows_a_marker_split_across_reads(monkeypatch) -> None:
+    channel = _Channel([b"tar: a warning\n" + _READY[:10], _READY[10:] + b"node line 1\n", b"node line 2\n"])
+    opened, rest = _open_after(monkeypatch, channel)
+    assert opened is channel and rest == b"node line 1\n"
+    assert channel.sent == b"helpers" and channel.input_ended and not channel.closed
+    process = SshProcess(None, SimpleNamespace(host="h1"), channel, rest)  # type: ignore[arg-type]
+    assert process.output.ended.wait(5)
+    assert process.output.read(0) == b"node line 1\nnode line 2\n"
+
+
+def test_open_after_tells_a_command_that_ended_from_a_connection_that_did(monkeypatch) -> None:
+    opened, said = _open_after(monkeypatch, _Channel([b"mkdir: cannot create directory\n"], exit_status=1))
+    assert opened is None and said == b"mkdir: cannot create directory\n"
+    with pytest.raises(RunError, match="h1: SSH failed: the connection closed"):
+        _open_after(monkeypatch, _Channel([b"partial"], exit_status=-1, connected=False))

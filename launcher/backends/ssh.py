@@ -211,10 +211,11 @@ class SshBackend(WithoutScheduler):
             self.live[node.host] = SshProcess(self, node, channel, said)
             return
         code, out = pipe_into(conn, argv, helpers, timeout=START_TIMEOUT_S)
-        if _READY.decode() not in out:
-            raise _cannot_make(node, out)
+        before, ready, after = out.partition(_READY.decode())
+        if not ready:
+            raise _cannot_make(node, before)
         if code != 0:
-            raise RunError(f"{node.host}: the node did not start (exit code {code}): {out.strip()[-300:]}")
+            raise RunError(f"{node.host}: the node did not start (exit code {code}): {after.strip()[-300:]}")
 
     def _helpers(self) -> bytes:
         """runtime: host: what ships with the ranks (the node supervisor, the rank wrapper), as a

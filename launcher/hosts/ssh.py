@@ -282,8 +282,13 @@ def open_after(conn: fabric.Connection, argv: Sequence[str], data: bytes, marker
         end_input(channel)
         while marker not in said:
             chunk = channel.recv(1 << 16)
-            if not chunk:
+            if not chunk:  # the command ended, or the connection did
+                channel.status_event.wait(timeout)
+                transport = channel.get_transport()
+                lost = channel.exit_status == -1 and (transport is None or not transport.is_active())
                 channel.close()
+                if lost:
+                    raise RunError(f"{conn.host}: SSH failed: the connection closed while `{shlex.join(argv)[:80]}` ran")
                 return None, said
             said += chunk
         channel.settimeout(None)
