@@ -188,3 +188,22 @@ def test_an_unusable_launchignore_is_one_clear_error(tmp_path: Path) -> None:
     (work / ".launchignore").write_text("ok/\n\\\n")
     with pytest.raises(SpecError, match=r"\.launchignore: .*pattern"):
         scan(work, tmp_path / "cache")
+
+
+def test_a_file_gone_between_the_listing_and_its_hash_is_left_out_of_the_copy(tmp_path: Path, monkeypatch) -> None:
+    """Another program's temporary file in the workdir (a run directory another launch writes in), renamed
+    away after the walk listed it and before it was read."""
+    workdir = tmp_path / "work"
+    (workdir / "logs").mkdir(parents=True)
+    (workdir / "train.py").write_text("print('hi')\n")
+    (workdir / "logs" / ".status.json.12.tmp").write_text("{}")
+    real = manifest_module._sha256
+
+    def renamed_away(path: Path) -> str:
+        if path.name.endswith(".tmp"):
+            path.unlink()
+        return real(path)
+
+    monkeypatch.setattr(manifest_module, "_sha256", renamed_away)
+    manifest = scan(workdir, tmp_path / "cache")
+    assert [entry.path for entry in manifest.entries] == ["train.py"]

@@ -222,7 +222,11 @@ def scan(workdir: Path, cache_dir: Path, skip: tuple[Path, ...] = ()) -> Manifes
             continue
         st = item.stat
         assert st is not None
-        entries.append(Entry(item.path, bool(st.st_mode & 0o100), st.st_size, cache.sha(workdir / item.path, item.path, st)))
+        try:
+            digest = cache.sha(workdir / item.path, item.path, st)
+        except FileNotFoundError:  # gone since the walk (another program's temporary file): not in the copy
+            continue
+        entries.append(Entry(item.path, bool(st.st_mode & 0o100), st.st_size, digest))
     cache.save()
     return Manifest(tuple(entries), tuple(left_out))
 
