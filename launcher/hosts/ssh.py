@@ -247,24 +247,37 @@ def pipe_into(conn: fabric.Connection, argv: Sequence[str], data: bytes, timeout
     and merged output. RunError when the host says nothing for `timeout` seconds."""
     channel = open_command(conn, argv)
     try:
-        channel.settimeout(timeout)
-        if data:
-            channel.sendall(data)
-        end_input(channel)
+        _feed(channel, data, timeout)
         output = channel.makefile("rb").read().decode(errors="replace")
         if not channel.status_event.wait(timeout):
             raise socket.timeout()
-        code = channel.recv_exit_status()
-        transport = channel.get_transport()
-        if code == -1 and (transport is None or not transport.is_active()):  # no status: the connection ended
-            raise RunError(f"{conn.host}: SSH failed: the connection closed while `{shlex.join(argv)[:80]}` ran")
-        return code, output
+        if _connection_ended(channel):
+            raise _ended_while(conn, argv)
+        return channel.recv_exit_status(), output
     except socket.timeout:
         raise RunError(f"{conn.host}: `{shlex.join(argv)[:80]}` took longer than {timeout:g} s") from None
     except _TRANSPORT_ERRORS as exc:
         raise RunError(f"{conn.host}: SSH failed: {str(exc) or type(exc).__name__}") from None
     finally:
         channel.close()
+
+
+def _feed(channel: paramiko.Channel, data: bytes, timeout: float) -> None:
+    """A started command's whole input, then its end."""
+    channel.settimeout(timeout)
+    if data:
+        channel.sendall(data)
+    end_input(channel)
+
+
+def _connection_ended(channel: paramiko.Channel) -> bool:
+    """The channel ended with no exit status because its connection did."""
+    transport = channel.get_transport()
+    return channel.exit_status == -1 and (transport is None or not transport.is_active())
+
+
+def _ended_while(conn: fabric.Connection, argv: Sequence[str]) -> RunError:
+    return RunError(f"{conn.host}: SSH failed: the connection closed while `{shlex.join(argv)[:80]}` ran")
 
 
 def open_after(conn: fabric.Connection, argv: Sequence[str], data: bytes, marker: bytes,
@@ -276,19 +289,15 @@ def open_after(conn: fabric.Connection, argv: Sequence[str], data: bytes, marker
     channel = open_command(conn, argv)
     said = b""
     try:
-        channel.settimeout(timeout)
-        if data:
-            channel.sendall(data)
-        end_input(channel)
+        _feed(channel, data, timeout)
         while marker not in said:
             chunk = channel.recv(1 << 16)
             if not chunk:  # the command ended, or the connection did
                 channel.status_event.wait(timeout)
-                transport = channel.get_transport()
-                lost = channel.exit_status == -1 and (transport is None or not transport.is_active())
+                lost = _connection_ended(channel)
                 channel.close()
                 if lost:
-                    raise RunError(f"{conn.host}: SSH failed: the connection closed while `{shlex.join(argv)[:80]}` ran")
+                    raise _ended_while(conn, argv)
                 return None, said
             said += chunk
         channel.settimeout(None)
