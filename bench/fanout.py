@@ -6,19 +6,21 @@ hosts' traffic to each other is bridged past it) at --rate (200 Mbit/s).
 - by hand: `docker save BASE | ssh host docker load` to every host in parallel;
 - launch: `launch job.yaml` of a one-step job on that base (its own layers are a few kB), the whole
   launch from the command to the summary; the image part of it (the `ship` phase) beside it.
-Per case: seconds, bytes out of this machine (the bridge's counter), and the ratio to the 1-host time
+The launch compresses its stream as far as the link is the bottleneck (LAUNCH_IMAGE_COMPRESSION,
+--compression sets it for the launches; by hand sends the plain `docker save`). Per case: seconds, bytes out of this machine (the bridge's counter), and the ratio to the 1-host time
 of the same way; for the launch also when the last host had the whole stream (from its lines), and
 for scale `docker load` of the image into that many hosts at once from a file here, no network: the
 simulated hosts share this machine's 2 cores and disk, so N engines unpacking at once take about N
 times one (real hosts unpack side by side). Light hosts: each has only sshd and dockerd. Needs root
 and scripts/setup-lab.sh.
-    .venv/bin/python bench/fanout.py [--hosts 1,3,6] [--rate 200mbit]
+    .venv/bin/python bench/fanout.py [--hosts 1,3,6] [--rate 200mbit] [--compression auto|on|off] [--launch-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -92,7 +94,7 @@ def loads_alone(lab: simlab.Lab, archive: Path, n: int) -> float:
     return time.perf_counter() - start
 
 
-def launched(lab: simlab.Lab, base: str, n: int, tmp: Path) -> tuple[float, float, float, str]:
+def launched(lab: simlab.Lab, base: str, n: int, tmp: Path, compression: str) -> tuple[float, float, float, str]:
     """Seconds of the whole launch, of its `ship` phase, until every host had the whole stream, and
     the launcher's image lines."""
     workdir = tmp / "job"
@@ -104,7 +106,8 @@ def launched(lab: simlab.Lab, base: str, n: int, tmp: Path) -> tuple[float, floa
                    f"image: {{base: '{base}'}}\nruntime: docker\ntimeout: 30m\n")
     runs = tmp / "runs"
     start = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(runs)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "launcher", str(job), "--runs-dir", str(runs)], capture_output=True, text=True,
+                       env={**os.environ, "LAUNCH_IMAGE_COMPRESSION": compression})
     seconds = time.perf_counter() - start
     if r.returncode != 0:
         sys.exit(f"launch failed:\n{r.stdout[-3000:]}\n{r.stderr}")
@@ -122,6 +125,7 @@ def main() -> None:
     parser.add_argument("--hosts", default="1,3,6")
     parser.add_argument("--rate", default="200mbit")
     parser.add_argument("--launch-only", action="store_true", help="skip the by-hand baseline (no ratios to it)")
+    parser.add_argument("--compression", default="auto", choices=("auto", "on", "off"), help="LAUNCH_IMAGE_COMPRESSION for the launches")
     args = parser.parse_args()
     counts = [int(n) for n in args.hosts.split(",")]
     console = Console(width=200)
@@ -146,7 +150,7 @@ def main() -> None:
                 hand_bytes = bytes_out(lab) - before
                 empty_stores(lab)
                 before = bytes_out(lab)
-                total, ship, stream, lines = launched(lab, base, n, tmp)
+                total, ship, stream, lines = launched(lab, base, n, tmp, args.compression)
                 ours = bytes_out(lab) - before
                 console.print(f"[dim]{n} host(s): by hand {hand:.1f} s, launch {total:.1f} s (ship {ship:.1f} s), "
                               f"docker load alone {alone:.1f} s\n{lines}[/dim]")
@@ -155,7 +159,8 @@ def main() -> None:
         subprocess.run(["tc", "qdisc", "del", "dev", lab.bridge, "root"], check=False)
         empty_stores(lab)  # the hosts' stores outlive the lab: 1.2 GB each otherwise
         lab.down()
-    table = Table(title=f"cold launch of {base} ({size / 1e9:.2f} GB) with this machine's link at {args.rate}")
+    table = Table(title=f"cold launch of {base} ({size / 1e9:.2f} GB) with this machine's link at {args.rate}, "
+                        f"the launch's compression {args.compression}")
     columns = ("hosts", "by hand s", "by hand GB out", "by hand / 1 host", "launch s", "ship s", "stream at every host s",
                "launch GB out", "launch / 1 host", "stream / 1 host", "docker load alone s", "launch / by hand")
     for column in columns:

@@ -39,16 +39,19 @@ def test_bad_input_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, job
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("value", ["soon", "0", "1e9"])
-def test_a_bad_relay_idle_time_exits_2_before_anything_is_made(tmp_path: Path, value: str) -> None:
-    """LAUNCH_RELAY_IDLE_S is read for lab runs; a bad value stops the launch before its run
-    directory, before any host is reached (the inventory's host is a documentation address)."""
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    *(("LAUNCH_RELAY_IDLE_S", v, "expected a number of seconds from 3 to 3600") for v in ("soon", "0", "1e9")),
+    ("LAUNCH_IMAGE_COMPRESSION", "gzip", "expected one of auto, on, off"),
+])
+def test_a_bad_transfer_setting_exits_2_before_anything_is_made(tmp_path: Path, name: str, value: str, expected: str) -> None:
+    """LAUNCH_RELAY_IDLE_S and LAUNCH_IMAGE_COMPRESSION are read for lab runs; a bad value stops the
+    launch before its run directory, before any host is reached (the inventory's host is a
+    documentation address)."""
     (tmp_path / "cluster.yaml").write_text("hosts:\n  - name: far\n    address: 192.0.2.10\n")
     (tmp_path / "job.yaml").write_text("cluster: cluster.yaml\ncommand: [python, x.py]\n")
-    result = launch(str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path,
-                    env={"LAUNCH_RELAY_IDLE_S": value})
+    result = launch(str(tmp_path / "job.yaml"), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path, env={name: value})
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr.splitlines() == [f"launch: error: LAUNCH_RELAY_IDLE_S={value!r}: expected a number of seconds from 3 to 3600"]
+    assert result.stderr.splitlines() == [f"launch: error: {name}={value!r}: {expected}"]
     assert not (tmp_path / "runs").exists()
 
 

@@ -194,10 +194,10 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
         if result.skipped:
             say(f"{host}: has the image already")
         elif not result.error and result.via:
-            say(f"{host}: received {_size(result.bytes_sent)} from {result.via} (a chain of hosts){_timing(result)}, for the "
+            say(f"{host}: received {_size(result.bytes_sent)}{_packed(result)} from {result.via} (a chain of hosts){_timing(result)}, for the "
                 f"{result.layers_sent} layer(s) it lacked; {result.layers_skipped} layer(s) were there already")
         elif not result.error:
-            say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}{_timing(result)}; "
+            say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}{_packed(result)}{_timing(result)}; "
                 f"{result.layers_skipped} layer(s) were there already")
     if report.route.chain:
         say(f"image: {_size(report.bytes_out)} left this machine for {len(report.route.chain) + len(report.route.direct)} "
@@ -208,6 +208,10 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
     else:
         tidy.append(lambda: _prune(client, image.tag, conns, say))
     return image
+
+
+def _packed(result: ShipResult) -> str:
+    return f" (compressed from {_size(result.raw_bytes)})" if result.raw_bytes > 1.05 * result.bytes_sent else ""
 
 
 def _timing(result: ShipResult) -> str:

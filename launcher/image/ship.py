@@ -18,6 +18,7 @@ from typing import Callable
 from ..errors import RunError
 from .layers import CHUNK, LayerDirs, Receiver, chain_ids, must_learn, split_save
 from .route import HostNeed, ImageRoute, plan_route, sizes_by_layer
+from .squeeze import RawProgress, squeezed
 
 
 @dataclass
@@ -25,6 +26,7 @@ class ShipResult:
     host: str
     skipped: bool  # the host had the image already
     bytes_sent: int = 0  # what the host received (from this machine, or the host before it in a chain)
+    raw_bytes: int = 0  # what those bytes hold before compression (the same where none)
     layers_sent: int = 0
     layers_skipped: int = 0
     seconds: float = 0.0
@@ -72,6 +74,10 @@ class _Sender:
         if len(self.buffer) >= CHUNK:
             self.queue.put(bytes(self.buffer))
             self.buffer.clear()
+
+    def link_waits(self) -> bool:
+        """Whether the link is idle, waiting for something to send."""
+        return self.queue.empty()
 
     def close(self) -> None:
         if self.buffer:
@@ -174,14 +180,20 @@ class _DirectLoad:
         self.conn, self.started = conn, time.monotonic()
         self.channel = open_command(conn, ["docker", "load", "-q"])
         self.channel.settimeout(idle_s() / 2)  # a host that stops taking its stream fails alone, before a chain's head gives up
-        self.sender = _Sender(self.channel, host, on_bytes)
-        self.receiver = Receiver(host, have, self.sender.write)
+        progress = RawProgress(on_bytes)
+        self.sender = _Sender(self.channel, host, progress)
+        self.squeezer = progress.squeezer = squeezed(self.sender.write, self.sender.link_waits)
+        self.receiver = Receiver(host, have, self.squeezer.write if self.squeezer else self.sender.write)
 
     def finish(self, image: _Image) -> ShipResult:
         from ..hosts.ssh import end_input
 
         r, error, sent_s = self.receiver, None, None
         try:
+            if self.squeezer and r.failed is None:
+                self.squeezer.close()
+            elif self.squeezer:
+                self.squeezer.abandon()
             self.sender.close()
             sent_s = time.monotonic() - self.started
             end_input(self.channel)
@@ -193,8 +205,13 @@ class _DirectLoad:
                 error = f"after loading, {image.tag} is not image {image.id}"
         except Exception as exc:  # noqa: BLE001
             error = str(exc)
-        return ShipResult(r.host, False, r.sent, r.sent_layers, r.skipped_layers, time.monotonic() - self.started, error,
-                          stream_s=sent_s)
+        return ShipResult(r.host, False, self.sent, r.sent, r.sent_layers, r.skipped_layers, time.monotonic() - self.started,
+                          error, stream_s=sent_s)
+
+    @property
+    def sent(self) -> int:
+        """What went to the host (compressed where it was)."""
+        return self.squeezer.sent if self.squeezer else self.receiver.sent
 
 
 def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, report: ShipReport,
@@ -214,7 +231,7 @@ def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, re
     streamed()
     for host, load in loads.items():
         report.results[host] = load.finish(image)
-        report.bytes_out += load.receiver.sent
+        report.bytes_out += load.sent
 
 
 def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresses: dict[str, str], on_bytes,
@@ -230,10 +247,20 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
     if source is not None:
         hops.insert(0, Hop(source, addresses[source], source=("docker", "save", image.tag)))
 
+    progress = RawProgress(on_bytes)  # from the hops themselves, in the stream's bytes before compression
+
     def feed(framed) -> None:
-        sender = _Sender(framed, "chain", None)  # progress comes from the hops themselves
+        sender = _Sender(framed, "chain", None)
+        squeezer = progress.squeezer = squeezed(sender.write, sender.link_waits)
 
         def streamed() -> None:  # the chain's stream ends now, not once the direct hosts have loaded theirs
+            try:
+                if squeezer and head.failed is None:
+                    squeezer.close()
+                elif squeezer:
+                    squeezer.abandon()
+            except Exception as exc:  # noqa: BLE001 - the head is gone: said below
+                head.failed = exc
             sender.close()
             if not (head.failed or sender.error):
                 try:
@@ -241,14 +268,14 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
                 except Exception as exc:  # noqa: BLE001 - the head is gone: said below, the direct hosts go on
                     head.failed = exc
 
-        head.write = sender.write
+        head.write = squeezer.write if squeezer else sender.write
         _direct(image, direct or {}, conns, on_bytes, report, also=head, streamed=streamed)
         report.bytes_out += framed.sent
         failed = head.failed or sender.error
         if failed:
             raise failed
 
-    outcome = run_chain(conns, hops, None if source else feed, on_bytes)
+    outcome = run_chain(conns, hops, None if source else feed, progress)
     again = []
     for host in hosts:
         hop = outcome[host]
@@ -263,7 +290,8 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
         if hop.cut_off:
             again.append(host)
         lacked = len(set(image.chains) - hosts[host])
-        report.results[host] = ShipResult(host, False, hop.received, lacked, len(image.chains) - lacked,
+        raw = progress.squeezer.raw_for(hop.received) if progress.squeezer else hop.received
+        report.results[host] = ShipResult(host, False, hop.received, raw, lacked, len(image.chains) - lacked,
                                           time.monotonic() - started, error, via=hop.upstream, stream_s=hop.stream_s)
     return again
 

@@ -55,8 +55,10 @@ def run_once(job: JobSpec, cluster: ClusterSpec, request: RunRequest) -> tuple[i
     if remote and cluster.slurm is None:  # Slurm's nodes are the scheduler's to reach
         from ..hosts.chain import idle_s
         from ..hosts.ssh import as_ssh_reaches
+        from ..image.squeeze import mode
 
-        idle_s()  # LAUNCH_RELAY_IDLE_S is checked before anything is made or sent
+        idle_s()  # LAUNCH_RELAY_IDLE_S and LAUNCH_IMAGE_COMPRESSION are checked before anything is made or sent
+        mode()
         hosts = as_ssh_reaches(hosts)
     paths = rundir.new_run_paths(request.runs_dir, job.name)
     source = _resume_source(job, hosts, request)
