@@ -18,6 +18,7 @@ from ..image.build import CACHE, BuiltImage, build_here
 from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.layers import chain_ids
 from ..image.route import FANOUT_MIN_SAVING, HostNeed, layer_bytes, plan_route, sizes_by_layer
+from ..image.squeeze import mode as compression
 from ..image.ship import HostImages, ShipReport, ShipResult, history, ship_image, survey
 from ..hosts.ports import check_ports_free, listeners_over
 from ..plan import LaunchPlan, PlanOptions, make_plan
@@ -96,7 +97,8 @@ def images_on_hosts(tag: str, base: str, conns: dict[str, fabric.Connection], ad
         said[need.host] = (f"lacks it: would get {len(need.missing)} layer(s) of {here}{extra}, "
                            f"{_size(layer_bytes(need.missing, sizes))}: {route.path(need.host)}")
     each = sum(layer_bytes(n.missing, sizes) for n in needs)
-    line = (f"image: about {_size(route.bytes_out)} would leave this machine (sent to each host directly: {_size(each)})"
+    packed = "" if compression() == "off" else ", before compression"
+    line = (f"image: about {_size(route.bytes_out)} would leave this machine{packed} (sent to each host directly: {_size(each)})"
             if route.chain else None)
     return said, line
 
@@ -194,8 +196,8 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
         if result.skipped:
             say(f"{host}: has the image already")
         elif not result.error and result.via:
-            say(f"{host}: received {_size(result.bytes_sent)}{_packed(result)} from {result.via} (a chain of hosts){_timing(result)}, for the "
-                f"{result.layers_sent} layer(s) it lacked; {result.layers_skipped} layer(s) were there already")
+            say(f"{host}: received {_size(result.bytes_sent)}{_packed(result)} from {result.via} (a chain of hosts){_timing(result)}, "
+                f"for the {result.layers_sent} layer(s) it lacked; {result.layers_skipped} layer(s) were there already")
         elif not result.error:
             say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}{_packed(result)}{_timing(result)}; "
                 f"{result.layers_skipped} layer(s) were there already")

@@ -190,10 +190,7 @@ class _DirectLoad:
 
         r, error, sent_s = self.receiver, None, None
         try:
-            if self.squeezer and r.failed is None:
-                self.squeezer.close()
-            elif self.squeezer:
-                self.squeezer.abandon()
+            _end_squeezer(self.squeezer, r)
             self.sender.close()
             sent_s = time.monotonic() - self.started
             end_input(self.channel)
@@ -212,6 +209,19 @@ class _DirectLoad:
     def sent(self) -> int:
         """What went to the host (compressed where it was)."""
         return self.squeezer.sent if self.squeezer else self.receiver.sent
+
+
+def _end_squeezer(squeezer, receiver: Receiver) -> None:
+    """Write out what the squeezer holds, unless its receiver failed; a failure to, the receiver's."""
+    if squeezer is None:
+        return
+    if receiver.failed is not None:
+        squeezer.abandon()
+        return
+    try:
+        squeezer.close()
+    except Exception as exc:  # noqa: BLE001 - the link went: said with the host's result
+        receiver.failed = exc
 
 
 def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, report: ShipReport,
@@ -254,13 +264,7 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
         squeezer = progress.squeezer = squeezed(sender.write, sender.link_waits)
 
         def streamed() -> None:  # the chain's stream ends now, not once the direct hosts have loaded theirs
-            try:
-                if squeezer and head.failed is None:
-                    squeezer.close()
-                elif squeezer:
-                    squeezer.abandon()
-            except Exception as exc:  # noqa: BLE001 - the head is gone: said below
-                head.failed = exc
+            _end_squeezer(squeezer, head)
             sender.close()
             if not (head.failed or sender.error):
                 try:
