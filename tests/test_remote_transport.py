@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 import stat
 import subprocess
 import tarfile
@@ -96,7 +97,10 @@ class _Channel:
         self.input_ended = True
 
     def recv(self, _size: int) -> bytes:
-        return self.chunks.pop(0) if self.chunks else b""
+        chunk = self.chunks.pop(0) if self.chunks else b""
+        if chunk is socket.timeout:
+            raise socket.timeout()
+        return chunk
 
     def get_transport(self):
         return SimpleNamespace(is_active=lambda: self.connected)
@@ -125,3 +129,24 @@ def test_open_after_tells_a_command_that_ended_from_a_connection_that_did(monkey
     assert opened is None and said == b"mkdir: cannot create directory\n"
     with pytest.raises(RunError, match="h1: SSH failed: the connection closed"):
         _open_after(monkeypatch, _Channel([b"partial"], exit_status=-1, connected=False))
+
+
+def test_await_exit_waits_out_a_silent_command_while_the_host_answers(monkeypatch) -> None:
+    """`docker load` says nothing while it unpacks, longer than a stalled stream may take: each
+    silence asks the host whether it answers, and the wait goes on."""
+    probes = []
+    monkeypatch.setattr(ssh, "run", lambda conn, argv, timeout: probes.append(argv) or (0, ""))
+    channel = _Channel([socket.timeout, socket.timeout, socket.timeout, b"Loaded image: x\n"], exit_status=0)
+    assert ssh.await_exit(SimpleNamespace(host="h1"), channel, ["docker", "load"], 0.1) == (0, "Loaded image: x\n")
+    assert probes == [["true"]] * 3
+
+
+def test_await_exit_gives_up_on_a_host_that_stops_answering_or_a_connection_that_ends(monkeypatch) -> None:
+    def silent(conn, argv, timeout):
+        raise RunError("h1: `true` took longer than 0.1 s")
+
+    monkeypatch.setattr(ssh, "run", silent)
+    with pytest.raises(RunError, match="took longer"):
+        ssh.await_exit(SimpleNamespace(host="h1"), _Channel([socket.timeout]), ["docker", "load"], 0.1)
+    with pytest.raises(RunError, match="the connection closed while `docker load` ran"):
+        ssh.await_exit(SimpleNamespace(host="h1"), _Channel([b"part"], exit_status=-1, connected=False), ["docker", "load"], 0.1)

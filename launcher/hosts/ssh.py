@@ -262,6 +262,31 @@ def pipe_into(conn: fabric.Connection, argv: Sequence[str], data: bytes, timeout
         channel.close()
 
 
+def await_exit(conn: fabric.Connection, channel: paramiko.Channel, argv: Sequence[str], probe_s: float) -> tuple[int, str]:
+    """The rest of a started command's output once it has ended, and its exit code, however long it
+    takes (`docker load` unpacking gigabytes after its input ended): while it says nothing, the host
+    is asked every `probe_s` seconds whether it still answers. RunError when it does not, or when the
+    connection ends first."""
+    output = bytearray()
+    channel.settimeout(probe_s)
+    try:
+        while True:
+            try:
+                chunk = channel.recv(65536)
+            except socket.timeout:
+                run(conn, ["true"], timeout=probe_s)  # RunError: the host stopped answering
+                continue
+            if not chunk:
+                break
+            output += chunk
+        channel.status_event.wait(probe_s)
+        if _connection_ended(channel):
+            raise _ended_while(conn, argv)
+        return channel.exit_status, output.decode(errors="replace")  # -1: none came (a signal ended it)
+    except _TRANSPORT_ERRORS as exc:
+        raise RunError(f"{conn.host}: SSH failed: {str(exc) or type(exc).__name__}") from None
+
+
 def _feed(channel: paramiko.Channel, data: bytes, timeout: float) -> None:
     """A started command's whole input, then its end."""
     channel.settimeout(timeout)

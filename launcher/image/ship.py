@@ -170,6 +170,9 @@ class _Image:
                     r.failed = RunError(reason)
 
 
+_LOAD = ("docker", "load", "-q")
+
+
 class _DirectLoad:
     """One host's `docker load`, fed straight from this machine."""
 
@@ -178,15 +181,16 @@ class _DirectLoad:
         from ..hosts.ssh import open_command
 
         self.conn, self.started = conn, time.monotonic()
-        self.channel = open_command(conn, ["docker", "load", "-q"])
-        self.channel.settimeout(idle_s() / 2)  # a host that stops taking its stream fails alone, before a chain's head gives up
+        self.channel = open_command(conn, _LOAD)
+        self.probe_s = idle_s() / 2
+        self.channel.settimeout(self.probe_s)  # a host that stops taking its stream fails alone, before a chain's head gives up
         progress = RawProgress(on_bytes)
         self.sender = _Sender(self.channel, host, progress)
         self.squeezer = progress.squeezer = squeezed(self.sender.write, self.sender.link_waits)
         self.receiver = Receiver(host, have, self.squeezer.write if self.squeezer else self.sender.write)
 
     def finish(self, image: _Image) -> ShipResult:
-        from ..hosts.ssh import end_input
+        from ..hosts.ssh import await_exit, end_input
 
         r, error, sent_s = self.receiver, None, None
         try:
@@ -194,14 +198,14 @@ class _DirectLoad:
             self.sender.close()
             sent_s = time.monotonic() - self.started
             end_input(self.channel)
-            output = self.channel.makefile("rb").read().decode(errors="replace")
+            code, output = await_exit(self.conn, self.channel, _LOAD, self.probe_s)  # unpacking: as long as the host answers
             failed = r.failed or self.sender.error
-            if self.channel.recv_exit_status() != 0 or failed:
+            if code != 0 or failed:
                 error = f"docker load failed: {failed or output.strip()[-300:]}"
             elif image_id_on(self.conn, image.tag) != image.id:
                 error = f"after loading, {image.tag} is not image {image.id}"
         except Exception as exc:  # noqa: BLE001
-            error = str(exc)
+            error = str(exc) or type(exc).__name__  # a timeout says nothing of itself
         return ShipResult(r.host, False, self.sent, r.sent, r.sent_layers, r.skipped_layers, time.monotonic() - self.started,
                           error, stream_s=sent_s)
 
@@ -234,7 +238,7 @@ def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, re
         try:
             loads[host] = _DirectLoad(conns[host], host, have & set(image.chains), on_bytes)
         except Exception as exc:  # noqa: BLE001 - every host is reported
-            report.results[host] = ShipResult(host, skipped=False, error=str(exc))
+            report.results[host] = ShipResult(host, skipped=False, error=str(exc) or type(exc).__name__)
     receivers = [load.receiver for load in loads.values()] + ([also] if also else [])
     if receivers:
         image.stream(receivers)
@@ -329,7 +333,7 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
     found, errors = on_every_host(list(conns), look, lambda h: h)
     for host in conns:
         if host in errors:
-            report.results[host] = ShipResult(host, skipped=False, error=str(errors[host]))
+            report.results[host] = ShipResult(host, skipped=False, error=str(errors[host]) or type(errors[host]).__name__)
         elif found.get(host) is None:
             report.results[host] = ShipResult(host, skipped=True)
     order = [*(h for h in addresses if h in conns), *(h for h in conns if h not in addresses)]  # the inventory's
