@@ -40,8 +40,7 @@ class Squeezer:
     """A writer that compresses what it is given into `write`, keeping the order.
 
     `link_waits()` says whether the link is idle, waiting for data (then a block goes at level 0 in
-    `auto`). `offsets` maps what has been written out to what it stands for: `raw_for(n)` is how many
-    bytes of the input the first `n` bytes of the output hold.
+    `auto`). `raw_for(n)` is how many bytes of the input the first `n` bytes of the output hold.
     """
 
     def __init__(self, write: Callable[[bytes], None], link_waits: Callable[[], bool], compress: str = "auto",
