@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
+import threading
 from pathlib import Path
+from types import SimpleNamespace
+
+
+from launcher.hosts import ssh
+from launcher.image import ship
 
 from launcher.image.prune import stale
 from launcher.image.layers import LayerDirs, Receiver, chain_ids, must_learn, split_save
@@ -111,3 +119,66 @@ def test_stale_images_are_all_but_the_newest_few_and_never_the_current_one() -> 
     assert stale(newest_first, current="r:a", keep=3) == ["r:c", "r:b"]  # an old version relaunched is kept
     assert stale(newest_first, current="r:e", keep=1) == ["r:d", "r:c", "r:b", "r:a"]
     assert stale(["r:x"], current="r:x") == []
+
+
+class _LoadChannel:
+    """A host's `docker load` channel, faked: it keeps what it is sent; once its input has ended (or
+    after `fail_after` bytes, as a full disk would), it says `said` and ends."""
+
+    def __init__(self, said: bytes, fail_after: int | None = None) -> None:
+        self.got, self.said, self.fail_after = bytearray(), said, fail_after
+        self.exit_status, self.closed = -1, False
+        self.status_event = threading.Event()
+
+    def settimeout(self, _seconds) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        if self.fail_after is not None and len(self.got) >= self.fail_after:
+            self.exit_status = 1
+            self.status_event.set()
+            raise OSError("Socket is closed")
+        self.got += data
+
+    def shutdown_write(self) -> None:
+        self.exit_status = 0
+        self.status_event.set()
+
+    def recv(self, _size: int) -> bytes:
+        said, self.said = self.said, b""
+        return said
+
+    def get_transport(self):
+        return SimpleNamespace(is_active=lambda: True)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def _direct_load(monkeypatch, channel: _LoadChannel, data: bytes) -> tuple[ship.ShipResult, _LoadChannel]:
+    monkeypatch.setenv("LAUNCH_IMAGE_COMPRESSION", "on")
+    monkeypatch.setattr(ssh, "open_command", lambda conn, argv: channel)
+    monkeypatch.setattr(ship, "image_id_on", lambda conn, tag: "sha256:abc")
+    load = ship._DirectLoad(SimpleNamespace(host="h1"), "h1", set(), None)
+    for start in range(0, len(data), 65536):
+        load.receiver.send(data[start:start + 65536])
+    load.end_stream()
+    return load.finish(SimpleNamespace(tag="launch/x:1", id="sha256:abc")), channel
+
+
+def test_a_host_fed_directly_gets_the_stream_compressed_and_its_image_checked(monkeypatch) -> None:
+    data = b"".join(b"line %d of a package\n" % i for i in range(600_000))
+    result, channel = _direct_load(monkeypatch, _LoadChannel(b"Loaded image: launch/x:1\n"), data)
+    assert result.error is None, result.error
+    assert gzip.decompress(bytes(channel.got)) == data
+    assert (result.raw_bytes, result.bytes_sent) == (len(data), len(channel.got))
+    assert result.bytes_sent < len(data) / 4 and channel.closed
+
+
+def test_a_load_that_stops_taking_its_stream_is_named_with_what_it_said(monkeypatch) -> None:
+    said = b"write /var/lib/docker/tmp/docker-import-1/layer.tar: no space left on device\n"
+    data = os.urandom(10 << 20)  # more than the host takes
+    result, channel = _direct_load(monkeypatch, _LoadChannel(said, fail_after=1 << 20), data)
+    assert result.error == ("sending the image failed: Socket is closed; docker load said: "
+                            "write /var/lib/docker/tmp/docker-import-1/layer.tar: no space left on device")
+    assert channel.closed

@@ -19,7 +19,8 @@ from ..image.prune import KEEP, prune_here, prune_host, repository_of
 from ..image.layers import chain_ids
 from ..image.route import FANOUT_MIN_SAVING, HostNeed, layer_bytes, plan_route, sizes_by_layer
 from ..image.squeeze import mode as compression
-from ..image.ship import HostImages, ShipReport, ShipResult, history, ship_image, survey
+from ..image.held import HostImages, history, survey
+from ..image.ship import ShipReport, ShipResult, ship_image
 from ..hosts.ports import check_ports_free, listeners_over
 from ..plan import LaunchPlan, PlanOptions, make_plan
 from ..plan.ports import first_host_ports

@@ -267,6 +267,13 @@ def await_exit(conn: fabric.Connection, channel: paramiko.Channel, argv: Sequenc
     takes (`docker load` unpacking gigabytes after its input ended): while it says nothing, the host
     is asked every `probe_s` seconds whether it still answers. RunError when it does not, or when the
     connection ends first."""
+    def answers() -> None:
+        try:
+            run(conn, ["true"], timeout=probe_s)
+        except RunError as exc:
+            raise RunError(f"{conn.host}: stopped answering while `{shlex.join(argv)[:80]}` ran "
+                           f"({str(exc).removeprefix(conn.host + ': ')})") from None
+
     output = bytearray()
     channel.settimeout(probe_s)
     try:
@@ -274,12 +281,13 @@ def await_exit(conn: fabric.Connection, channel: paramiko.Channel, argv: Sequenc
             try:
                 chunk = channel.recv(65536)
             except socket.timeout:
-                run(conn, ["true"], timeout=probe_s)  # RunError: the host stopped answering
+                answers()
                 continue
             if not chunk:
                 break
             output += chunk
-        channel.status_event.wait(probe_s)
+        while not channel.status_event.wait(probe_s) and not _connection_ended(channel):
+            answers()  # its output has ended, its exit status is yet to come
         if _connection_ended(channel):
             raise _ended_while(conn, argv)
         return channel.exit_status, output.decode(errors="replace")  # -1: none came (a signal ended it)

@@ -7,8 +7,8 @@ loading.
 
 from __future__ import annotations
 
-import json
 import queue
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import RunError
+from ..hosts.parallel import on_every_host
+from .held import HostImages, history, image_id_on, survey, tag_held_image
 from .layers import CHUNK, LayerDirs, Receiver, chain_ids, must_learn, split_save
 from .route import HostNeed, ImageRoute, plan_route, sizes_by_layer
 from .squeeze import RawProgress, squeezed
@@ -64,6 +66,7 @@ class _Sender:
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
         self.buffer = bytearray()
         self.error: BaseException | None = None
+        self.waiting = True  # for something to send, not sending
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -76,8 +79,8 @@ class _Sender:
             self.buffer.clear()
 
     def link_waits(self) -> bool:
-        """Whether the link is idle, waiting for something to send."""
-        return self.queue.empty()
+        """Whether the link is idle: nothing is being sent, nothing is queued."""
+        return self.waiting and self.queue.empty()
 
     def close(self) -> None:
         if self.buffer:
@@ -87,7 +90,12 @@ class _Sender:
         self.thread.join()
 
     def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
+        while True:
+            self.waiting = True
+            data = self.queue.get()
+            self.waiting = False
+            if data is None:
+                return
             if self.error is None:
                 try:
                     self.channel.sendall(data)
@@ -95,52 +103,6 @@ class _Sender:
                         self.on_bytes(self.host, len(data))
                 except BaseException as exc:  # noqa: BLE001 - reported with the host's result
                     self.error = exc
-
-
-# Which layers (chain IDs) the host's images hold, one JSON list per image; then whether its python3
-# can run a relay hop.
-_SURVEY = (
-    "docker image ls -aq --no-trunc | sort -u | xargs -r docker image inspect --format '{{json .RootFS.Layers}}' || exit 1; "
-    "python3 -c 'import sys; sys.exit(sys.version_info < (3, 6))' >/dev/null 2>&1 && echo relay-ok; exit 0"
-)
-
-
-@dataclass(frozen=True)
-class HostImages:
-    chains: set[str]  # the layers its images hold
-    relay: bool  # it can pass a stream on (python3 3.6 or later)
-
-
-def survey(conn) -> HostImages:
-    """What the host's images hold, and whether it can run a relay hop."""
-    from ..hosts.ssh import run
-
-    code, out = run(conn, ["sh", "-c", _SURVEY])
-    if code != 0:
-        raise RunError(f"cannot list the host's images: {out.strip()[-300:]}")
-    chains: set[str] = set()
-    for line in out.splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            chains.update(chain_ids(json.loads(line)))
-    return HostImages(chains, "relay-ok" in out.split())
-
-
-def image_id_on(conn, tag: str) -> str | None:
-    from ..hosts.ssh import run
-
-    code, out = run(conn, ["docker", "image", "inspect", "--format", "{{.Id}}", tag])
-    return out.strip() if code == 0 else None
-
-
-def _tag_held_image(conn, image_id: str, tag: str) -> bool:
-    """Tag the image on the host if it has it already (jobs with the same inputs share one image)."""
-    from ..hosts.ssh import run
-
-    if image_id_on(conn, image_id) != image_id:
-        return False
-    code, _ = run(conn, ["docker", "tag", image_id, tag])
-    return code == 0 and image_id_on(conn, tag) == image_id
 
 
 @dataclass
@@ -180,7 +142,7 @@ class _DirectLoad:
         from ..hosts.chain import idle_s
         from ..hosts.ssh import open_command
 
-        self.conn, self.started = conn, time.monotonic()
+        self.conn, self.started, self.sent_s = conn, time.monotonic(), None
         self.channel = open_command(conn, _LOAD)
         self.probe_s = idle_s() / 2
         self.channel.settimeout(self.probe_s)  # a host that stops taking its stream fails alone, before a chain's head gives up
@@ -189,30 +151,70 @@ class _DirectLoad:
         self.squeezer = progress.squeezer = squeezed(self.sender.write, self.sender.link_waits)
         self.receiver = Receiver(host, have, self.squeezer.write if self.squeezer else self.sender.write)
 
-    def finish(self, image: _Image) -> ShipResult:
-        from ..hosts.ssh import await_exit, end_input
+    @property
+    def failure(self) -> BaseException | None:
+        return self.receiver.failed or self.sender.error
 
-        r, error, sent_s = self.receiver, None, None
+    def end_stream(self) -> None:
+        """Send the rest of the host's stream, then its end: from here its load finishes on its own."""
+        from ..hosts.ssh import end_input
+
         try:
-            _end_squeezer(self.squeezer, r)
+            _end_squeezer(self.squeezer, self.receiver)
             self.sender.close()
-            sent_s = time.monotonic() - self.started
-            end_input(self.channel)
-            code, output = await_exit(self.conn, self.channel, _LOAD, self.probe_s)  # unpacking: as long as the host answers
-            failed = r.failed or self.sender.error
-            if code != 0 or failed:
-                error = f"docker load failed: {failed or output.strip()[-300:]}"
-            elif image_id_on(self.conn, image.tag) != image.id:
-                error = f"after loading, {image.tag} is not image {image.id}"
+            self.sent_s = time.monotonic() - self.started
+            if self.failure is None:
+                end_input(self.channel)
+        except Exception as exc:  # noqa: BLE001 - the channel went: said with the host's result
+            self.receiver.failed = self.receiver.failed or exc
+
+    def finish(self, image: _Image) -> ShipResult:
+        """Wait for the host's load, as long as the host answers (unpacking takes its time), and check
+        the image it ends with; a stream that failed is said with what `docker load` said."""
+        from ..hosts.ssh import await_exit
+
+        r, error = self.receiver, None
+        try:
+            if self.failure is not None:
+                said = _last_words(self.channel)
+                error = f"sending the image failed: {self._why(self.failure)}" + (f"; docker load said: {said}" if said else "")
+            else:
+                code, output = await_exit(self.conn, self.channel, _LOAD, self.probe_s)
+                if code != 0:
+                    error = f"docker load failed (exit code {code}): {output.strip()[-300:]}"
+                elif image_id_on(self.conn, image.tag) != image.id:
+                    error = f"after loading, {image.tag} is not image {image.id}"
         except Exception as exc:  # noqa: BLE001
-            error = str(exc) or type(exc).__name__  # a timeout says nothing of itself
+            error = self._why(exc)
+        finally:
+            self.channel.close()
         return ShipResult(r.host, False, self.sent, r.sent, r.sent_layers, r.skipped_layers, time.monotonic() - self.started,
-                          error, stream_s=sent_s)
+                          error, stream_s=self.sent_s)
+
+    def _why(self, exc: BaseException) -> str:
+        if isinstance(exc, socket.timeout):
+            return f"the host took nothing for {self.probe_s:g} s"
+        return str(exc) or type(exc).__name__
 
     @property
     def sent(self) -> int:
         """What went to the host (compressed where it was)."""
         return self.squeezer.sent if self.squeezer else self.receiver.sent
+
+
+def _last_words(channel, wait_s: float = 2.0) -> str:
+    """What a command that failed has said by now (a few seconds at most): why it stopped reading."""
+    output, deadline = bytearray(), time.monotonic() + wait_s
+    try:
+        while time.monotonic() < deadline:
+            channel.settimeout(max(0.1, deadline - time.monotonic()))
+            chunk = channel.recv(65536)
+            if not chunk:
+                break
+            output += chunk
+    except Exception:  # noqa: BLE001 - a timeout, a closed channel: what came is what it said
+        pass
+    return output.decode(errors="replace").strip()[-300:]
 
 
 def _end_squeezer(squeezer, receiver: Receiver) -> None:
@@ -243,8 +245,11 @@ def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, re
     if receivers:
         image.stream(receivers)
     streamed()
+    for load in loads.values():
+        load.end_stream()
+    finished, _ = on_every_host(list(loads), lambda host: loads[host].finish(image), lambda host: host)  # loads run side by side
     for host, load in loads.items():
-        report.results[host] = load.finish(image)
+        report.results[host] = finished[host]  # finish reports its errors in its result
         report.bytes_out += load.sent
 
 
@@ -256,7 +261,7 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
     from ..hosts.chain import Hop, run_chain
 
     started = time.monotonic()
-    hops = [Hop(h, addresses[h], sink=("docker", "load", "-q")) for h in hosts]
+    hops = [Hop(h, addresses[h], sink=_LOAD) for h in hosts]
     head = Receiver("chain", set.intersection(*hosts.values()) & set(image.chains), lambda data: None)
     if source is not None:
         hops.insert(0, Hop(source, addresses[source], source=("docker", "save", image.tag)))
@@ -304,21 +309,11 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
     return again
 
 
-def history(client, tag: str) -> list[dict]:
-    """The image's history as the Engine API gives it (for layer sizes); empty where it cannot."""
-    try:
-        return client.api.history(tag)
-    except Exception:  # noqa: BLE001 - sizes are then estimated
-        return []
-
-
 def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callable[[str, int], None] | None = None,
                addresses: dict[str, str] | None = None) -> ShipReport:
     """Make `tag` present on every host of `conns` ({host: Connection}); report what was sent.
     With `addresses` (each host's lab address), hosts that lack the same layers get them down a
     chain (`route.plan_route`), so that they leave this machine once."""
-    from ..hosts.parallel import on_every_host
-
     addresses = addresses or {}
     local = client.images.get(tag)
     image = _Image(local, tag, chain_ids(local.attrs["RootFS"]["Layers"]), LayerDirs(known_path))
@@ -326,7 +321,7 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
 
     def look(host: str) -> HostImages | None:
         conn = conns[host]
-        if image_id_on(conn, tag) == local.id or _tag_held_image(conn, local.id, tag):  # the same image under another job's tag
+        if image_id_on(conn, tag) == local.id or tag_held_image(conn, local.id, tag):  # the same image under another job's tag
             return None
         return survey(conn)
 

@@ -3,8 +3,8 @@
 `docker load` takes a gzip-compressed archive as well as a plain one, and gzip streams may be
 concatenated: the stream is cut into blocks, each compressed by a pool of threads as a gzip member
 of its own and written out in order. A block is compressed (level 1) while the link is the
-bottleneck (what is written waits to be sent), and only framed (level 0: its bytes as they are)
-once the link waits for the compression, so a fast link is never slowed. Layers of Python packages
+bottleneck (something is being sent or waits to be), and only framed (level 0: its bytes as they
+are) once the link is idle, waiting for the compression, so a fast link is not held back by it. Layers of Python packages
 and CUDA libraries shrink to a third or a half; random data is sent as it is at no loss.
 
 LAUNCH_IMAGE_COMPRESSION: `auto` (that rule, the default), `on` (every block), `off` (a plain stream).
@@ -23,6 +23,7 @@ from typing import Callable
 from ..errors import SpecError
 
 BLOCK = 4 << 20
+SLICE = 1 << 20  # what is handed on at a time
 WARM = 4 * BLOCK  # input that must have gone out before an idle link is taken for a fast one (not for one just started)
 ENV = "LAUNCH_IMAGE_COMPRESSION"
 MODES = ("auto", "on", "off")
@@ -105,12 +106,14 @@ class Squeezer:
     def _flush_head(self) -> None:
         future, raw = self.pending.popleft()
         out = future.result()
-        self.write_out(out)
-        with self.lock:
+        with self.lock:  # before it goes: whoever sends it may tell its progress at once
             self.sent += len(out)
             self.raw_sent += raw
             self.ends.append(self.sent)
             self.raws.append(self.raw_sent)
+        view = memoryview(out)
+        for start in range(0, len(out), SLICE):  # the writer queues what it is given: in slices, memory stays bounded
+            self.write_out(bytes(view[start:start + SLICE]))
 
 
 class RawProgress:
