@@ -12,6 +12,8 @@ import threading
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 
 from launcher.hosts import ssh
 from launcher.image import ship
@@ -182,3 +184,26 @@ def test_a_load_that_stops_taking_its_stream_is_named_with_what_it_said(monkeypa
     assert result.error == ("sending the image failed: Socket is closed; docker load said: "
                             "write /var/lib/docker/tmp/docker-import-1/layer.tar: no space left on device")
     assert channel.closed
+
+
+def test_ctrl_c_while_hosts_load_closes_their_channels_and_goes_on_up_at_once() -> None:
+    """Hosts fed directly unpack side by side for as long as it takes; Ctrl-C does not wait for them."""
+    import _thread
+    import time
+
+    class Stuck:
+        def __init__(self) -> None:
+            self.closed = threading.Event()
+            self.channel = SimpleNamespace(close=self.closed.set)
+
+        def finish(self, image) -> str:
+            self.closed.wait(60)  # a load that goes on until its channel closes
+            return "ended"
+
+    loads = {"h1": Stuck(), "h2": Stuck()}
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        ship._finish_all(loads, None)  # type: ignore[arg-type]
+    assert time.monotonic() - started < 10
+    assert all(load.closed.is_set() for load in loads.values())

@@ -247,10 +247,28 @@ def _direct(image: _Image, hosts: dict[str, set[str]], conns: dict, on_bytes, re
     streamed()
     for load in loads.values():
         load.end_stream()
-    finished, _ = on_every_host(list(loads), lambda host: loads[host].finish(image), lambda host: host)  # loads run side by side
+    finished = _finish_all(loads, image)
     for host, load in loads.items():
-        report.results[host] = finished[host]  # finish reports its errors in its result
+        report.results[host] = finished[host]
         report.bytes_out += load.sent
+
+
+def _finish_all(loads: dict[str, _DirectLoad], image: _Image) -> dict[str, ShipResult]:
+    """Every host's load waited for side by side (each reports its own errors). Ctrl-C closes their
+    channels, which ends their loads, and goes on up at once."""
+    results: dict[str, ShipResult] = {}
+    threads = [threading.Thread(target=lambda h=h: results.__setitem__(h, loads[h].finish(image)), daemon=True) for h in loads]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except BaseException:
+        for load in loads.values():
+            load.channel.close()
+        raise
+    return results
 
 
 def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresses: dict[str, str], on_bytes,
