@@ -66,7 +66,6 @@ class _Sender:
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
         self.buffer = bytearray()
         self.error: BaseException | None = None
-        self.waiting = True  # for something to send, not sending
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -78,9 +77,9 @@ class _Sender:
             self.queue.put(bytes(self.buffer))
             self.buffer.clear()
 
-    def link_waits(self) -> bool:
-        """Whether the link is idle: nothing is being sent, nothing is queued."""
-        return self.waiting and self.queue.empty()
+    def link_busy(self) -> bool:
+        """Whether the link has a backlog: half of what may wait to be sent, or more, waits."""
+        return self.queue.qsize() >= self.queue.maxsize // 2
 
     def close(self) -> None:
         if self.buffer:
@@ -90,12 +89,7 @@ class _Sender:
         self.thread.join()
 
     def _run(self) -> None:
-        while True:
-            self.waiting = True
-            data = self.queue.get()
-            self.waiting = False
-            if data is None:
-                return
+        while (data := self.queue.get()) is not None:
             if self.error is None:
                 try:
                     self.channel.sendall(data)
@@ -148,7 +142,7 @@ class _DirectLoad:
         self.channel.settimeout(self.probe_s)  # a host that stops taking its stream fails alone, before a chain's head gives up
         progress = RawProgress(on_bytes)
         self.sender = _Sender(self.channel, host, progress)
-        self.squeezer = progress.squeezer = squeezed(self.sender.write, self.sender.link_waits)
+        self.squeezer = progress.squeezer = squeezed(self.sender.write, self.sender.link_busy)
         self.receiver = Receiver(host, have, self.squeezer.write if self.squeezer else self.sender.write)
 
     @property
@@ -288,7 +282,7 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
 
     def feed(framed) -> None:
         sender = _Sender(framed, "chain", None)
-        squeezer = progress.squeezer = squeezed(sender.write, sender.link_waits)
+        squeezer = progress.squeezer = squeezed(sender.write, sender.link_busy)
 
         def streamed() -> None:  # the chain's stream ends now, not once the direct hosts have loaded theirs
             _end_squeezer(squeezer, head)

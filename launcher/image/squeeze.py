@@ -2,9 +2,10 @@
 
 `docker load` takes a gzip-compressed archive as well as a plain one, and gzip streams may be
 concatenated: the stream is cut into blocks, each compressed by a pool of threads as a gzip member
-of its own and written out in order. A block is compressed (level 1) while the link is the
-bottleneck (something is being sent or waits to be), and only framed (level 0: its bytes as they
-are) once the link is idle, waiting for the compression, so a fast link is not held back by it. Layers of Python packages
+of its own and written out in order. A block is compressed (level 1) while the link has a backlog
+(what waits to be sent is at least half of what may wait), and only framed (level 0: its bytes as
+they are) otherwise: the link never waits for the compression, so a fast link, or a sender short of
+CPU, is not held back by it. Layers of Python packages
 and CUDA libraries shrink to a third or a half; random data is sent as it is at no loss.
 
 LAUNCH_IMAGE_COMPRESSION: `auto` (that rule, the default), `on` (every block), `off` (a plain stream).
@@ -24,7 +25,6 @@ from ..errors import SpecError
 
 BLOCK = 4 << 20
 SLICE = 1 << 20  # what is handed on at a time
-WARM = 4 * BLOCK  # input that must have gone out before an idle link is taken for a fast one (not for one just started)
 ENV = "LAUNCH_IMAGE_COMPRESSION"
 MODES = ("auto", "on", "off")
 
@@ -40,13 +40,13 @@ def mode() -> str:
 class Squeezer:
     """A writer that compresses what it is given into `write`, keeping the order.
 
-    `link_waits()` says whether the link is idle, waiting for data (then a block goes at level 0 in
-    `auto`). `raw_for(n)` is how many bytes of the input the first `n` bytes of the output hold.
+    `link_busy()` says whether the link has a backlog (then a block is compressed in `auto`).
+    `raw_for(n)` is how many bytes of the input the first `n` bytes of the output hold.
     """
 
-    def __init__(self, write: Callable[[bytes], None], link_waits: Callable[[], bool], compress: str = "auto",
+    def __init__(self, write: Callable[[bytes], None], link_busy: Callable[[], bool], compress: str = "auto",
                  workers: int | None = None) -> None:
-        self.write_out, self.link_waits, self.compress = write, link_waits, compress
+        self.write_out, self.link_busy, self.compress = write, link_busy, compress
         workers = workers or min(4, os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="squeeze")
         self.pending: deque[tuple[Future, int]] = deque()
@@ -94,7 +94,7 @@ class Squeezer:
     def _level(self) -> int:
         if self.compress == "on":
             return 1
-        return 0 if self.raw_sent >= WARM and self.link_waits() else 1
+        return 1 if self.link_busy() else 0
 
     def _submit(self, block: bytes) -> None:
         while len(self.pending) >= self.limit:
@@ -140,7 +140,7 @@ class RawProgress:
             self.told[host] = raw
 
 
-def squeezed(write: Callable[[bytes], None], link_waits: Callable[[], bool]) -> Squeezer | None:
+def squeezed(write: Callable[[bytes], None], link_busy: Callable[[], bool]) -> Squeezer | None:
     """A Squeezer into `write`, or None where LAUNCH_IMAGE_COMPRESSION is `off`."""
     chosen = mode()
-    return None if chosen == "off" else Squeezer(write, link_waits, chosen)
+    return None if chosen == "off" else Squeezer(write, link_busy, chosen)
