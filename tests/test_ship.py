@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import signal
 import tarfile
 import threading
 from pathlib import Path
@@ -201,9 +202,14 @@ def test_ctrl_c_while_hosts_load_closes_their_channels_and_goes_on_up_at_once() 
             return "ended"
 
     loads = {"h1": Stuck(), "h2": Stuck()}
-    threading.Timer(0.3, _thread.interrupt_main).start()
-    started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        ship._finish_all(loads, None)  # type: ignore[arg-type]
+    # Python's own Ctrl-C handler, also where the tests run with SIGINT ignored (a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            ship._finish_all(loads, None)  # type: ignore[arg-type]
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 10
     assert all(load.closed.is_set() for load in loads.values())
