@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -134,17 +135,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _supervisors(tmp_path: Path, commands: list[str], *options: str) -> list[dict]:
-    """Run one supervisor per command as the nodes of one run on 127.0.0.1; their final states."""
-    port, procs = _free_port(), []
+def _start_supervisors(tmp_path: Path, commands: list[str], *options: str, port: int | None = None,
+                       members_via: int | None = None) -> list[subprocess.Popen]:
+    """One supervisor per command as the nodes of one run on 127.0.0.1 (node 0 listening on `port`,
+    the others connecting to `members_via` when given)."""
+    port = port or _free_port()
+    procs = []
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     for rank, command in enumerate(commands):
         node_dir = tmp_path / f"n{rank}"
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "launcher.node.supervisor", "--node-dir", str(node_dir), "--host", f"n{rank}",
-             "--node-rank", str(rank), "--peers", str(len(commands)), "--coordinator", f"127.0.0.1:{port}",
+             "--node-rank", str(rank), "--peers", str(len(commands)),
+             "--coordinator", f"127.0.0.1:{members_via if rank and members_via else port}",
              "--grace", "2", *options, "--", sys.executable, "-c", command],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _supervisors(tmp_path: Path, commands: list[str], *options: str, procs: list[subprocess.Popen] | None = None) -> list[dict]:
+    """Run one supervisor per command as the nodes of one run on 127.0.0.1 (or wait for `procs`,
+    started so); their final states."""
+    procs = procs or _start_supervisors(tmp_path, commands, *options)
     try:
         errors = [p.communicate(timeout=60)[1] for p in procs]
     finally:
@@ -153,7 +165,7 @@ def _supervisors(tmp_path: Path, commands: list[str], *options: str) -> list[dic
                 p.kill()
     assert all(not e for e in errors), errors
     return [json.loads((tmp_path / f"n{rank}" / "logs" / f"n{rank}" / contract.NODE_STATUS).read_text())
-            for rank in range(len(commands))]
+            for rank in range(len(procs))]
 
 
 def test_a_failed_node_stops_the_others_over_the_mesh(tmp_path: Path) -> None:
@@ -161,6 +173,75 @@ def test_a_failed_node_stops_the_others_over_the_mesh(tmp_path: Path) -> None:
     assert (node1["state"], node1["exit_code"]) == (contract.FAILED, 3)
     assert (node0["state"], node0["cause"], node0["reason"]) == (
         contract.STOPPED, contract.STOPPED_FOR_PEER_FAILED, "node 1 (n1) failed with exit code 3")
+
+
+class _Partition:
+    """A TCP proxy from `listen` to `target` on loopback that passes bytes both ways until `cut`, and
+    from then on drops them, its connections left open: a network that parted."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.open = target, threading.Event()
+        self.open.set()
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.connected = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with self.server:
+            conn, _ = self.server.accept()
+            deadline = time.monotonic() + 30
+            while True:  # node 0 may listen later than node 1 connects
+                try:
+                    upstream = socket.create_connection(("127.0.0.1", self.target))
+                    break
+                except ConnectionRefusedError:
+                    assert time.monotonic() < deadline, "node 0 never listened"
+                    time.sleep(0.1)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+            self.connected.set()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                if self.open.is_set():
+                    dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        self.open.clear()
+
+
+def _stopping_event(node_dir: Path, host: str) -> dict | None:
+    output = node_dir / "logs" / host / contract.NODE_OUTPUT
+    lines = output.read_bytes().splitlines() if output.exists() else []
+    return next((e for e in map(lambda line: contract.parse_event(line + b"\n"), lines)
+                 if e and e["event"] == contract.EVENT_STOPPING), None)
+
+
+def test_where_the_network_parts_node_0_names_the_node_cut_off_first(tmp_path: Path) -> None:
+    """Both sides of a cut find the other silent; where both can still write their word (a shared
+    folder), node 0's (it sees every node) comes first, the other node's CENTER_FIRST_S later."""
+    port = _free_port()
+    partition = _Partition(port)
+    procs = _start_supervisors(tmp_path, ["import time; time.sleep(60)"] * 2, "--peer-timeout", "3",
+                               port=port, members_via=partition.port)
+    assert partition.connected.wait(30)
+    time.sleep(2)  # beats both ways
+    partition.cut()
+    said: dict[str, tuple[float, dict]] = {}
+    deadline = time.monotonic() + 30
+    while len(said) < 2 and time.monotonic() < deadline:
+        for host in ("n0", "n1"):
+            if host not in said and (event := _stopping_event(tmp_path / host, host)):
+                said[host] = (time.monotonic(), event)
+        time.sleep(0.05)
+    node0, node1 = _supervisors(tmp_path, [], procs=procs)
+    assert said["n0"][1]["lost"] == "n1" and said["n1"][1]["lost"] == "n0", said
+    assert said["n1"][0] - said["n0"][0] > 1.0, said  # node 0 first, by more than the beats between them
+    assert "node 1 (n1)" in node0["reason"] and node1["reason"] == "lost node 0 (n0): no word from it for 3 s"
 
 
 def test_the_group_restarts_on_every_node_over_the_mesh(tmp_path: Path) -> None:

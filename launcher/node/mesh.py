@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from .supervisor import Supervisor
 
 BEAT_S = 1.0
+# A node that finds node 0 silent says so this much later than node 0 would say the same of it:
+# where the network parts and both sides can still write their word (a shared folder), node 0's,
+# which sees every node, comes first and names the node cut off.
+CENTER_FIRST_S = 3 * BEAT_S
 JOIN_TIMEOUT_S = 120.0  # how long node 0 waits for every other node's supervisor to report in
 
 # ---- the messages
@@ -332,8 +336,8 @@ class Mesh:
                 message = Message.from_line(raw)
                 if message is not None:
                     self._on_coordinator(message)
-        except OSError:
-            pass
+        except OSError:  # silent for peer_timeout: node 0's host lost, or this one cut off
+            self.ended.wait(CENTER_FIRST_S)
         if not self.ended.is_set():
             self.sup.stop(contract.STOPPED_FOR_PEER_LOST, f"lost node 0 ({self.coordinator_host}): no word from it for "
                           f"{self.sup.args.peer_timeout:g} s", lost=self.coordinator_host)
