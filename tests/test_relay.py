@@ -90,6 +90,27 @@ def test_a_stream_passes_down_the_chain_whole(tmp_path):
         assert not listening(hop.port)  # closed once the next hop connected
 
 
+def test_keepalives_hold_the_chain_past_its_idle_limit_and_the_stream_stays_whole(tmp_path):
+    """A feed that reads past what every host has sends nothing for a while, only keepalives: no
+    hop takes it for stalled, and the keepalives are not data."""
+    data = os.urandom(1024 * 1024 + 5)
+    hops = chain_of(tmp_path, 3, idle_s=1.5)
+    parts = frames(data)
+    hops[0].proc.stdin.write(parts[0])
+    hops[0].proc.stdin.flush()
+    for _ in range(8):  # 4 s: well past the idle limit
+        hops[0].proc.stdin.write(relay.FRAME.pack(relay.KEEPALIVE))
+        hops[0].proc.stdin.flush()
+        time.sleep(0.5)
+    for frame in parts[1:]:
+        hops[0].proc.stdin.write(frame)
+    hops[0].proc.stdin.close()
+    for i, hop in enumerate(hops):
+        end = hop.final()
+        assert end["event"] == "done" and end["received"] == len(data), end
+        assert (tmp_path / f"out{i}").read_bytes() == data
+
+
 def test_a_stream_cut_short_completes_no_sink(tmp_path):
     data = os.urandom(2 * 1024 * 1024)
     hops = chain_of(tmp_path, 3)

@@ -92,6 +92,11 @@ class _Framed:
             self.channel.sendall(relay.FRAME.pack(len(part)) + part)
             self.sent += len(part)
 
+    def keepalive(self) -> None:
+        """A frame with no data, so that the hops do not take a feed with nothing to send yet (it
+        reads past the layers every host has) for a stalled one."""
+        self.channel.sendall(relay.FRAME.pack(relay.KEEPALIVE))
+
     def end(self) -> None:
         """The end of the stream and its checksum (once; a feed may end its stream before it returns)."""
         if not self.ended:

@@ -25,6 +25,7 @@ import threading
 import time
 
 FRAME = struct.Struct(">Q")
+KEEPALIVE = (1 << 64) - 1  # a frame's size that says: no data, the feed is alive (while it skips what the hosts have)
 FRAME_BYTES = 1 << 20
 DIGEST_BYTES = 32
 HEARTBEAT_S = 2
@@ -273,6 +274,9 @@ class Hop(object):
         while True:
             head = self.read_exact(stream, FRAME.size)
             (size,) = FRAME.unpack(head)
+            if size == KEEPALIVE:  # passed on: the hops after this one wait on it too
+                self.to_down(head)
+                continue
             if size == 0:
                 tail = self.read_exact(stream, DIGEST_BYTES)
                 self.to_down(head + tail)
