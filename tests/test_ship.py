@@ -213,3 +213,31 @@ def test_ctrl_c_while_hosts_load_closes_their_channels_and_goes_on_up_at_once() 
         signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - started < 10
     assert all(load.closed.is_set() for load in loads.values())
+
+
+def test_a_host_whose_connection_takes_nothing_fails_alone_and_its_connection_is_closed() -> None:
+    """A cut cable leaves a send stuck in the connection itself, past the channel's time-out: the
+    host fails once it took nothing for the stall time, and closing its connection ends that send."""
+    import socket
+    import time
+
+    class Stuck:
+        def __init__(self) -> None:
+            self.closed = threading.Event()
+
+        def sendall(self, data: bytes) -> None:
+            if self.closed.wait(60):  # what a closed connection does to a stuck send
+                raise EOFError()
+
+        def get_transport(self):
+            return SimpleNamespace(close=self.closed.set)
+
+    link = Stuck()
+    sender = ship._Sender(link, "h2", None, stall_s=0.5, link=link)
+    started = time.monotonic()
+    with pytest.raises(socket.timeout):
+        for _ in range(64):
+            sender.write(b"x" * (1 << 20))
+    assert time.monotonic() - started < 10 and link.closed.is_set()
+    sender.close()  # ends at once: the host's chunks are dropped
+    assert isinstance(sender.error, socket.timeout) and not sender.thread.is_alive()

@@ -201,7 +201,8 @@ def provide_image(job: JobSpec, conns: dict[str, fabric.Connection], say, phases
                 f"for the {result.layers_sent} layer(s) it lacked; {result.layers_skipped} layer(s) were there already")
         elif not result.error:
             say(f"{host}: sent {result.layers_sent} layer(s), {_size(result.bytes_sent)}{_packed(result)}{_timing(result)}; "
-                f"{result.layers_skipped} layer(s) were there already")
+                f"{result.layers_skipped} layer(s) were there already"
+                + (f" (from this machine, after it {result.detour})" if result.detour else ""))
     if report.route.chain:
         say(f"image: {_size(report.bytes_out)} left this machine for {len(report.route.chain) + len(report.route.direct)} "
             f"host(s), down the chain {' -> '.join(('this machine', *report.route.chain))}")

@@ -22,6 +22,8 @@ from .layers import CHUNK, LayerDirs, Receiver, chain_ids, must_learn, split_sav
 from .route import HostNeed, ImageRoute, plan_route, sizes_by_layer
 from .squeeze import RawProgress, squeezed
 
+KEEPALIVE_S = 1.0  # a chain's feed with nothing to send says it is alive this often
+
 
 @dataclass
 class ShipResult:
@@ -35,6 +37,7 @@ class ShipResult:
     error: str | None = None
     via: str | None = None  # the host it received the stream from, in a chain (None: this machine, directly)
     stream_s: float | None = None  # when it had the whole stream (sent, or in a chain received and checked); `docker load` then finishes
+    detour: str | None = None  # why a chain did not feed it, where it was then sent the image from here
 
 
 @dataclass
@@ -61,8 +64,11 @@ class _Sender:
     Small writes (tar headers) are gathered into chunks; a bounded queue keeps memory in check.
     """
 
-    def __init__(self, channel, host: str, on_bytes: Callable[[str, int], None] | None) -> None:
+    def __init__(self, channel, host: str, on_bytes: Callable[[str, int], None] | None,
+                 stall_s: float | None = None, link=None, keepalive: Callable[[], None] | None = None) -> None:
         self.channel, self.host, self.on_bytes = channel, host, on_bytes
+        self.stall_s, self.link = stall_s, link  # link: the SSH channel under `channel`
+        self.keepalive = keepalive  # sent after KEEPALIVE_S with nothing to send
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
         self.buffer = bytearray()
         self.error: BaseException | None = None
@@ -74,29 +80,58 @@ class _Sender:
             raise self.error
         self.buffer += data
         if len(self.buffer) >= CHUNK:
-            self.queue.put(bytes(self.buffer))
+            chunk = bytes(self.buffer)
             self.buffer.clear()
+            self._put(chunk)
+
+    def _put(self, chunk: bytes) -> None:
+        """Queue `chunk` for the host. One whose link took nothing for `stall_s` seconds (a send
+        stuck in the connection itself, where the channel's time-out does not reach: a cut cable)
+        fails, and its connection is closed, which ends that send."""
+        try:
+            self.queue.put(chunk, timeout=self.stall_s)
+        except queue.Full:
+            self.error = self.error or socket.timeout()
+            transport = self.link.get_transport() if self.link is not None else None
+            if transport is not None:
+                transport.close()
+            raise self.error from None
 
     def link_busy(self) -> bool:
         """Whether the link has a backlog: half of what may wait to be sent, or more, waits."""
         return self.queue.qsize() >= self.queue.maxsize // 2
 
     def close(self) -> None:
-        if self.buffer:
-            self.queue.put(bytes(self.buffer))
+        try:
+            if self.buffer and self.error is None:
+                self._put(bytes(self.buffer))
+        finally:
             self.buffer.clear()
-        self.queue.put(None)
-        self.thread.join()
+            self.queue.put(None)  # taken at once once the host failed: its chunks are dropped
+            self.thread.join()
 
     def _run(self) -> None:
-        while (data := self.queue.get()) is not None:
+        while True:
+            try:
+                data = self.queue.get(timeout=KEEPALIVE_S if self.keepalive else None)
+            except queue.Empty:
+                data = b""
+            if data is None:
+                return
+            if not data:
+                if self.error is None:
+                    try:
+                        self.keepalive()
+                    except BaseException as exc:  # noqa: BLE001 - reported with the host's result
+                        self.error = self.error or exc
+                continue
             if self.error is None:
                 try:
                     self.channel.sendall(data)
                     if self.on_bytes:
                         self.on_bytes(self.host, len(data))
                 except BaseException as exc:  # noqa: BLE001 - reported with the host's result
-                    self.error = exc
+                    self.error = self.error or exc
 
 
 @dataclass
@@ -141,7 +176,7 @@ class _DirectLoad:
         self.probe_s = idle_s() / 2
         self.channel.settimeout(self.probe_s)  # a host that stops taking its stream fails alone, before a chain's head gives up
         progress = RawProgress(on_bytes)
-        self.sender = _Sender(self.channel, host, progress)
+        self.sender = _Sender(self.channel, host, progress, stall_s=self.probe_s, link=self.channel)
         self.squeezer = progress.squeezer = squeezed(self.sender.write, self.sender.link_busy)
         self.receiver = Receiver(host, have, self.squeezer.write if self.squeezer else self.sender.write)
 
@@ -270,7 +305,7 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
     """Feed `hosts` ({host: layers it has}) one after the other, from this machine (only the layers
     one of them lacks) or from `source`, a host that holds the image (all of it), while `direct` hosts
     get theirs from the same pass; returns the hosts a failure before them cut off (to be fed again)."""
-    from ..hosts.chain import Hop, run_chain
+    from ..hosts.chain import Hop, idle_s, run_chain
 
     started = time.monotonic()
     hops = [Hop(h, addresses[h], sink=_LOAD) for h in hosts]
@@ -281,7 +316,7 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
     progress = RawProgress(on_bytes)  # from the hops themselves, in the stream's bytes before compression
 
     def feed(framed) -> None:
-        sender = _Sender(framed, "chain", None)
+        sender = _Sender(framed, "chain", None, stall_s=idle_s(), link=framed.channel, keepalive=framed.keepalive)
         squeezer = progress.squeezer = squeezed(sender.write, sender.link_busy)
 
         def streamed() -> None:  # the chain's stream ends now, not once the direct hosts have loaded theirs
@@ -360,5 +395,8 @@ def ship_image(client, tag: str, conns: dict, known_path: Path, on_bytes: Callab
             again = _down_chain(image, {h: lacking[h].chains for h in again}, conns, addresses, on_bytes, report,
                                 source=fed[0] if fed else None)
     if again:  # the last resort: straight from here
+        missed = {h: report.results[h].error for h in again}
         _direct(image, {h: lacking[h].chains for h in again}, conns, on_bytes, report)
+        for host, why in missed.items():
+            report.results[host].detour = why
     return report
