@@ -238,6 +238,15 @@ def test_a_host_whose_connection_takes_nothing_fails_alone_and_its_connection_is
     with pytest.raises(socket.timeout):
         for _ in range(64):
             sender.write(b"x" * (1 << 20))
-    assert time.monotonic() - started < 10 and link.closed.is_set()
+    assert time.monotonic() - started < 10 and link.closed.wait(5)
     sender.close()  # ends at once: the host's chunks are dropped
+    assert isinstance(sender.error, socket.timeout) and not sender.thread.is_alive()
+
+    # stuck on the last of its stream, with room in its queue: the end does not wait for TCP either
+    link = Stuck()
+    sender = ship._Sender(link, "h3", None, stall_s=0.5, link=link)
+    sender.write(b"x" * (1 << 20))
+    started = time.monotonic()
+    sender.close()
+    assert time.monotonic() - started < 10 and link.closed.wait(5)
     assert isinstance(sender.error, socket.timeout) and not sender.thread.is_alive()

@@ -72,6 +72,7 @@ class _Sender:
         self.queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
         self.buffer = bytearray()
         self.error: BaseException | None = None
+        self.sending_since: float | None = None  # when the send under way began
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -84,31 +85,59 @@ class _Sender:
             self.buffer.clear()
             self._put(chunk)
 
-    def _put(self, chunk: bytes) -> None:
-        """Queue `chunk` for the host. One whose link took nothing for `stall_s` seconds (a send
-        stuck in the connection itself, where the channel's time-out does not reach: a cut cable)
-        fails, and its connection is closed, which ends that send."""
-        try:
-            self.queue.put(chunk, timeout=self.stall_s)
-        except queue.Full:
-            self.error = self.error or socket.timeout()
+    def _put(self, item: bytes | None) -> None:
+        """Queue `item` (None: the end) while the host's link takes something now and then."""
+        while True:
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                self._check_stall()
+                if self.error is not None:
+                    if item is not None:
+                        raise self.error from None
+                    self._drain()
+
+    def _check_stall(self) -> None:
+        """A send under way for `stall_s` seconds (stuck in the connection itself, where the
+        channel's time-out does not reach: a cut cable) fails the host, and its connection is
+        closed, which ends that send. The close is not waited for: through a jump host it may block."""
+        since = self.sending_since
+        if self.error is None and self.stall_s is not None and since is not None and time.monotonic() - since > self.stall_s:
+            self.error = socket.timeout()
             transport = self.link.get_transport() if self.link is not None else None
             if transport is not None:
-                transport.close()
-            raise self.error from None
+                threading.Thread(target=transport.close, daemon=True).start()
+
+    def _drain(self) -> None:
+        """Drop what waits: the host failed."""
+        try:
+            while True:
+                self.queue.get_nowait()
+        except queue.Empty:
+            pass
 
     def link_busy(self) -> bool:
         """Whether the link has a backlog: half of what may wait to be sent, or more, waits."""
         return self.queue.qsize() >= self.queue.maxsize // 2
 
     def close(self) -> None:
+        """Send what is left and end the thread; a host that failed has what waits dropped, and its
+        stuck send is given up on (its connection was closed) after a few seconds."""
         try:
             if self.buffer and self.error is None:
                 self._put(bytes(self.buffer))
         finally:
             self.buffer.clear()
-            self.queue.put(None)  # taken at once once the host failed: its chunks are dropped
-            self.thread.join()
+            self._put(None)
+            given_up = None
+            while self.thread.is_alive():
+                self.thread.join(0.5)
+                self._check_stall()
+                if self.error is not None:
+                    given_up = given_up or time.monotonic() + 5
+                    if time.monotonic() > given_up:
+                        break
 
     def _run(self) -> None:
         while True:
@@ -118,20 +147,20 @@ class _Sender:
                 data = b""
             if data is None:
                 return
-            if not data:
-                if self.error is None:
-                    try:
-                        self.keepalive()
-                    except BaseException as exc:  # noqa: BLE001 - reported with the host's result
-                        self.error = self.error or exc
+            if self.error is not None:
                 continue
-            if self.error is None:
-                try:
+            self.sending_since = time.monotonic()
+            try:
+                if data:
                     self.channel.sendall(data)
                     if self.on_bytes:
                         self.on_bytes(self.host, len(data))
-                except BaseException as exc:  # noqa: BLE001 - reported with the host's result
-                    self.error = self.error or exc
+                else:
+                    self.keepalive()
+            except BaseException as exc:  # noqa: BLE001 - reported with the host's result
+                self.error = self.error or exc
+            finally:
+                self.sending_since = None
 
 
 @dataclass
@@ -176,7 +205,8 @@ class _DirectLoad:
         self.probe_s = idle_s() / 2
         self.channel.settimeout(self.probe_s)  # a host that stops taking its stream fails alone, before a chain's head gives up
         progress = RawProgress(on_bytes)
-        self.sender = _Sender(self.channel, host, progress, stall_s=self.probe_s, link=self.channel)
+        # past the channel's own time-out, which keeps the connection (and docker load's last words)
+        self.sender = _Sender(self.channel, host, progress, stall_s=2 * self.probe_s, link=self.channel)
         self.squeezer = progress.squeezer = squeezed(self.sender.write, self.sender.link_busy)
         self.receiver = Receiver(host, have, self.squeezer.write if self.squeezer else self.sender.write)
 
@@ -316,20 +346,23 @@ def _down_chain(image: _Image, hosts: dict[str, set[str]], conns: dict, addresse
     progress = RawProgress(on_bytes)  # from the hops themselves, in the stream's bytes before compression
 
     def feed(framed) -> None:
-        sender = _Sender(framed, "chain", None, stall_s=idle_s(), link=framed.channel, keepalive=framed.keepalive)
-        squeezer = progress.squeezer = squeezed(sender.write, sender.link_busy)
+        sender = _Sender(framed, "chain", None, stall_s=2 * idle_s(), link=framed.channel, keepalive=framed.keepalive)
 
         def streamed() -> None:  # the chain's stream ends now, not once the direct hosts have loaded theirs
-            _end_squeezer(squeezer, head)
-            sender.close()
-            if not (head.failed or sender.error):
-                try:
+            try:
+                _end_squeezer(squeezer, head)
+                sender.close()
+                if not (head.failed or sender.error):
                     framed.end()
-                except Exception as exc:  # noqa: BLE001 - the head is gone: said below, the direct hosts go on
-                    head.failed = exc
+            except Exception as exc:  # noqa: BLE001 - the head is gone: said below, the direct hosts go on
+                head.failed = head.failed or exc
 
-        head.write = squeezer.write if squeezer else sender.write
-        _direct(image, direct or {}, conns, on_bytes, report, also=head, streamed=streamed)
+        try:
+            squeezer = progress.squeezer = squeezed(sender.write, sender.link_busy)
+            head.write = squeezer.write if squeezer else sender.write
+            _direct(image, direct or {}, conns, on_bytes, report, also=head, streamed=streamed)
+        finally:
+            sender.close()  # at once where streamed() closed it; else its keepalives end
         report.bytes_out += framed.sent
         failed = head.failed or sender.error
         if failed:
