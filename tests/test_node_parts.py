@@ -179,28 +179,34 @@ class _Partition:
     """A TCP proxy from `listen` to `target` on loopback that passes bytes both ways until `cut`, and
     from then on drops them, its connections left open: a network that parted."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, connections: int = 1) -> None:
         self.target, self.open = target, threading.Event()
         self.open.set()
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
         self.connected = threading.Event()
+        self.left = connections
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
         with self.server:
-            conn, _ = self.server.accept()
-            deadline = time.monotonic() + 30
-            while True:  # node 0 may listen later than node 1 connects
-                try:
-                    upstream = socket.create_connection(("127.0.0.1", self.target))
-                    break
-                except ConnectionRefusedError:
-                    assert time.monotonic() < deadline, "node 0 never listened"
-                    time.sleep(0.1)
-            for a, b in ((conn, upstream), (upstream, conn)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-            self.connected.set()
+            while self.left:
+                self._pass_one()
+                self.left -= 1
+        self.connected.set()
+
+    def _pass_one(self) -> None:
+        conn, _ = self.server.accept()
+        deadline = time.monotonic() + 30
+        while True:  # node 0 may listen later than node 1 connects
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target))
+                break
+            except ConnectionRefusedError:
+                assert time.monotonic() < deadline, "node 0 never listened"
+                time.sleep(0.1)
+        for a, b in ((conn, upstream), (upstream, conn)):
+            threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
@@ -242,6 +248,23 @@ def test_where_the_network_parts_node_0_names_the_node_cut_off_first(tmp_path: P
     assert said["n0"][1]["lost"] == "n1" and said["n1"][1]["lost"] == "n0", said
     assert said["n1"][0] - said["n0"][0] > 1.0, said  # node 0 first, by more than the beats between them
     assert "node 1 (n1)" in node0["reason"] and node1["reason"] == "lost node 0 (n0): no word from it for 3 s"
+
+
+def test_node_0_cut_off_from_every_other_node_names_itself(tmp_path: Path) -> None:
+    port = _free_port()
+    partition = _Partition(port, connections=2)
+    procs = _start_supervisors(tmp_path, ["import time; time.sleep(60)"] * 3, "--peer-timeout", "3",
+                               port=port, members_via=partition.port)
+    assert partition.connected.wait(30)
+    time.sleep(2)
+    partition.cut()
+    deadline = time.monotonic() + 30
+    while not (event := _stopping_event(tmp_path / "n0", "n0")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    states = _supervisors(tmp_path, [], procs=procs)
+    assert event is not None and event["lost"] == "n0", event  # not a healthy node
+    assert states[0]["reason"] == "no word from any of the 2 other nodes for 3 s: this host's network is cut off"
+    assert all(state["lost"] == "n0" for state in states), states
 
 
 def test_the_group_restarts_on_every_node_over_the_mesh(tmp_path: Path) -> None:

@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 BEAT_S = 1.0
 # A node that finds node 0 silent says so this much later than node 0 would say the same of it:
 # where the network parts and both sides can still write their word (a shared folder), node 0's,
-# which sees every node, comes first and names the node cut off.
+# which sees every node, comes first and names the node cut off (itself, when every other node
+# went silent at once).
 CENTER_FIRST_S = 3 * BEAT_S
 JOIN_TIMEOUT_S = 120.0  # how long node 0 waits for every other node's supervisor to report in
 
@@ -168,10 +169,17 @@ class Mesh:
         now = time.monotonic()
         with self.mlock:
             members = dict(self.members)
-        for rank, m in members.items():
-            if m.ended is None and now - m.last > self.sup.args.peer_timeout:
-                self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"node {rank} ({m.host}) stopped answering for "
-                               f"{self.sup.args.peer_timeout:g} s", lost=m.host)
+        timeout = self.sup.args.peer_timeout
+        live = {rank: m for rank, m in members.items() if m.ended is None}
+        silent = {rank: m for rank, m in live.items() if now - m.last > timeout}
+        if silent and len(live) >= 2 and all(now - m.last > timeout - 2 * BEAT_S for m in live.values()):
+            if len(silent) < len(live):
+                return  # every other node goes quiet at once: wait the beats between them
+            self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"no word from any of the {len(live)} other nodes for "
+                           f"{timeout:g} s: this host's network is cut off", lost=self.sup.args.host)
+        for rank, m in silent.items():
+            self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"node {rank} ({m.host}) stopped answering for "
+                           f"{self.sup.args.peer_timeout:g} s", lost=m.host)
         if len(members) < self.sup.args.peers - 1 and now - started > JOIN_TIMEOUT_S:
             self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"only {len(members)} of {self.sup.args.peers - 1} other node(s) reported in "
                            f"within {JOIN_TIMEOUT_S:g} s")
@@ -188,6 +196,7 @@ class Mesh:
                 return
             rank = hello.number
             self._welcome(rank, hello.host, conn)
+            conn.settimeout(2 * self.sup.args.peer_timeout)  # its silence is judged by _check_members, with the others'
             for raw in reader:
                 with self.mlock:
                     self.members[rank].last = time.monotonic()
@@ -336,8 +345,10 @@ class Mesh:
                 message = Message.from_line(raw)
                 if message is not None:
                     self._on_coordinator(message)
-        except OSError:  # silent for peer_timeout: node 0's host lost, or this one cut off
+        except socket.timeout:  # silent for peer_timeout: node 0's host lost, or this one cut off
             self.ended.wait(CENTER_FIRST_S)
+        except OSError:  # the connection reset: node 0's supervisor or host went
+            pass
         if not self.ended.is_set():
             self.sup.stop(contract.STOPPED_FOR_PEER_LOST, f"lost node 0 ({self.coordinator_host}): no word from it for "
                           f"{self.sup.args.peer_timeout:g} s", lost=self.coordinator_host)
