@@ -157,7 +157,7 @@ def test_a_host_cut_off_mid_transfer_is_named_and_the_others_get_the_image(tmp_p
     assert proc.returncode != 0, out
     # h3 was fed again from h1, which had the image by then: not from this machine
     assert re.search(r"^h3: received [\d.]+ MB from h1 \(a chain of hosts\)", out, re.M), out[-3000:]  # h1's save: whole
-    assert sent <= 1.2 * (BALLAST + COUNTING / 2), f"{sent} bytes left this machine: more than one copy"
+    assert sent < 1.03 * BALLAST + COUNTING / 2, f"{sent} bytes left this machine: more than one compressed copy"
     errors = [line for line in out.splitlines() if "h2" in line and "could not be sent" in line]
     assert len(errors) == 1 and "lost while receiving the image from h1" in errors[0], out[-3000:]
     assert "h1, h3 got it" in errors[0]

@@ -267,6 +267,33 @@ def test_node_0_cut_off_from_every_other_node_names_itself(tmp_path: Path) -> No
     assert all(state["lost"] == "n0" for state in states), states
 
 
+def _parent_of(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def test_node_0_gone_is_said_at_once_as_a_dropped_connection(tmp_path: Path) -> None:
+    """Node 0's supervisor killed: its host answers with a reset, not silence, and the other node
+    says so without the wait a silent node 0 gets."""
+    procs = _start_supervisors(tmp_path, ["import time; time.sleep(60)"] * 2, "--peer-timeout", "30")
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "n1" / "logs" / "n1" / contract.NODE_STATUS).exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # node 1 has reported in
+    children = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and _parent_of(int(pid)) == procs[0].pid]
+    procs[0].kill()
+    procs[0].wait()
+    for pid in children:  # its command, orphaned by the kill
+        os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    procs[1].wait(timeout=20)
+    node1 = json.loads((tmp_path / "n1" / "logs" / "n1" / contract.NODE_STATUS).read_text())
+    assert (node1["reason"], node1["lost"]) == ("lost node 0 (n0): its connection dropped", "n0"), node1
+    assert time.monotonic() - started < 10  # neither the 30 s of silence nor more
+
+
 def test_the_group_restarts_on_every_node_over_the_mesh(tmp_path: Path) -> None:
     attempt = f"int(os.environ['{contract.ATTEMPT}'])"
     node0, node1 = _supervisors(tmp_path, [f"import os, time; time.sleep(60 if {attempt} == 0 else 0)",

@@ -169,6 +169,9 @@ class Mesh:
         now = time.monotonic()
         with self.mlock:
             members = dict(self.members)
+        if len(members) < self.sup.args.peers - 1 and now - started > JOIN_TIMEOUT_S:
+            self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"only {len(members)} of {self.sup.args.peers - 1} other node(s) reported in "
+                           f"within {JOIN_TIMEOUT_S:g} s")
         timeout = self.sup.args.peer_timeout
         live = {rank: m for rank, m in members.items() if m.ended is None}
         silent = {rank: m for rank, m in live.items() if now - m.last > timeout}
@@ -178,11 +181,7 @@ class Mesh:
             self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"no word from any of the {len(live)} other nodes for "
                            f"{timeout:g} s: this host's network is cut off", lost=self.sup.args.host)
         for rank, m in silent.items():
-            self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"node {rank} ({m.host}) stopped answering for "
-                           f"{self.sup.args.peer_timeout:g} s", lost=m.host)
-        if len(members) < self.sup.args.peers - 1 and now - started > JOIN_TIMEOUT_S:
-            self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"only {len(members)} of {self.sup.args.peers - 1} other node(s) reported in "
-                           f"within {JOIN_TIMEOUT_S:g} s")
+            self._stop_all(contract.STOPPED_FOR_PEER_LOST, f"node {rank} ({m.host}) stopped answering for {timeout:g} s", lost=m.host)
 
     def _serve(self, conn: socket.socket) -> None:
         """One other node's connection: its hello, then its messages until it ends or is lost."""
@@ -340,18 +339,19 @@ class Mesh:
         threading.Thread(target=self._beat_coordinator, args=(conn,), daemon=True).start()
         conn.settimeout(self.sup.args.peer_timeout)
         reader = conn.makefile("rb")
+        why = "its connection dropped"  # node 0's supervisor or host went
         try:
             for raw in reader:
                 message = Message.from_line(raw)
                 if message is not None:
                     self._on_coordinator(message)
-        except socket.timeout:  # silent for peer_timeout: node 0's host lost, or this one cut off
+        except socket.timeout:  # silent: node 0's host lost, or this one cut off
+            why = f"no word from it for {self.sup.args.peer_timeout:g} s"
             self.ended.wait(CENTER_FIRST_S)
-        except OSError:  # the connection reset: node 0's supervisor or host went
+        except OSError:
             pass
         if not self.ended.is_set():
-            self.sup.stop(contract.STOPPED_FOR_PEER_LOST, f"lost node 0 ({self.coordinator_host}): no word from it for "
-                          f"{self.sup.args.peer_timeout:g} s", lost=self.coordinator_host)
+            self.sup.stop(contract.STOPPED_FOR_PEER_LOST, f"lost node 0 ({self.coordinator_host}): {why}", lost=self.coordinator_host)
 
     def _on_coordinator(self, message: Message) -> None:
         if message.kind == NODE0:
